@@ -1,0 +1,42 @@
+# `make run` and `make test` each set themselves up first (venv, packages, offline data).
+PY      ?= python3
+VENV    ?= .venv
+BIN     := $(VENV)/bin
+STAMP   := $(VENV)/.installed
+TORCH   ?= torch==2.14.1 torchvision==0.29.1
+FMNIST  := /usr/share/datasets/fashion-mnist/t10k-images-idx3-ubyte.gz
+METHOD  ?= dafl
+ARGS    ?=
+
+.PHONY: run test test-all setup data lint clean
+
+setup: $(STAMP) data
+
+$(STAMP): pyproject.toml
+	$(PY) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q $(TORCH)
+	$(BIN)/pip install -q -e ".[dev]"
+	touch $(STAMP)
+
+# Fashion-MNIST from Debian's package when apt is usable; torchvision downloads it otherwise.
+data:
+	@if [ ! -f $(FMNIST) ] && command -v apt-get >/dev/null 2>&1 && [ "$$(id -u)" = 0 ]; then \
+		apt-get update -qq && apt-get install -y -qq dataset-fashion-mnist >/dev/null; fi
+
+# The main job: a data-free distillation on the embedded default (Fashion-MNIST, LeNet-5 -> LeNet-5-half).
+run: setup
+	$(BIN)/dfkd-train method=$(METHOD) $(ARGS)
+
+# The test suite without the slow tests; `make test-all` runs everything.
+test: setup
+	WANDB_MODE=disabled $(BIN)/pytest -q -m "not slow" $(ARGS)
+
+test-all: setup
+	WANDB_MODE=disabled $(BIN)/pytest -q $(ARGS)
+
+lint: setup
+	$(BIN)/ruff check src tests
+
+clean:
+	rm -rf $(VENV) outputs multirun .pytest_cache

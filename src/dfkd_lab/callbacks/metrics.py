@@ -1,0 +1,54 @@
+"""Metrics on disk: a flat ``metrics.json`` and an accuracy-vs-time curve (``curve.jsonl``).
+
+Both are rewritten at every evaluation, so an interrupted run keeps what it measured.
+"""
+
+import json
+import math
+import time
+from pathlib import Path
+
+import pytorch_lightning as pl
+import torch
+
+
+def flat_metrics(metrics: dict) -> dict:
+    out = {}
+    for key, value in metrics.items():
+        if isinstance(value, torch.Tensor):
+            if value.numel() != 1:
+                continue
+            value = value.item()
+        if isinstance(value, (int, float)) and math.isfinite(value):
+            out[key] = value
+    return out
+
+
+def write_json(path: Path, data: dict):
+    """Write atomically: a crash mid-write never leaves a truncated file behind."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
+    tmp.replace(path)
+
+
+class MetricsWriter(pl.Callback):
+    def __init__(self, path: str):
+        self.path = Path(path)
+        self.curve = self.path.with_name("curve.jsonl")
+        self._start = None
+
+    def on_fit_start(self, trainer, pl_module):
+        self._start = time.perf_counter()
+
+    def on_validation_end(self, trainer, pl_module):
+        if trainer.sanity_checking or not trainer.is_global_zero:
+            return
+        metrics = flat_metrics(trainer.callback_metrics)
+        row = {"epoch": trainer.current_epoch, "step": trainer.global_step,
+               "time_s": time.perf_counter() - (self._start or time.perf_counter()), **metrics}
+        self.curve.parent.mkdir(parents=True, exist_ok=True)
+        with open(self.curve, "a") as f:
+            f.write(json.dumps(row) + "\n")
+        write_json(self.path, metrics)

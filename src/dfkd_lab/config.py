@@ -1,0 +1,141 @@
+"""Structured-config schemas: a mistyped key or a wrong value type fails at start, naming the key.
+
+Open-ended parts (trainer kwargs, logger and callback ``_target_`` dicts, a synthesizer's own
+arguments) are checked where they are built: Lightning's Trainer and the synthesizer
+constructors reject unknown arguments by name.
+"""
+
+from dataclasses import dataclass, field
+from typing import Any, Optional
+
+from hydra.core.config_store import ConfigStore
+
+
+@dataclass
+class DataConfig:
+    name: str = "fashion_mnist"
+    root: str = "${paths.data_dir}"
+    num_classes: int = 10
+    channels: int = 1
+    image_size: int = 32
+    mean: Optional[list[float]] = None
+    std: Optional[list[float]] = None
+    batch_size: int = 256
+    eval_batch_size: int = 1024
+    crop_pad: int = 0
+    flip: bool = False
+    num_workers: int = 0
+    download: bool = True
+
+
+@dataclass
+class TeacherConfig:
+    zoo: Optional[str] = None  # a name in checkpoints/*.json
+    arch: Optional[str] = None  # with ckpt: any registered architecture
+    ckpt: Optional[str] = None  # a state-dict file; overrides the zoo entry's file
+    sha256: Optional[str] = None  # checked when set (the zoo sets it)
+    model: Any = None  # or any nn.Module given by _target_
+
+
+@dataclass
+class StudentConfig:
+    arch: Optional[str] = "lenet5_half"
+    model: Any = None  # or any nn.Module given by _target_
+
+
+@dataclass
+class LossConfig:
+    temperature: float = 1.0
+    weights: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass
+class MethodConfig:
+    name: str = "kd"
+    module: str = "dfkd_lab.methods.kd.KnowledgeDistillation"
+    data_free: bool = False
+    needs_bn: bool = False  # the teacher must have BatchNorm layers
+    uses_teacher: bool = True  # false for supervised training (method=teacher, method=scratch)
+    trains: str = "student"  # "teacher": the run trains the model named by the teacher group
+    epochs: int = 20
+    steps_per_epoch: int = 0  # data-free: synthetic steps per epoch
+    batch_size: int = 256  # data-free: synthetic batch size
+    optimizer: str = "sgd"
+    lr: float = 0.05
+    momentum: float = 0.9
+    weight_decay: float = 1e-4
+    schedule: str = "cosine"
+    student_steps: int = 1  # student updates per synthesized batch
+    synth_every: int = 1  # synthesis rounds every N training steps
+    warmup_epochs: int = 0  # epochs of synthesis only
+    grad_clip: float = 0.0
+    collapse_patience: int = 200  # stop when every synthetic image is one class this many steps
+    channels_last: bool = False
+    precision: str = "32-true"  # what trainer=default uses; trainer presets may override
+    synthesizer: Any = None
+    zoo_name: Optional[str] = None  # method=teacher: also publish the result to checkpoints/
+
+
+@dataclass
+class TrainerConfig:
+    """The Lightning Trainer arguments a run may set; None leaves Lightning's default."""
+
+    accelerator: str = "auto"
+    devices: Any = 1
+    num_nodes: Optional[int] = None
+    strategy: Any = None
+    precision: Any = "32-true"
+    max_epochs: Optional[int] = None
+    max_steps: Optional[int] = None
+    max_time: Optional[str] = None  # "DD:HH:MM:SS": a wall-clock budget
+    limit_train_batches: Optional[float] = None
+    limit_val_batches: Optional[float] = None
+    limit_test_batches: Optional[float] = None
+    val_check_interval: Optional[float] = None
+    check_val_every_n_epoch: Optional[int] = None
+    num_sanity_val_steps: Optional[int] = None
+    log_every_n_steps: Optional[int] = None
+    enable_progress_bar: Optional[bool] = None
+    enable_model_summary: Optional[bool] = None
+    fast_dev_run: Any = None
+    overfit_batches: Optional[float] = None
+    accumulate_grad_batches: Optional[int] = None
+    gradient_clip_val: Optional[float] = None
+    sync_batchnorm: Optional[bool] = None
+    deterministic: Any = None
+    benchmark: Optional[bool] = None
+    detect_anomaly: Optional[bool] = None
+    profiler: Optional[str] = None
+    default_root_dir: Optional[str] = None
+
+
+@dataclass
+class PathsConfig:
+    root_dir: str = "."
+    data_dir: str = "${paths.root_dir}/data"
+    output_dir: str = "${hydra:runtime.output_dir}"
+
+
+@dataclass
+class TrainConfig:
+    data: DataConfig = field(default_factory=DataConfig)
+    teacher: TeacherConfig = field(default_factory=TeacherConfig)
+    student: StudentConfig = field(default_factory=StudentConfig)
+    method: MethodConfig = field(default_factory=MethodConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    paths: PathsConfig = field(default_factory=PathsConfig)
+    trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    logger: Optional[dict[str, Any]] = None
+    callbacks: Optional[dict[str, Any]] = None
+    task_name: str = "train"
+    tags: list[str] = field(default_factory=list)
+    seed: int = 0
+    optimized_metric: str = "test/acc"
+    resume: Optional[str] = None  # "last" or a checkpoint path
+    transfer_set: Optional[str] = None  # a saved transfer set to distil from
+    test: bool = True
+
+
+def register_configs():
+    cs = ConfigStore.instance()
+    cs.store(name="train_schema", node=TrainConfig)

@@ -1,0 +1,1 @@
+"""Loss terms as pure functions of tensors, one module per kind."""

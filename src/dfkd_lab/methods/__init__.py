@@ -1,0 +1,1 @@
+"""One LightningModule per method family; most data-free methods are a synthesizer + weights."""

@@ -1,0 +1,122 @@
+"""What every method shares: a student, an optional frozen teacher, the student's optimiser,
+and evaluation on the real test split."""
+
+import math
+
+import pytorch_lightning as pl
+import torch
+from torch import nn
+from torchmetrics import MaxMetric
+from torchmetrics.classification import MulticlassAccuracy
+
+from ..losses.weighting import check_weights
+from ..zoo import freeze
+
+
+def build_optimizer(params, method):
+    if method.optimizer == "sgd":
+        return torch.optim.SGD(params, lr=method.lr, momentum=method.momentum, weight_decay=method.weight_decay)
+    if method.optimizer == "adam":
+        return torch.optim.Adam(params, lr=method.lr, weight_decay=method.weight_decay)
+    raise ValueError(f"method.optimizer={method.optimizer!r}: choose sgd or adam")
+
+
+def build_schedule(optimizer, method, total_steps: int):
+    if method.schedule == "cosine":
+        return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(1, total_steps))
+    if method.schedule == "constant":
+        return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda _: 1.0)
+    raise ValueError(f"method.schedule={method.schedule!r}: choose cosine or constant")
+
+
+class DistillationModule(pl.LightningModule):
+    """Base for all methods. ``student`` is the network being trained (for ``method=teacher``
+    that is the future teacher). The teacher, when present, stays frozen: eval mode, no
+    gradients, left out of checkpoints."""
+
+    #: loss terms this method understands (names in ``loss.weights``)
+    loss_terms: frozenset = frozenset()
+
+    def __init__(self, student: nn.Module, method, loss, num_classes: int, teacher: nn.Module | None = None):
+        super().__init__()
+        self.student = student
+        self.teacher = freeze(teacher) if teacher is not None else None
+        self.method, self.loss_cfg = method, loss
+        self.weights = dict(loss.weights)
+        check_weights(self.weights, set(self.known_terms()), f"method={method.name}")
+        self.save_hyperparameters({"method": method, "loss": loss}, logger=False)
+        self.val_acc = MulticlassAccuracy(num_classes, average="micro")
+        self.test_acc = MulticlassAccuracy(num_classes, average="micro")
+        self.teacher_acc = MulticlassAccuracy(num_classes, average="micro")
+        self.val_best = MaxMetric()
+
+    @classmethod
+    def from_config(cls, cfg, student, teacher, data):
+        """Build from the composed config; families that need more override this."""
+        return cls(student, cfg.method, cfg.loss, data.num_classes, teacher)
+
+    def train_dataloader_from(self, data):
+        """Where training batches come from: the real training split by default."""
+        return data.train_dataloader()
+
+    def known_terms(self):
+        return self.loss_terms
+
+    # --- the teacher never changes -------------------------------------------------------
+    def train(self, mode: bool = True):
+        super().train(mode)
+        if self.teacher is not None:
+            self.teacher.eval()
+        return self
+
+    def on_save_checkpoint(self, checkpoint):
+        checkpoint["state_dict"] = {
+            k: v for k, v in checkpoint["state_dict"].items() if not k.startswith("teacher.")
+        }
+
+    def on_load_checkpoint(self, checkpoint):
+        if self.teacher is not None:  # the frozen teacher comes from the zoo, not the checkpoint
+            checkpoint["state_dict"].update({f"teacher.{k}": v for k, v in self.teacher.state_dict().items()})
+
+    # --- evaluation on the real test split ------------------------------------------------
+    def validation_step(self, batch, batch_idx):
+        x, y = batch
+        self.val_acc.update(self.student(x).argmax(1), y)
+
+    def on_validation_epoch_end(self):
+        acc = self.val_acc.compute()
+        self.val_acc.reset()
+        self.val_best.update(acc)
+        self.log("val/acc", acc, prog_bar=True, sync_dist=True)
+        self.log("val/acc_best", self.val_best.compute(), sync_dist=True)
+
+    def test_step(self, batch, batch_idx):
+        x, y = batch
+        self.test_acc.update(self.student(x).argmax(1), y)
+        if self.teacher is not None:
+            self.teacher_acc.update(self.teacher(x).argmax(1), y)
+
+    def on_test_epoch_end(self):
+        self.log("test/acc", self.test_acc.compute(), sync_dist=True)
+        self.test_acc.reset()
+        if self.teacher is not None:
+            self.log("teacher/acc", self.teacher_acc.compute(), sync_dist=True)
+            self.teacher_acc.reset()
+
+    # --- the student's optimiser ----------------------------------------------------------
+    def student_parameters(self):
+        return self.student.parameters()
+
+    def total_student_steps(self) -> int:
+        return int(self.trainer.estimated_stepping_batches)
+
+    def configure_optimizers(self):
+        opt = build_optimizer(self.student_parameters(), self.method)
+        steps = self.total_student_steps()
+        if not math.isfinite(steps):
+            steps = 1
+        schedule = build_schedule(opt, self.method, steps)
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
+
+    def on_run_end(self, output_dir, metrics: dict):
+        """Hook after testing, on rank zero: add metrics or write artefacts."""

@@ -1,0 +1,193 @@
+"""DataFreeDistillation: the one training loop shared by every data-free method.
+
+Per training step: the synthesizer improves itself against the frozen teacher (and the
+student), every ``synth_every`` steps; then the student takes ``student_steps`` updates on
+synthetic batches. Each optimiser updates only its own parameters (manual optimisation).
+The real training split is never built; evaluation uses the real test split.
+"""
+
+import math
+import time
+from contextlib import nullcontext
+
+import hydra
+import torch
+from torch.utils.data import DataLoader, IterableDataset
+
+from ..losses.attention import attention_loss
+from ..losses.kd import kd_kl, logit_l1, soft_target_kd
+from ..losses.weighting import weighted_sum
+from ..models.taps import stage_tap
+from ..synthesis.base import CostMeter, SynthContext
+from .base import DistillationModule, build_optimizer, build_schedule
+
+
+class SynthesisDiverged(RuntimeError):
+    """NaN/inf in a loss or a collapsed generator: stop before the checkpoints are spoiled."""
+
+
+class StepStream(IterableDataset):
+    """Data-free training iterates over steps, not data. Iterable, so under DDP every rank
+    runs every step (each on its own synthetic batch) instead of a shard of them."""
+
+    def __init__(self, steps: int):
+        self.steps = steps
+
+    def __iter__(self):
+        return iter(range(self.steps))
+
+    def __len__(self):
+        return self.steps
+
+
+class DataFreeDistillation(DistillationModule):
+    student_terms = frozenset({"kd", "soft", "l1", "at"})
+
+    def __init__(self, student, method, loss, num_classes, teacher, synthesizer, image_shape,
+                 value_range, seed: int = 0):
+        self.synthesizer_terms = synthesizer.terms
+        super().__init__(student, method, loss, num_classes, teacher)
+        synthesizer.setup(image_shape, num_classes, value_range, teacher)
+        self.synthesizer = synthesizer
+        self.cost = CostMeter()
+        self.seed = seed
+        self.automatic_optimization = False
+        self._collapsed_rounds = 0
+
+    def known_terms(self):
+        return self.student_terms | self.synthesizer_terms
+
+    @classmethod
+    def from_config(cls, cfg, student, teacher, data):
+        if cfg.method.synthesizer is None:
+            raise ValueError(f"method={cfg.method.name} is data-free but has no method.synthesizer")
+        synthesizer = hydra.utils.instantiate(cfg.method.synthesizer, _convert_="all")
+        return cls(student, cfg.method, cfg.loss, data.num_classes, teacher, synthesizer,
+                   data.image_shape, data.value_range, cfg.seed)
+
+    def train_dataloader_from(self, data):
+        if self.method.steps_per_epoch < 1:
+            raise ValueError("method.steps_per_epoch must be >= 1 for a data-free method")
+        return DataLoader(StepStream(self.method.steps_per_epoch), batch_size=None)
+
+    # --- set-up ---------------------------------------------------------------------------
+    def setup(self, stage=None):
+        # Per-rank seeds: with one shared seed every GPU would synthesise the same images.
+        self.synthesizer.seed(self.seed * 1_000_003 + self.global_rank)
+        if self.method.channels_last:
+            self.to(memory_format=torch.channels_last)
+
+    def configure_optimizers(self):
+        student_opt = build_optimizer(self.student.parameters(), self.method)
+        schedule = build_schedule(student_opt, self.method, self.total_student_steps())
+        return [student_opt, *self.synthesizer.build_optimizers()], [schedule]
+
+    def total_student_steps(self) -> int:
+        batches = self.trainer.estimated_stepping_batches
+        epochs = max(1, self.trainer.max_epochs or 1)
+        if not math.isfinite(batches):
+            batches = self.method.steps_per_epoch * epochs
+        trained = batches * max(0, epochs - self.method.warmup_epochs) / epochs
+        return max(1, int(trained * self.method.student_steps))
+
+    # --- the loop -------------------------------------------------------------------------
+    def _context(self, synth_opts):
+        return SynthContext(
+            teacher=self.teacher, student=self.student, weights=self.weights,
+            backward=self.manual_backward, optimizers=synth_opts, cost=self.cost,
+            device=self.device, batch_size=self.method.batch_size,
+            temperature=self.loss_cfg.temperature,
+        )
+
+    def _sync(self):
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+
+    def training_step(self, step, batch_idx):
+        student_opt, *synth_opts = self.optimizers()
+        ctx = self._context(synth_opts)
+        if batch_idx % self.method.synth_every == 0:
+            start = time.perf_counter()
+            terms = self.synthesizer.synthesize(ctx)
+            self._sync()
+            self.cost.add(synthesis_s=time.perf_counter() - start)
+            self._check_finite(terms, "synthesis")
+            self.log_dict({f"synth/{k}": v for k, v in terms.items()})
+        if self.current_epoch < self.method.warmup_epochs:
+            return
+        start = time.perf_counter()
+        for _ in range(self.method.student_steps):
+            terms, t_logits = self._student_step(student_opt, ctx)
+        self._sync()
+        self.cost.add(kd_s=time.perf_counter() - start)
+        self._check_collapse(t_logits)
+        self.log_dict({f"train/{k}": v for k, v in terms.items()}, prog_bar=True)
+
+    def _student_step(self, opt, ctx):
+        batch = self.synthesizer.batch(self.method.batch_size, ctx)
+        t_logits = batch.teacher_logits
+        need_features = bool(self.weights.get("at"))
+        with torch.no_grad(), (stage_tap(self.teacher) if need_features else nullcontext()) as t_tap:
+            if t_logits is None or need_features:
+                t_logits = self.teacher(batch.images)
+                self.cost.add(teacher_forwards=1)
+            t_feats = t_tap.features if need_features else None
+        with (stage_tap(self.student) if need_features else nullcontext()) as s_tap:
+            s_logits = self.student(batch.images)
+            s_feats = s_tap.features if need_features else None
+        terms = self.student_loss_terms(s_logits, t_logits, batch.soft_targets, s_feats, t_feats)
+        loss = weighted_sum(terms, self.weights)
+        self._check_finite({"student": loss}, "the student update")
+        opt.zero_grad()
+        self.manual_backward(loss)
+        if self.method.grad_clip:
+            self.clip_gradients(opt, gradient_clip_val=self.method.grad_clip, gradient_clip_algorithm="norm")
+        opt.step()
+        self.lr_schedulers().step()
+        return {k: v.detach() for k, v in terms.items()}, t_logits
+
+    def student_loss_terms(self, s_logits, t_logits, soft_targets, s_feats, t_feats):
+        w, temperature, terms = self.weights, self.loss_cfg.temperature, {}
+        if w.get("kd"):
+            terms["kd"] = kd_kl(s_logits, t_logits, temperature)
+        if w.get("soft"):
+            if soft_targets is None:
+                raise ValueError("loss.weights.soft needs a synthesizer that stores soft targets")
+            terms["soft"] = soft_target_kd(s_logits, soft_targets, temperature)
+        if w.get("l1"):
+            terms["l1"] = logit_l1(s_logits, t_logits)
+        if w.get("at"):
+            terms["at"] = attention_loss(s_feats, t_feats)
+        return terms
+
+    # --- guards ---------------------------------------------------------------------------
+    def _check_finite(self, terms: dict, where: str):
+        bad = [k for k, v in terms.items() if not torch.isfinite(v).all()]
+        if bad:
+            raise SynthesisDiverged(
+                f"non-finite loss {bad} in {where} at epoch {self.current_epoch}: lower the learning "
+                "rates or the loss weights; the checkpoints written so far are intact"
+            )
+
+    def _check_collapse(self, t_logits):
+        counts = torch.bincount(t_logits.argmax(1), minlength=t_logits.shape[1]).float()
+        frac_max = counts.max() / counts.sum()
+        self.log("synth/class_frac_max", frac_max)
+        patience = self.method.collapse_patience
+        self._collapsed_rounds = self._collapsed_rounds + 1 if frac_max >= 1.0 else 0
+        if patience and self._collapsed_rounds >= patience:
+            raise SynthesisDiverged(
+                f"generator collapse: every synthetic image was classified as class "
+                f"{int(counts.argmax())} for {patience} steps; change the loss weights (e.g. raise "
+                "loss.weights.ie) or the generator learning rate"
+            )
+
+    # --- reporting ------------------------------------------------------------------------
+    def on_validation_epoch_end(self):
+        super().on_validation_epoch_end()
+        self.log_dict(self.cost.as_dict())
+
+    def on_run_end(self, output_dir, metrics):
+        metrics.update(self.cost.as_dict())
+        total = metrics["cost/synthesis_s"]
+        metrics["cost/images_per_s"] = metrics["cost/images"] / total if total > 0 else 0.0

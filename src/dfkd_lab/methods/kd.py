@@ -1,0 +1,74 @@
+"""Distillation with real data: response, feature (hint), relation (FSP) and attention terms."""
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from ..losses.attention import attention_loss
+from ..losses.feature import hint_mse
+from ..losses.kd import kd_kl
+from ..losses.relation import fsp_loss
+from ..losses.weighting import active, weighted_sum
+from ..models.taps import stage_tap
+from .base import DistillationModule
+
+
+def stage_channels(model: nn.Module, image_shape) -> list[int]:
+    """Channel count of each feature stage, found with one dummy forward."""
+    with torch.no_grad(), stage_tap(model) as tap:
+        was_training = model.training
+        model.eval()
+        model(torch.zeros(2, *image_shape))
+        model.train(was_training)
+        return [f.shape[1] for f in tap.features]
+
+
+class KnowledgeDistillation(DistillationModule):
+    loss_terms = frozenset({"kd", "ce", "hint", "fsp", "at"})
+
+    def __init__(self, student, method, loss, num_classes, teacher, image_shape):
+        super().__init__(student, method, loss, num_classes, teacher)
+        self.temperature = loss.temperature
+        self.feature_terms = active(self.weights, "hint", "fsp", "at")
+        if active(self.weights, "hint", "fsp"):
+            s_ch, t_ch = stage_channels(student, image_shape), stage_channels(teacher, image_shape)
+            if len(s_ch) != len(t_ch):
+                raise ValueError(
+                    f"hint/fsp need as many feature stages in the student ({len(s_ch)}) as in the teacher "
+                    f"({len(t_ch)}); set loss.weights.hint=0 and loss.weights.fsp=0 for this pair"
+                )
+            self.projections = nn.ModuleList(nn.Conv2d(s, t, 1) for s, t in zip(s_ch, t_ch))
+
+    @classmethod
+    def from_config(cls, cfg, student, teacher, data):
+        return cls(student, cfg.method, cfg.loss, data.num_classes, teacher, data.image_shape)
+
+    def student_parameters(self):
+        params = list(self.student.parameters())
+        if hasattr(self, "projections"):
+            params += list(self.projections.parameters())
+        return params
+
+    def training_step(self, batch, batch_idx):
+        x, y = batch
+        with torch.no_grad(), stage_tap(self.teacher) as t_tap:
+            t_logits = self.teacher(x)
+            t_feats = t_tap.features
+        with stage_tap(self.student) as s_tap:
+            s_logits = self.student(x)
+            s_feats = s_tap.features
+        terms = {}
+        if self.weights.get("kd"):
+            terms["kd"] = kd_kl(s_logits, t_logits, self.temperature)
+        if self.weights.get("ce"):
+            terms["ce"] = F.cross_entropy(s_logits, y)
+        if "hint" in self.feature_terms or "fsp" in self.feature_terms:
+            projected = [p(f) for p, f in zip(self.projections, s_feats)]
+            if "hint" in self.feature_terms:
+                terms["hint"] = sum(hint_mse(p, t) for p, t in zip(projected, t_feats))
+            if "fsp" in self.feature_terms:
+                terms["fsp"] = fsp_loss(projected, t_feats)
+        if "at" in self.feature_terms:
+            terms["at"] = attention_loss(s_feats, t_feats)
+        self.log_dict({f"train/{k}": v for k, v in terms.items()}, prog_bar=False)
+        return weighted_sum(terms, self.weights)

@@ -1,0 +1,56 @@
+"""Training on real labels: teachers (exported as zoo entries), and the from-scratch reference."""
+
+import shutil
+from pathlib import Path
+
+import torch
+from torch.nn import functional as F
+
+from ..zoo import CHECKPOINTS, ZooEntry, sha256
+from .base import DistillationModule
+
+
+def run_command() -> str:
+    """The exact command line of this run, for the zoo entry's recipe."""
+    from hydra.core.hydra_config import HydraConfig
+
+    if not HydraConfig.initialized():
+        return ""
+    return " ".join(["dfkd-train", *HydraConfig.get().overrides.task])
+
+
+class SupervisedTraining(DistillationModule):
+    loss_terms = frozenset({"ce"})
+
+    @classmethod
+    def from_config(cls, cfg, student, teacher, data):
+        module = cls(student, cfg.method, cfg.loss, data.num_classes, teacher)
+        if cfg.method.trains == "teacher":
+            module.zoo_entry = dict(
+                name=cfg.method.zoo_name or f"{cfg.teacher.arch}_{data.name}",
+                arch=cfg.teacher.arch, dataset=data.name, num_classes=data.num_classes,
+                in_channels=data.channels, input_size=data.image_size,
+                mean=list(data.mean), std=list(data.std), command=run_command(),
+            )
+        return module
+
+    def training_step(self, batch, batch_idx):
+        x, y = batch
+        loss = F.cross_entropy(self.student(x), y)
+        self.log("train/ce", loss, prog_bar=True)
+        return loss * self.weights["ce"]
+
+    def on_run_end(self, output_dir, metrics):
+        """A trained teacher becomes a zoo entry in the run dir (and in checkpoints/ when
+        ``method.zoo_name`` is set)."""
+        if not hasattr(self, "zoo_entry"):
+            return
+        name = self.zoo_entry["name"]
+        weights = Path(output_dir) / f"{name}.pt"
+        torch.save({k: v.cpu() for k, v in self.student.state_dict().items()}, weights)
+        entry = ZooEntry(**self.zoo_entry, file=weights.name, sha256=sha256(weights),
+                         test_acc=round(metrics.get("test/acc", 0.0), 4))
+        entry.save(Path(output_dir))
+        if self.method.zoo_name:
+            shutil.copy(weights, CHECKPOINTS / weights.name)
+            entry.save(CHECKPOINTS)

@@ -1,0 +1,79 @@
+"""One BatchNorm-statistics hook for every method that matches BN statistics.
+
+Hooks on each BatchNorm2d of the (eval-mode) teacher read the layer's input, compute the
+batch mean and biased variance per channel and compare them with the running statistics.
+Under DDP the moments are all-reduced (with gradients) so the statistics are those of the
+global batch, not of each GPU's slice.
+"""
+
+import torch
+import torch.distributed as dist
+from torch import nn
+
+from ..losses.bn import batch_stats, bn_stat_loss
+
+
+def _global_stats(x: torch.Tensor):
+    if not (dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1):
+        return batch_stats(x)
+    from torch.distributed.nn.functional import all_reduce
+
+    x = x.float()
+    n = torch.tensor(float(x.shape[0] * x.shape[2] * x.shape[3]), device=x.device)
+    moments = torch.stack([x.sum(dim=(0, 2, 3)), x.pow(2).sum(dim=(0, 2, 3))])
+    moments = all_reduce(moments)
+    count = all_reduce(n)
+    mean = moments[0] / count
+    return mean, moments[1] / count - mean.pow(2)
+
+
+class BNStatHooks:
+    """Context manager: ``with BNStatHooks(teacher) as bn: teacher(x); loss = bn.loss()``.
+
+    ``momentum`` > 0 blends each batch's statistics with an EMA of earlier batches before
+    comparing (FastDFKD); the EMA lives in ``self.ema`` and can be saved and restored.
+    """
+
+    def __init__(self, model: nn.Module, momentum: float = 0.0, ema: dict | None = None):
+        self.layers = [m for m in model.modules() if isinstance(m, nn.BatchNorm2d)]
+        if not self.layers:
+            raise ValueError(f"{type(model).__name__} has no BatchNorm2d layer to match statistics of")
+        self.momentum = momentum
+        self.ema = ema if ema is not None else {}
+        self.losses: list[torch.Tensor] = []
+        self.inputs: list[torch.Tensor] = []
+        self._handles = []
+
+    def __enter__(self):
+        for index, layer in enumerate(self.layers):
+            self._handles.append(layer.register_forward_hook(self._hook(index)))
+        return self
+
+    def __exit__(self, *exc):
+        for handle in self._handles:
+            handle.remove()
+        self._handles.clear()
+        self.losses, self.inputs = [], []
+
+    def _hook(self, index):
+        def hook(module, args, output):
+            x = args[0]
+            self.inputs.append(x)
+            mean, var = _global_stats(x)
+            if self.momentum > 0:
+                if index in self.ema:
+                    old_mean, old_var = self.ema[index]
+                    mean = self.momentum * old_mean + (1 - self.momentum) * mean
+                    var = self.momentum * old_var + (1 - self.momentum) * var
+                self.ema[index] = (mean.detach(), var.detach())
+            self.losses.append(bn_stat_loss(mean, var, module.running_mean.float(), module.running_var.float()))
+        return hook
+
+    def reset(self):
+        """Forget the last forward (call between two forwards inside one context)."""
+        self.losses, self.inputs = [], []
+
+    def loss(self) -> torch.Tensor:
+        if not self.losses:
+            raise RuntimeError("BNStatHooks.loss() before any teacher forward inside the context")
+        return torch.stack(self.losses).sum()

@@ -1,0 +1,116 @@
+"""Generator-based synthesis (DAFL, ZSKT, DFAD, DFQ): a fresh batch from G(z) at every step.
+
+The generator loss is a weighted sum of named terms; which ones a method uses is only a
+matter of ``loss.weights``:
+
+- ``oh``: cross-entropy of the teacher against its own argmax (confident samples)
+- ``ie``: minus the entropy of the batch-mean prediction (class balance)
+- ``a``: minus the mean absolute pre-logit feature of the teacher (DAFL's activation term)
+- ``ent``: mean per-sample entropy (DFQ)
+- ``bn``: BatchNorm-statistics matching (DFQ)
+- ``adv``: minus KL(T || S): seek samples where the student disagrees (ZSKT, DFQ)
+- ``adv_l1``: minus the L1 distance between logits (DFAD)
+
+``n_generators`` > 1 trains an ensemble (DFQ); each generator makes an equal share of a batch.
+"""
+
+from contextlib import nullcontext
+
+import torch
+from torch import nn
+
+from ..losses.entropy import activation_l1, batch_entropy, instance_entropy, one_hot_ce
+from ..losses.kd import kd_kl, logit_l1
+from ..losses.weighting import weighted_sum
+from ..models.generators import Generator
+from ..models.taps import penultimate_tap
+from .base import SynthBatch, Synthesizer
+from .bn_hooks import BNStatHooks
+
+
+class GeneratorSynthesizer(Synthesizer):
+    terms = frozenset({"oh", "ie", "a", "ent", "bn", "adv", "adv_l1"})
+
+    def __init__(self, nz: int = 100, ngf: int = 64, out: str = "tanh_bn", lr: float = 1e-3,
+                 betas: tuple = (0.5, 0.999), n_generators: int = 1, reuse: int = 1,
+                 grad_clip: float = 0.0, preview_size: int = 64):
+        super().__init__()
+        if n_generators < 1 or reuse < 1:
+            raise ValueError("synthesizer.n_generators and synthesizer.reuse must be >= 1")
+        self.nz, self.ngf, self.out = nz, ngf, out
+        self.lr, self.betas = lr, tuple(betas)
+        self.n_generators, self.reuse, self.grad_clip = n_generators, reuse, grad_clip
+        self.preview_size = preview_size
+        self._cache: SynthBatch | None = None
+        self._cache_uses = 0
+
+    def setup(self, image_shape, num_classes, value_range, teacher):
+        super().setup(image_shape, num_classes, value_range, teacher)
+        channels, size, _ = image_shape
+        self.generators = nn.ModuleList(
+            Generator(self.nz, self.ngf, size, channels, self.out) for _ in range(self.n_generators)
+        )
+        fixed = torch.randn(self.preview_size, self.nz, generator=torch.Generator().manual_seed(1234))
+        self.register_buffer("fixed_z", fixed)
+
+    def build_optimizers(self):
+        return [torch.optim.Adam(g.parameters(), lr=self.lr, betas=self.betas) for g in self.generators]
+
+    def _generate(self, n: int, device) -> torch.Tensor:
+        shares = [n // self.n_generators + (i < n % self.n_generators) for i in range(self.n_generators)]
+        return torch.cat([g(self.randn(k, self.nz, device=device)) for g, k in zip(self.generators, shares) if k])
+
+    def synthesize(self, ctx):
+        w = ctx.weights
+        self.generators.train()
+        x = self._generate(ctx.batch_size, ctx.device)
+        use_bn = bool(w.get("bn"))
+        with penultimate_tap(ctx.teacher) as feat, (BNStatHooks(ctx.teacher) if use_bn else nullcontext()) as bn:
+            t_logits = ctx.teacher(x)
+            terms = {}
+            if w.get("oh"):
+                terms["oh"] = one_hot_ce(t_logits)
+            if w.get("ie"):
+                terms["ie"] = -batch_entropy(t_logits)
+            if w.get("a"):
+                terms["a"] = -activation_l1(feat.features[0])
+            if w.get("ent"):
+                terms["ent"] = instance_entropy(t_logits)
+            if use_bn:
+                terms["bn"] = bn.loss()
+        if w.get("adv") or w.get("adv_l1"):
+            s_logits = ctx.student(x)
+            if w.get("adv"):
+                terms["adv"] = -kd_kl(s_logits, t_logits, ctx.temperature)
+            if w.get("adv_l1"):
+                terms["adv_l1"] = -logit_l1(s_logits, t_logits)
+        loss = weighted_sum(terms, w)
+        for opt in ctx.optimizers:
+            opt.zero_grad()
+        ctx.backward(loss)
+        for g, opt in zip(self.generators, ctx.optimizers):
+            if self.grad_clip:
+                torch.nn.utils.clip_grad_norm_(g.parameters(), self.grad_clip)
+            opt.step()
+        ctx.student.zero_grad(set_to_none=True)  # the adversarial term must not leak into the student
+        ctx.cost.add(images=x.shape[0], teacher_forwards=1)
+        self._cache, self._cache_uses = SynthBatch(x.detach(), t_logits.detach()), 0
+        return {k: v.detach() for k, v in terms.items()}
+
+    def batch(self, n, ctx):
+        if self._cache is None or self._cache_uses >= self.reuse or self._cache.images.shape[0] != n:
+            with torch.no_grad():
+                self._cache = SynthBatch(self._generate(n, ctx.device))
+            self._cache_uses = 0
+            ctx.cost.add(images=n)
+        self._cache_uses += 1
+        return self._cache
+
+    @torch.no_grad()
+    def preview(self, n, device):
+        was_training = self.generators.training
+        self.generators.eval()
+        per = max(1, n // self.n_generators)
+        images = torch.cat([g(self.fixed_z[:per].to(device)) for g in self.generators])[:n]
+        self.generators.train(was_training)
+        return images

@@ -1,0 +1,111 @@
+"""``dfkd-train``: compose the config, seed, build, fit, test, write metrics, return the metric."""
+
+import os
+import time
+from pathlib import Path
+
+import hydra
+import pytorch_lightning as pl
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig
+
+from .build import (
+    build_callbacks, build_data, build_loggers, build_module, build_student, build_teacher, trainer_kwargs,
+)
+from .callbacks.metrics import flat_metrics, write_json
+from .config import register_configs
+from .zoo import PROJECT_ROOT
+
+CONF_DIR = str(PROJECT_ROOT / "conf")
+
+
+def resume_checkpoint(cfg: DictConfig, output_dir: Path) -> str | None:
+    if not cfg.resume:
+        return None
+    path = output_dir / "checkpoints" / "last.ckpt" if cfg.resume == "last" else Path(cfg.resume)
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"resume={cfg.resume}: no checkpoint at {path}; run with hydra.run.dir=<the old run dir> resume=last"
+        )
+    return str(path)
+
+
+def wandb_run_id(output_dir: Path) -> str:
+    """One W&B id per run dir, so a resumed run continues the same W&B run."""
+    path = output_dir / "wandb_id.txt"
+    if path.is_file():
+        return path.read_text().strip()
+    import wandb
+
+    run_id = wandb.util.generate_id()
+    output_dir.mkdir(parents=True, exist_ok=True)
+    path.write_text(run_id + "\n")
+    return run_id
+
+
+def run(cfg: DictConfig) -> dict:
+    start = time.perf_counter()
+    output_dir = Path(cfg.paths.output_dir)
+    pl.seed_everything(cfg.seed, workers=True, verbose=False)
+    data = build_data(cfg)
+    teacher = build_teacher(cfg, data) if cfg.method.uses_teacher else None
+    student = build_student(cfg, data)
+    module = build_module(cfg, student, teacher, data)
+    ckpt_path = resume_checkpoint(cfg, output_dir)
+    loggers = build_loggers(cfg, wandb_run_id(output_dir) if cfg.logger and "wandb" in cfg.logger else None)
+    trainer = pl.Trainer(**trainer_kwargs(cfg), logger=loggers or False, callbacks=build_callbacks(cfg))
+    data.setup("fit")
+    trainer.fit(module, train_dataloaders=module.train_dataloader_from(data),
+                val_dataloaders=data.val_dataloader(), ckpt_path=ckpt_path)
+    metrics = flat_metrics(trainer.callback_metrics)
+    if cfg.test:
+        trainer.test(module, dataloaders=data.test_dataloader(), verbose=False)
+        metrics.update(flat_metrics(trainer.callback_metrics))
+    if "val/acc_best" in metrics:
+        metrics["test/acc_best"] = metrics["val/acc_best"]  # validation runs on the real test split
+    metrics["time/total_s"] = time.perf_counter() - start
+    if trainer.is_global_zero:
+        module.on_run_end(output_dir, metrics)
+        write_json(output_dir / "metrics.json", metrics)
+        print(summary(cfg, metrics, output_dir))
+    return metrics
+
+
+def summary(cfg: DictConfig, metrics: dict, output_dir: Path) -> str:
+    model = cfg.teacher.arch if cfg.method.trains == "teacher" else cfg.student.arch
+    parts = [f"dfkd-lab | method={cfg.method.name} | {model} on {cfg.data.name}"]
+    if "test/acc" in metrics:
+        parts.append(f"test acc {100 * metrics['test/acc']:.2f}% (best {100 * metrics.get('test/acc_best', 0):.2f}%)")
+    if "teacher/acc" in metrics:
+        parts.append(f"teacher {100 * metrics['teacher/acc']:.2f}%")
+    parts.append(f"{metrics['time/total_s']:.0f} s")
+    parts.append(str(output_dir))
+    return " | ".join(parts)
+
+
+def finish_wandb():
+    """Close the W&B run so the next multirun job starts a new one."""
+    import sys
+
+    wandb = sys.modules.get("wandb")
+    if wandb is not None and wandb.run is not None:
+        wandb.finish()
+
+
+register_configs()
+
+
+@hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="train")
+def main(cfg: DictConfig) -> float | None:
+    try:
+        metrics = run(cfg)
+    finally:
+        finish_wandb()
+    return metrics.get(cfg.optimized_metric)
+
+
+os.environ.setdefault("PROJECT_ROOT", str(PROJECT_ROOT))
+os.environ.setdefault("WANDB_MODE", "offline")
+
+if __name__ == "__main__":
+    main()

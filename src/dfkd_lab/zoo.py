@@ -1,0 +1,105 @@
+"""Teacher checkpoints: each entry says what the weights are, how they were made, and their hash.
+
+An entry is ``checkpoints/<name>.json`` beside ``checkpoints/<name>.pt``.
+"""
+
+import hashlib
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from .models import build_model
+
+PROJECT_ROOT = Path(__file__).resolve().parents[2]
+CHECKPOINTS = PROJECT_ROOT / "checkpoints"
+
+
+class TeacherError(RuntimeError):
+    """A teacher that cannot be used as configured; the message names the key to fix."""
+
+
+@dataclass
+class ZooEntry:
+    name: str
+    arch: str
+    dataset: str
+    num_classes: int
+    in_channels: int
+    input_size: int
+    mean: list
+    std: list
+    file: str
+    sha256: str
+    test_acc: float
+    command: str
+    metadata: dict = field(default_factory=dict)  # e.g. recorded activation statistics (Lopes)
+
+    def path(self) -> Path:
+        return CHECKPOINTS / self.file
+
+    def save(self, folder: Path = CHECKPOINTS):
+        (folder / f"{self.name}.json").write_text(json.dumps(asdict(self), indent=2) + "\n")
+
+
+def sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def zoo_names() -> list[str]:
+    return sorted(p.stem for p in CHECKPOINTS.glob("*.json"))
+
+
+def zoo_entry(name: str) -> ZooEntry:
+    path = CHECKPOINTS / f"{name}.json"
+    if not path.is_file():
+        raise TeacherError(f"teacher.zoo={name!r} is not in the zoo; known entries: {zoo_names()}")
+    return ZooEntry(**json.loads(path.read_text()))
+
+
+def load_state(path: Path, expected_sha256: str | None, key: str) -> dict:
+    if not path.is_file():
+        raise TeacherError(f"{key}: checkpoint file {path} does not exist")
+    if expected_sha256 and sha256(path) != expected_sha256:
+        raise TeacherError(
+            f"{key}: {path} has sha256 {sha256(path)}, expected {expected_sha256} "
+            "(file corrupt or replaced; restore it or set teacher.sha256=null to accept it)"
+        )
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:
+        raise TeacherError(f"{key}: cannot read {path} as a torch checkpoint: {err}") from err
+    if isinstance(state, dict) and "state_dict" in state:  # a Lightning checkpoint
+        state = {k.split(".", 1)[1]: v for k, v in state["state_dict"].items() if k.startswith("student.")} or state["state_dict"]
+    return state
+
+
+def load_weights(model: nn.Module, state: dict, key: str):
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as err:
+        raise TeacherError(f"{key}: weights do not fit {type(model).__name__}: {err}") from err
+
+
+def freeze(model: nn.Module) -> nn.Module:
+    """A frozen teacher: eval mode (BN uses running statistics), no gradients."""
+    model.eval()
+    for p in model.parameters():
+        p.requires_grad_(False)
+    return model
+
+
+def check_classes(model: nn.Module, num_classes: int, key: str):
+    head = getattr(model, "classifier", None)
+    out = getattr(head, "out_features", None)
+    if out is not None and out != num_classes:
+        raise TeacherError(
+            f"{key}: the teacher predicts {out} classes but data.num_classes={num_classes}; "
+            "pick a teacher trained on this dataset"
+        )
