@@ -11,6 +11,10 @@ from typing import Any, Optional
 from hydra.core.config_store import ConfigStore
 
 
+class ConfigError(ValueError):
+    """A config value that cannot work; the message names the key and how to fix it."""
+
+
 @dataclass
 class DataConfig:
     name: str = "fashion_mnist"

@@ -12,6 +12,7 @@ import torch
 from torch.nn import functional as F
 from torch.utils.data import DataLoader, TensorDataset
 
+from ..config import ConfigError
 from . import sources
 from .augment import crop_flip
 
@@ -66,7 +67,7 @@ class ClassificationData(pl.LightningDataModule):
                 self.root, split, self.channels, self.image_size
             )
             if len(self.classes) != self.num_classes:
-                raise ValueError(
+                raise ConfigError(
                     f"{self.root}/{split} has {len(self.classes)} class folders but "
                     f"data.num_classes={self.num_classes}: set data.num_classes={len(self.classes)}"
                 )
@@ -76,7 +77,7 @@ class ClassificationData(pl.LightningDataModule):
     def _prepare(self, images: torch.Tensor) -> torch.Tensor:
         x = images.float().div_(255)
         if x.shape[1] != self.channels:
-            raise ValueError(f"{self.name} images have {x.shape[1]} channels, data.channels={self.channels}")
+            raise ConfigError(f"{self.name} images have {x.shape[1]} channels, data.channels={self.channels}")
         pad = self.image_size - x.shape[-1]
         if pad > 0 and pad % 2 == 0:
             x = F.pad(x, (pad // 2,) * 4)  # 28x28 digits -> 32x32 LeNet input
@@ -97,7 +98,7 @@ class ClassificationData(pl.LightningDataModule):
                 self.split("train")  # statistics come from the training images
             images, labels = self._raw(split)
             if len(labels) == 0:
-                raise ValueError(f"{self.name} {split} split at {self.root} is empty")
+                raise sources.DatasetUnavailable(f"{self.name} {split} split at {self.root} is empty")
             self._splits[split] = TensorDataset(self._prepare(images), labels)
         return self._splits[split]
 
