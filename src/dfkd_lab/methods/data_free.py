@@ -62,8 +62,10 @@ class DataFreeDistillation(DistillationModule):
         if cfg.method.synthesizer is None:
             raise ValueError(f"method={cfg.method.name} is data-free but has no method.synthesizer")
         synthesizer = hydra.utils.instantiate(cfg.method.synthesizer, _convert_="all")
-        return cls(student, cfg.method, cfg.loss, data.num_classes, teacher, synthesizer,
-                   data.image_shape, data.value_range, cfg.seed)
+        module = cls(student, cfg.method, cfg.loss, data.num_classes, teacher, synthesizer,
+                     data.image_shape, data.value_range, cfg.seed)
+        synthesizer.bind_run(cfg)
+        return module
 
     def train_dataloader_from(self, data):
         if self.method.steps_per_epoch < 1:

@@ -71,6 +71,10 @@ class Synthesizer(nn.Module):
         self.num_classes = num_classes
         self.value_low, self.value_high = (v.view(1, -1, 1, 1) for v in value_range)
 
+    def bind_run(self, cfg):
+        """Read run-level settings from the composed config (run dir, teacher identity), after
+        ``setup``; pool methods open their on-disk transfer set here. Most need nothing."""
+
     def seed(self, seed: int):
         """Seed this synthesizer's own RNG; the module gives each DDP rank its own seed."""
         self.rng.manual_seed(seed)

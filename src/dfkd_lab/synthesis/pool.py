@@ -1,0 +1,145 @@
+"""The image pool: where inversion-style methods (DeepInversion, ADI, ZSKD, Wang 2021, Lopes,
+CMI, FastDFKD) put what they synthesise, and what the student then trains on.
+
+``PoolSynthesizer`` is their common base: a subclass only says how to make one batch
+(``make``); adding it to the pool (and to the on-disk transfer set), counting the cost,
+drawing augmented training batches and saving the pool in the checkpoint live here once.
+"""
+
+import torch
+import torch.distributed as dist
+
+from ..data.augment import crop_flip
+from .base import SynthBatch, Synthesizer
+
+
+class ImagePool:
+    """Images (and optional soft targets) kept detached on the CPU, oldest dropped beyond
+    ``capacity`` (None: unbounded). Stored as a list of batches so adding is O(batch)."""
+
+    def __init__(self, capacity: int | None = None):
+        if capacity is not None and capacity < 1:
+            raise ValueError(f"synthesizer.capacity must be >= 1 or null, got {capacity}")
+        self.capacity = capacity
+        self.images: list[torch.Tensor] = []
+        self.soft_targets: list[torch.Tensor] | None = None  # None until the first add decides
+        self._size = 0
+
+    def add(self, images: torch.Tensor, soft_targets: torch.Tensor | None = None):
+        if soft_targets is not None and soft_targets.shape[0] != images.shape[0]:
+            raise ValueError(f"{images.shape[0]} images but {soft_targets.shape[0]} soft targets")
+        if self._size and (soft_targets is None) != (self.soft_targets is None):
+            raise ValueError("a pool holds soft targets for every image or for none")
+        if not self._size:
+            self.soft_targets = None if soft_targets is None else []
+        self.images.append(images.detach().float().cpu())
+        if soft_targets is not None:
+            self.soft_targets.append(soft_targets.detach().float().cpu())
+        self._size += images.shape[0]
+        self._drop_oldest()
+
+    def _drop_oldest(self):
+        excess = self._size - self.capacity if self.capacity is not None else 0
+        while excess > 0:
+            first = self.images[0].shape[0]
+            cut = min(first, excess)
+            self.images[0] = self.images[0][cut:]
+            if self.soft_targets is not None:
+                self.soft_targets[0] = self.soft_targets[0][cut:]
+            if cut == first:
+                self.images.pop(0)
+                if self.soft_targets is not None:
+                    self.soft_targets.pop(0)
+            self._size -= cut
+            excess -= cut
+
+    def __len__(self):
+        return self._size
+
+    def _flat(self):
+        images = torch.cat(self.images)
+        soft = torch.cat(self.soft_targets) if self.soft_targets is not None else None
+        self.images = [images]
+        self.soft_targets = [soft] if soft is not None else None
+        return images, soft
+
+    def sample(self, n: int, generator: torch.Generator):
+        """``n`` entries drawn uniformly (with replacement): (images, soft_targets or None)."""
+        if not self._size:
+            raise RuntimeError("sample() from an empty image pool: synthesize before drawing batches")
+        images, soft = self._flat() if len(self.images) > 1 else (
+            self.images[0], self.soft_targets[0] if self.soft_targets is not None else None)
+        index = torch.randint(0, self._size, (n,), generator=generator)
+        return images[index], (soft[index] if soft is not None else None)
+
+    def newest(self, n: int) -> torch.Tensor:
+        return torch.cat(self.images)[-n:] if self._size else torch.empty(0)
+
+    def state_dict(self) -> dict:
+        if not self._size:
+            return {"capacity": self.capacity, "images": None, "soft_targets": None}
+        images, soft = self._flat()
+        return {"capacity": self.capacity, "images": images, "soft_targets": soft}
+
+    def load_state_dict(self, state: dict):
+        self.capacity = state["capacity"]
+        self.images, self.soft_targets, self._size = [], None, 0
+        if state["images"] is not None:
+            self.add(state["images"], state["soft_targets"])
+
+
+class PoolSynthesizer(Synthesizer):
+    """Base of every method whose synthesised images go to a pool the student trains on.
+
+    Subclasses implement ``make(ctx) -> (images, soft_targets or None)``: one batch in the
+    normalised pixel space, detached; they record the loss terms they optimised in
+    ``self.last_terms`` (detached tensors) and list them in ``terms``.
+    """
+
+    def __init__(self, capacity: int | None = None, augment_pad: int = 0, augment_flip: bool = False,
+                 save_transfer_set: bool = True):
+        super().__init__()
+        if augment_pad < 0:
+            raise ValueError(f"synthesizer.augment_pad must be >= 0, got {augment_pad}")
+        self.pool = ImagePool(capacity)
+        self.augment_pad, self.augment_flip = augment_pad, augment_flip
+        self.save_transfer_set = save_transfer_set
+        self.transfer_set = None  # a TransferSetWriter once bind_run opened one
+        self.last_terms: dict[str, torch.Tensor] = {}
+
+    def bind_run(self, cfg):
+        """Open the on-disk transfer set in the run dir (rank zero writes it)."""
+        if not self.save_transfer_set or (dist.is_available() and dist.is_initialized() and dist.get_rank()):
+            return
+        from ..data.transfer_set import TransferSetWriter
+
+        self.transfer_set = TransferSetWriter.for_run(cfg)
+
+    def make(self, ctx) -> tuple[torch.Tensor, torch.Tensor | None]:
+        raise NotImplementedError
+
+    def synthesize(self, ctx):
+        images, soft_targets = self.make(ctx)
+        images = images.detach()
+        self.pool.add(images, soft_targets)
+        ctx.cost.add(images=images.shape[0])
+        if self.transfer_set is not None:
+            self.transfer_set.write(images, soft_targets, self.value_low, self.value_high, ctx.cost.as_dict())
+        return {k: v.detach() for k, v in self.last_terms.items()}
+
+    def batch(self, n, ctx):
+        images, soft_targets = self.pool.sample(n, self.rng)
+        images = crop_flip(images, self.augment_pad, self.augment_flip, generator=self.rng)
+        soft_targets = soft_targets.to(ctx.device) if soft_targets is not None else None
+        return SynthBatch(images.to(ctx.device), soft_targets=soft_targets)
+
+    @torch.no_grad()
+    def preview(self, n, device):
+        return self.pool.newest(n).to(device)
+
+    def get_extra_state(self):
+        return {**super().get_extra_state(), "pool": self.pool.state_dict()}
+
+    def set_extra_state(self, state):
+        super().set_extra_state(state)
+        self.pool.load_state_dict(state["pool"])

@@ -1,0 +1,58 @@
+"""The image pool: capacity, uniform draws, soft targets, and a state that round-trips."""
+
+import pytest
+import torch
+
+from dfkd_lab.synthesis.pool import ImagePool
+
+
+def batch(start, n):
+    return torch.arange(start, start + n, dtype=torch.float32).view(n, 1, 1, 1).expand(n, 1, 2, 2).clone()
+
+
+def test_capacity_drops_the_oldest():
+    pool = ImagePool(capacity=5)
+    pool.add(batch(0, 3))
+    pool.add(batch(3, 4))
+    assert len(pool) == 5
+    images, soft = pool.sample(200, torch.Generator().manual_seed(0))
+    assert soft is None
+    assert set(images[:, 0, 0, 0].tolist()) == {2.0, 3.0, 4.0, 5.0, 6.0}
+    assert pool.newest(2)[:, 0, 0, 0].tolist() == [5.0, 6.0]
+
+
+def test_unbounded_pool_keeps_everything_and_samples_uniformly():
+    pool = ImagePool()
+    for i in range(10):
+        pool.add(batch(10 * i, 10))
+    images, _ = pool.sample(20000, torch.Generator().manual_seed(0))
+    counts = torch.bincount(images[:, 0, 0, 0].long(), minlength=100).float()
+    assert len(pool) == 100 and (counts > 0).all()
+    assert counts.max() / counts.min() < 2.0
+
+
+def test_soft_targets_travel_with_their_images():
+    pool = ImagePool(capacity=4)
+    pool.add(batch(0, 3), torch.arange(3.0)[:, None].expand(3, 2))
+    pool.add(batch(3, 3), torch.arange(3.0, 6.0)[:, None].expand(3, 2))
+    images, soft = pool.sample(50, torch.Generator().manual_seed(1))
+    assert torch.equal(images[:, 0, 0, 0], soft[:, 0])
+    with pytest.raises(ValueError, match="soft targets"):
+        pool.add(batch(0, 2))
+
+
+def test_state_round_trip_gives_the_same_draws():
+    pool = ImagePool(capacity=7)
+    pool.add(batch(0, 4), torch.rand(4, 3))
+    pool.add(batch(4, 5), torch.rand(5, 3))
+    other = ImagePool()
+    other.load_state_dict(pool.state_dict())
+    assert len(other) == len(pool) == 7 and other.capacity == 7
+    a = pool.sample(16, torch.Generator().manual_seed(3))
+    b = other.sample(16, torch.Generator().manual_seed(3))
+    assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
+    empty = ImagePool()
+    empty.load_state_dict(ImagePool().state_dict())
+    assert len(empty) == 0
+    with pytest.raises(RuntimeError, match="empty"):
+        empty.sample(1, torch.Generator())
