@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from typing import Any, Optional
 
 from hydra.core.config_store import ConfigStore
+from omegaconf import OmegaConf
 
 
 class ConfigError(ValueError):
@@ -143,3 +144,6 @@ class TrainConfig:
 def register_configs():
     cs = ConfigStore.instance()
     cs.store(name="train_schema", node=TrainConfig)
+    # ${first:a,b}: the first non-null value (a teacher is named by its zoo entry or its arch)
+    OmegaConf.register_new_resolver("first", lambda *values: next((v for v in values if v is not None), None),
+                                    replace=True)

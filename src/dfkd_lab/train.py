@@ -12,7 +12,7 @@ from omegaconf import DictConfig
 from .build import (
     build_callbacks, build_data, build_loggers, build_module, build_student, build_teacher, trainer_kwargs,
 )
-from .callbacks.metrics import flat_metrics, write_json
+from .callbacks.metrics import flat_metrics, log_summary, peak_memory, write_json
 from .config import register_configs
 from .zoo import PROJECT_ROOT
 
@@ -35,9 +35,9 @@ def wandb_run_id(output_dir: Path) -> str:
     path = output_dir / "wandb_id.txt"
     if path.is_file():
         return path.read_text().strip()
-    import wandb
+    from wandb.sdk.lib.runid import generate_id  # wandb.util.generate_id is gone in wandb 0.31
 
-    run_id = wandb.util.generate_id()
+    run_id = generate_id()
     output_dir.mkdir(parents=True, exist_ok=True)
     path.write_text(run_id + "\n")
     return run_id
@@ -64,9 +64,11 @@ def run(cfg: DictConfig) -> dict:
     if "val/acc_best" in metrics:
         metrics["test/acc_best"] = metrics["val/acc_best"]  # validation runs on the real test split
     metrics["time/total_s"] = time.perf_counter() - start
+    metrics.update(peak_memory())
     if trainer.is_global_zero:
         module.on_run_end(output_dir, metrics)
         write_json(output_dir / "metrics.json", metrics)
+        log_summary(trainer.loggers, metrics)
         print(summary(cfg, metrics, output_dir))
     return metrics
 

@@ -52,3 +52,25 @@ class MetricsWriter(pl.Callback):
         with open(self.curve, "a") as f:
             f.write(json.dumps(row) + "\n")
         write_json(self.path, metrics)
+
+
+def peak_memory() -> dict:
+    """Peak memory of this process, a cost users compare across methods: host max RSS, and
+    the CUDA allocator's peak when a GPU was used."""
+    import resource
+    import sys
+
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux, bytes on macOS
+    out = {"mem/peak_mb": rss / (2**20 if sys.platform == "darwin" else 2**10)}
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        out["mem/gpu_peak_mb"] = torch.cuda.max_memory_allocated() / 2**20
+    return out
+
+
+def log_summary(loggers, metrics: dict):
+    """Final metrics into the W&B run summary, so dashboards sort and compare runs by them."""
+    from pytorch_lightning.loggers import WandbLogger
+
+    for logger in loggers:
+        if isinstance(logger, WandbLogger):
+            logger.experiment.summary.update(metrics)
