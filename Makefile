@@ -8,7 +8,7 @@ FMNIST  := /usr/share/datasets/fashion-mnist/t10k-images-idx3-ubyte.gz
 METHOD  ?= dafl
 ARGS    ?=
 
-.PHONY: run test test-all setup data lint clean
+.PHONY: run test test-all setup data chromium lint clean
 
 setup: $(STAMP) data
 
@@ -23,6 +23,12 @@ $(STAMP): pyproject.toml
 data:
 	@if [ ! -f $(FMNIST) ] && command -v apt-get >/dev/null 2>&1 && [ "$$(id -u)" = 0 ]; then \
 		apt-get update -qq && apt-get install -y -qq dataset-fashion-mnist >/dev/null; fi
+
+# Headless Chromium for the report.html rendering test (~100 MB, so not part of setup);
+# without it that test is skipped.
+chromium:
+	@if ! command -v chromium >/dev/null 2>&1 && command -v apt-get >/dev/null 2>&1 && [ "$$(id -u)" = 0 ]; then \
+		apt-get update -qq && apt-get install -y -qq chromium >/dev/null; fi
 
 # The main job: a data-free distillation on the embedded default (Fashion-MNIST, LeNet-5 -> LeNet-5-half).
 run: setup
