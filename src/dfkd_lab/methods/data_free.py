@@ -106,7 +106,8 @@ class DataFreeDistillation(DistillationModule):
             torch.cuda.synchronize(self.device)
 
     def training_step(self, step, batch_idx):
-        student_opt, *synth_opts = self.optimizers()
+        opts = self.optimizers()  # a single optimiser comes back bare, not in a list
+        student_opt, *synth_opts = opts if isinstance(opts, list) else [opts]
         ctx = self._context(synth_opts)
         if batch_idx % self.method.synth_every == 0:
             start = time.perf_counter()
