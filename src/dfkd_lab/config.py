@@ -78,6 +78,8 @@ class MethodConfig:
     channels_last: bool = False
     precision: str = "32-true"  # what trainer=default uses; trainer presets may override
     synthesizer: Any = None
+    students: int = 1  # DFQ: size of the student ensemble; the first one is evaluated
+    quant_bits: int = 0  # DFQ: fake-quantise the evaluated student to this many bits (0 = float)
     zoo_name: Optional[str] = None  # method=teacher: also publish the result to checkpoints/
 
 

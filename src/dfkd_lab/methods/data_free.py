@@ -80,7 +80,7 @@ class DataFreeDistillation(DistillationModule):
             self.to(memory_format=torch.channels_last)
 
     def configure_optimizers(self):
-        student_opt = build_optimizer(self.student.parameters(), self.method)
+        student_opt = build_optimizer(self.student_parameters(), self.method)
         schedule = build_schedule(student_opt, self.method, self.total_student_steps())
         return [student_opt, *self.synthesizer.build_optimizers()], [schedule]
 
@@ -136,7 +136,7 @@ class DataFreeDistillation(DistillationModule):
                 self.cost.add(teacher_forwards=1)
             t_feats = t_tap.features if need_features else None
         with (stage_tap(self.student) if need_features else nullcontext()) as s_tap:
-            s_logits = self.student(batch.images)
+            s_logits, t_logits = self.student_logits(batch.images, t_logits)
             s_feats = s_tap.features if need_features else None
         terms = self.student_loss_terms(s_logits, t_logits, batch.soft_targets, s_feats, t_feats)
         loss = weighted_sum(terms, self.weights)
@@ -148,6 +148,11 @@ class DataFreeDistillation(DistillationModule):
         opt.step()
         self.lr_schedulers().step()
         return {k: v.detach() for k, v in terms.items()}, t_logits
+
+    def student_logits(self, images, t_logits):
+        """Logits of the network(s) trained on this batch and the teacher logits they must match
+        (a student ensemble stacks its members' logits and repeats the teacher's)."""
+        return self.student(images), t_logits
 
     def student_loss_terms(self, s_logits, t_logits, soft_targets, s_feats, t_feats):
         w, temperature, terms = self.weights, self.loss_cfg.temperature, {}

@@ -80,10 +80,12 @@ class GeneratorSynthesizer(Synthesizer):
                 terms["bn"] = bn.loss()
         if w.get("adv") or w.get("adv_l1"):
             s_logits = ctx.student(x)
+            # a student ensemble (DFQ) stacks its members' logits: the term is their mean
+            t_ref = t_logits.repeat(s_logits.shape[0] // t_logits.shape[0], 1)
             if w.get("adv"):
-                terms["adv"] = -kd_kl(s_logits, t_logits, ctx.temperature)
+                terms["adv"] = -kd_kl(s_logits, t_ref, ctx.temperature)
             if w.get("adv_l1"):
-                terms["adv_l1"] = -logit_l1(s_logits, t_logits)
+                terms["adv_l1"] = -logit_l1(s_logits, t_ref)
         loss = weighted_sum(terms, w)
         for opt in ctx.optimizers:
             opt.zero_grad()

@@ -1,0 +1,102 @@
+"""DFQ (Choi et al. 2020): adversarial distillation into a quantised student, with ensembles.
+
+The loop is DataFreeDistillation's; what differs:
+
+- a student ensemble (``method.students``): the first student is the one evaluated and
+  shipped, the others are float peers trained by KD on the same batches. The generator's
+  adversarial term averages over all of them, so it seeks images that any student still
+  gets wrong (the generator ensemble is ``synthesizer.n_generators``);
+- the evaluated student is fake-quantised (``method.quant_bits``: 8 or 4, 0 keeps it float)
+  while it learns, and converted to a real int8 model for the test, which reports both
+  accuracies and both model sizes.
+"""
+
+import copy
+
+import torch
+from torch import nn
+from torch.ao.quantization import disable_observer, enable_observer
+from torchmetrics.classification import MulticlassAccuracy
+
+from ..config import ConfigError
+from ..quant import model_bytes, prepare_qat, to_int8
+from .data_free import DataFreeDistillation
+
+
+class StudentEnsemble(nn.Module):
+    """Stacks the members' logits along the batch: a batch-mean loss against the teacher's
+    logits repeated once per member is then the mean of the members' losses."""
+
+    def __init__(self, members):
+        super().__init__()
+        self.members = nn.ModuleList(members)
+
+    def forward(self, x):
+        return torch.cat([m(x) for m in self.members])
+
+
+def fresh_copy(model: nn.Module) -> nn.Module:
+    """Same architecture, newly initialised weights: a peer that starts somewhere else."""
+    peer = copy.deepcopy(model)
+    for module in peer.modules():
+        if hasattr(module, "reset_parameters"):
+            module.reset_parameters()
+    return peer
+
+
+class DFQDistillation(DataFreeDistillation):
+    def __init__(self, student, method, loss, num_classes, teacher, synthesizer, image_shape,
+                 value_range, seed: int = 0):
+        if method.students < 1:
+            raise ConfigError(f"method.students={method.students}: need at least the evaluated student (1)")
+        float_student = student
+        if method.quant_bits:
+            student = prepare_qat(student, method.quant_bits, torch.zeros(2, *image_shape))
+        super().__init__(student, method, loss, num_classes, teacher, synthesizer, image_shape, value_range, seed)
+        self.peers = nn.ModuleList(fresh_copy(float_student) for _ in range(method.students - 1))
+        self.float_bytes = model_bytes(float_student)
+        self.int8_acc = MulticlassAccuracy(num_classes, average="micro")
+        self._int8 = ()  # (converted model,) during testing; a tuple keeps it out of the state dict
+
+    def student_parameters(self):
+        return [*self.student.parameters(), *self.peers.parameters()]
+
+    def _ensemble(self):
+        return StudentEnsemble([self.student, *self.peers]) if len(self.peers) else self.student
+
+    def _context(self, synth_opts):
+        ctx = super()._context(synth_opts)
+        ctx.student = self._ensemble()
+        return ctx
+
+    def student_logits(self, images, t_logits):
+        return self._ensemble()(images), t_logits.repeat(len(self.peers) + 1, 1)
+
+    def train(self, mode: bool = True):
+        # Quantisation ranges are learned from synthetic images only: freezing the observers
+        # outside training keeps the real test images from calibrating the quantiser.
+        super().train(mode)
+        if self.method.quant_bits:
+            self.student.apply(enable_observer if mode else disable_observer)
+        return self
+
+    # --- the int8 model ---------------------------------------------------------------------
+    def on_test_start(self):
+        if self.method.quant_bits:
+            self._int8 = (to_int8(self.student),)
+
+    def test_step(self, batch, batch_idx):
+        super().test_step(batch, batch_idx)
+        if self._int8:
+            x, y = batch
+            self.int8_acc.update(self._int8[0](x.cpu().float().contiguous()).argmax(1).to(y.device), y)
+
+    def on_test_epoch_end(self):
+        super().on_test_epoch_end()
+        if self._int8:
+            self.log("test/acc_int8", self.int8_acc.compute())
+            self.int8_acc.reset()
+            self.log("quant/int8_bytes", float(model_bytes(self._int8[0])))
+            self.log("quant/float_bytes", float(self.float_bytes))
+            self.log("quant/bits", float(self.method.quant_bits))
+            self._int8 = ()

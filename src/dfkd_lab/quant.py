@@ -1,0 +1,71 @@
+"""Quantised students for DFQ-style transfer: fake quantisation while training, int8 at the end.
+
+Built on torch.ao.quantization's FX graph mode, so any traceable student works unchanged
+(no QuantStub edits): weights are fake-quantised per output channel (symmetric), activations
+per tensor (affine), both to ``bits`` bits. ``to_int8`` converts the trained fake-quant model
+into a real quantised model (int8 storage and kernels, CPU only); with ``bits`` < 8 its values
+still lie on the ``bits``-bit grid, stored in int8.
+"""
+
+import copy
+import io
+import warnings
+from contextlib import contextmanager
+
+import torch
+from torch import nn
+from torch.ao.quantization import FakeQuantize, QConfig, QConfigMapping
+from torch.ao.quantization.observer import MovingAverageMinMaxObserver, MovingAveragePerChannelMinMaxObserver
+
+
+def qat_qconfig(bits: int) -> QConfig:
+    if not 2 <= bits <= 8:
+        raise ValueError(f"method.quant_bits={bits}: choose 0 (float) or 2..8 bits")
+    activation = FakeQuantize.with_args(
+        observer=MovingAverageMinMaxObserver, quant_min=0, quant_max=2**bits - 1,
+        dtype=torch.quint8, qscheme=torch.per_tensor_affine,
+    )
+    weight = FakeQuantize.with_args(
+        observer=MovingAveragePerChannelMinMaxObserver, quant_min=-(2 ** (bits - 1)), quant_max=2 ** (bits - 1) - 1,
+        dtype=torch.qint8, qscheme=torch.per_channel_symmetric, ch_axis=0,
+    )
+    return QConfig(activation=activation, weight=weight)
+
+
+@contextmanager
+def _quiet():
+    """torch marks FX quantisation as deprecated in favour of PT2E, whose quantizers live outside
+    torch now; the FX path works in torch 2.14 on CPU and GPU, so silence the notice."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        yield
+
+
+def prepare_qat(model: nn.Module, bits: int, example: torch.Tensor) -> nn.Module:
+    """A copy of ``model`` with fake quantisation on weights and activations, in train mode."""
+    from torch.ao.quantization.quantize_fx import prepare_qat_fx
+
+    mapping = QConfigMapping().set_global(qat_qconfig(bits))
+    with _quiet():
+        prepared = prepare_qat_fx(copy.deepcopy(model).train(), mapping, example_inputs=(example,))
+    with torch.no_grad():  # per-channel weight ranges exist from the start, so eval works before training
+        for module in prepared.modules():
+            if hasattr(module, "weight_fake_quant"):
+                module.weight_fake_quant(module.weight)
+    prepared.feature_layers = getattr(model, "feature_layers", ())
+    return prepared
+
+
+def to_int8(model: nn.Module) -> nn.Module:
+    """The real quantised model of a fake-quant model (a CPU copy; the original is untouched)."""
+    from torch.ao.quantization.quantize_fx import convert_fx
+
+    with _quiet():
+        return convert_fx(copy.deepcopy(model).cpu().float().eval())
+
+
+def model_bytes(model: nn.Module) -> int:
+    """Size of the serialised state dict: what a user would ship."""
+    buffer = io.BytesIO()
+    torch.save(model.state_dict(), buffer)
+    return buffer.getbuffer().nbytes

@@ -1,0 +1,186 @@
+"""Generator methods (DAFL, ZSKT, DFAD, DFQ), the quantised student and the sample grid.
+
+Tiny runs: an 8-channel generator, batches of 16, two training steps on CPU.
+"""
+
+import json
+from pathlib import Path
+
+import pytest
+import pytorch_lightning as pl
+import torch
+from PIL import Image
+
+from dfkd_lab.build import build_data, build_module, build_student, build_teacher, trainer_kwargs
+from dfkd_lab.callbacks.samples import histogram_image, to_uint8_grid
+from dfkd_lab.data import ClassificationData
+from dfkd_lab.losses.kd import kd_kl
+from dfkd_lab.methods.data_free import SynthesisDiverged
+from dfkd_lab.methods.dfq import StudentEnsemble
+from dfkd_lab.models import build_model
+from dfkd_lab.quant import model_bytes, prepare_qat, to_int8
+from dfkd_lab.synthesis.generator import GeneratorSynthesizer
+from dfkd_lab.train import run
+
+METHODS = ["dafl", "zskt", "dfad", "dfq"]
+TINY = ["method.batch_size=16", "method.synthesizer.ngf=8", "method.student_steps=2",
+        "trainer.limit_val_batches=1", "data.eval_batch_size=256", "callbacks.sample_grid=null"]
+
+
+def tiny(compose_cfg, method, *overrides):
+    return compose_cfg(f"method={method}", *TINY, *overrides)
+
+
+def snapshot(module):
+    """Parameters and buffers (BN statistics, quantiser ranges)."""
+    return {k: v.detach().clone() for k, v in module.state_dict().items()}
+
+
+def weights(module):
+    return {k: v.detach().clone() for k, v in module.named_parameters()}
+
+
+def changed(before, after):
+    return any(not torch.equal(before[k], after[k]) for k in before)
+
+
+def fit(cfg):
+    """Build and fit as dfkd-train does, keeping the module and trainer for inspection."""
+    pl.seed_everything(cfg.seed)
+    data = build_data(cfg)
+    module = build_module(cfg, build_student(cfg, data), build_teacher(cfg, data), data)
+    parts = {"teacher": snapshot(module.teacher), "student": weights(module.student),
+             "generator": weights(module.synthesizer.generators)}
+    if hasattr(module, "peers"):
+        parts["peers"] = weights(module.peers)
+    trainer = pl.Trainer(**trainer_kwargs(cfg), logger=False, callbacks=[], enable_checkpointing=False)
+    trainer.fit(module, train_dataloaders=module.train_dataloader_from(data), val_dataloaders=data.val_dataloader())
+    return module, trainer, parts
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("method", METHODS)
+def test_each_optimiser_moves_only_its_own_parameters(compose_cfg, method):
+    module, trainer, before = fit(tiny(compose_cfg, method))
+    assert not changed(before["teacher"], snapshot(module.teacher)), "teacher weights or BN buffers moved"
+    assert changed(before["student"], weights(module.student))
+    assert changed(before["generator"], weights(module.synthesizer.generators))
+    if method == "dfq":
+        assert len(module.peers) == 1 and changed(before["peers"], weights(module.peers))
+    adversarial = {"zskt": "synth/adv", "dfad": "synth/adv_l1", "dfq": "synth/adv"}.get(method)
+    if adversarial:
+        assert trainer.callback_metrics[adversarial].item() < 0  # -distance: non-zero, T and S differ
+
+
+@pytest.mark.parametrize("method", ["zskt", "dfq"])
+def test_generator_step_does_not_touch_the_student(compose_cfg, method):
+    """Synthesis only (warm-up epoch): the adversarial backward runs through the student, yet
+    only the generator may change."""
+    module, _, before = fit(tiny(compose_cfg, method, "method.warmup_epochs=1"))
+    assert changed(before["generator"], weights(module.synthesizer.generators))
+    assert not changed(before["student"], weights(module.student))
+    assert not changed(before["teacher"], snapshot(module.teacher))
+
+
+def test_data_free_run_never_reads_the_training_split(compose_cfg, monkeypatch):
+    read = []
+    original = ClassificationData._raw
+    monkeypatch.setattr(ClassificationData, "_raw", lambda self, split: read.append(split) or original(self, split))
+    run(tiny(compose_cfg, "dfad"))
+    assert read == ["test"]
+
+
+def test_same_seed_same_metrics(compose_cfg, tmp_path):
+    def metrics(folder):
+        cfg = tiny(compose_cfg, "dfad", f"paths.output_dir={folder}")
+        return {k: v for k, v in run(cfg).items() if not k.startswith(("time/", "cost/", "mem/"))}
+
+    first, second = metrics(tmp_path / "a"), metrics(tmp_path / "b")
+    assert "test/acc" in first and first == second
+
+
+def test_nan_stops_the_run_and_keeps_the_earlier_checkpoint(compose_cfg, monkeypatch):
+    cfg = tiny(compose_cfg, "zskt", "trainer.max_epochs=2")
+    calls, real = [], GeneratorSynthesizer.synthesize
+
+    def poisoned(self, ctx):
+        calls.append(1)
+        terms = real(self, ctx)
+        return {**terms, "adv": torch.tensor(float("nan"))} if len(calls) > 2 else terms
+
+    monkeypatch.setattr(GeneratorSynthesizer, "synthesize", poisoned)
+    with pytest.raises(SynthesisDiverged, match="non-finite"):
+        run(cfg)
+    assert (Path(cfg.paths.output_dir) / "checkpoints" / "last.ckpt").is_file()  # from epoch 0
+
+
+def test_student_ensemble_averages_member_losses():
+    a, b, t = torch.randn(4, 10), torch.randn(4, 10), torch.randn(4, 10)
+    members = [lambda x, v=v: v for v in (a, b)]
+    stacked = StudentEnsemble.forward(type("E", (), {"members": members})(), None)
+    expected = (kd_kl(a, t) + kd_kl(b, t)) / 2
+    torch.testing.assert_close(kd_kl(stacked, t.repeat(2, 1)), expected)
+
+
+@pytest.mark.parametrize("bits", [8, 4])
+def test_fake_quant_student_and_int8_conversion(bits):
+    torch.manual_seed(0)
+    model = build_model("lenet5_half", num_classes=10, in_channels=1)
+    x = torch.randn(32, 1, 32, 32)
+    qat = prepare_qat(model, bits, x)
+    qat(x).sum().backward()  # trains: fake quant passes gradients straight through
+    assert model.classifier.weight.grad is None and qat.classifier.weight.grad is not None
+    qat.eval()
+    fake = qat(x)
+    assert not torch.allclose(fake, model(x), atol=1e-4)  # quantisation changes the output
+    int8 = to_int8(qat)
+    assert any(p.is_quantized for p in int8.state_dict().values() if isinstance(p, torch.Tensor))
+    tolerance = {8: 0.05, 4: 0.5}[bits] * fake.abs().max()
+    assert (int8(x) - fake).abs().max() < tolerance
+    assert model_bytes(int8) < model_bytes(model) / 2
+    with pytest.raises(ValueError, match="method.quant_bits"):
+        prepare_qat(model, 16, x)
+
+
+@pytest.mark.slow
+def test_dfq_reports_fake_quant_and_int8_accuracy(compose_cfg):
+    cfg = tiny(compose_cfg, "dfq", "method.quant_bits=4")
+    run(cfg)
+    metrics = json.loads((Path(cfg.paths.output_dir) / "metrics.json").read_text())
+    assert 0 <= metrics["test/acc"] <= 1 and 0 <= metrics["test/acc_int8"] <= 1
+    assert metrics["quant/bits"] == 4
+    assert 0 < metrics["quant/int8_bytes"] < metrics["quant/float_bytes"]
+
+
+def test_dfq_observers_learn_from_synthetic_images_only(compose_cfg):
+    cfg = tiny(compose_cfg, "dfq")
+    data = build_data(cfg)
+    module = build_module(cfg, build_student(cfg, data), build_teacher(cfg, data), data)
+    module.eval()
+    before = snapshot(module.student)
+    module.student(torch.randn(8, 1, 32, 32) * 5)
+    assert not changed(before, snapshot(module.student))
+    module.train()
+    module.student(torch.randn(8, 1, 32, 32) * 5)
+    assert changed(before, snapshot(module.student))
+
+
+def test_sample_grid_is_denormalised_uint8():
+    images = torch.full((4, 1, 8, 8), (0.5 - 0.2860) / 0.3530)
+    grid = to_uint8_grid(images, [0.2860], [0.3530], nrow=2)
+    assert grid.mode == "L" and grid.size == (2 * 10 + 2, 2 * 10 + 2)
+    assert grid.getpixel((5, 5)) == 128 and grid.getpixel((0, 0)) == 255  # pixel, padding
+    chart = histogram_image([3, 0, 1])
+    assert chart.size[0] == 3 * 32 + 8
+
+
+@pytest.mark.slow
+def test_sample_grid_callback_writes_pngs_only_for_synthesizers(compose_cfg, tmp_path):
+    cfg = compose_cfg("method=dafl", *[o for o in TINY if "sample_grid" not in o])
+    run(cfg)
+    samples = Path(cfg.paths.output_dir) / "samples"
+    assert {p.name for p in samples.iterdir()} >= {"epoch_000.png", "latest.png", "classes_latest.png"}
+    assert Image.open(samples / "latest.png").size == (8 * 34 + 2, 8 * 34 + 2)
+    kd = compose_cfg("method=kd", "trainer.limit_val_batches=1")
+    run(kd)
+    assert not (Path(kd.paths.output_dir) / "samples").exists()
