@@ -1,0 +1,110 @@
+"""Generator inversion into a pool (CMI, FastDFKD): a generator and its latents are optimised
+against the teacher for a few steps, and the batch they end on goes to the image pool.
+
+The loss of one inner step is a weighted sum of named terms:
+
+- ``oh``: cross-entropy of the teacher on the global view against the batch's target classes
+- ``bn``: BatchNorm-statistics matching on that forward
+- ``adv``: minus KL(T || S) at temperature 1, only where teacher and student agree on the class
+  (``loss.temperature`` is the student's KD temperature; at T=20 the T^2 factor would swamp
+  the other terms)
+"""
+
+import math
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from ..losses.adversarial import agreement_masked_kl
+from ..losses.weighting import weighted_sum
+from ..models.generators import Generator
+from .bn_hooks import BNStatHooks
+from .pool import PoolSynthesizer
+from .views import global_view
+
+
+class GeneratorInversion(PoolSynthesizer):
+    terms = frozenset({"oh", "bn", "adv"})
+
+    def __init__(self, nz: int = 256, ngf: int = 64, lr_g: float = 1e-3, lr_z: float = 1e-3,
+                 betas: tuple = (0.5, 0.999), view_pad: int = 2, view_flip: bool = False, **pool):
+        super().__init__(**pool)
+        self.nz, self.ngf = nz, ngf
+        self.lr_g, self.lr_z, self.betas = lr_g, lr_z, tuple(betas)
+        self.view_pad, self.view_flip = view_pad, view_flip
+
+    def setup(self, image_shape, num_classes, value_range, teacher):
+        super().setup(image_shape, num_classes, value_range, teacher)
+        channels, size, _ = image_shape
+        self.generator = Generator(self.nz, self.ngf, size, channels, out="sigmoid")
+
+    def reinitialise(self, module: nn.Module):
+        """Fresh weights drawn from this synthesizer's RNG (so a resumed run draws the same),
+        in place (so the memory format the module chose is kept)."""
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(int(torch.randint(0, 2**62, (1,), generator=self.rng)))
+            for m in module.modules():
+                if m is not module and hasattr(m, "reset_parameters"):
+                    m.reset_parameters()
+
+    def inner_optimizer(self, generator, z) -> torch.optim.Optimizer:
+        return torch.optim.Adam([{"params": generator.parameters(), "lr": self.lr_g},
+                                 {"params": [z], "lr": self.lr_z}], betas=self.betas)
+
+    def targets(self, n: int, device) -> torch.Tensor:
+        """Balanced target classes, shuffled."""
+        order = torch.randperm(n, generator=self.rng)
+        return (order % self.num_classes).to(device)
+
+    def to_pixels(self, x01: torch.Tensor) -> torch.Tensor:
+        """Map the generator's [0, 1] output to the dataset's normalised pixel range."""
+        low, high = self.value_low.to(x01.device, x01.dtype), self.value_high.to(x01.device, x01.dtype)
+        return low + x01 * (high - low)
+
+    def teacher_terms(self, ctx, x, targets, bn: BNStatHooks | None) -> dict:
+        """``oh``, ``bn`` and ``adv`` on the global view of ``x`` (those with a weight)."""
+        w = ctx.weights
+        view = global_view(x, self.view_pad, self.view_flip, self.rng)
+        t_logits = ctx.teacher(view)
+        ctx.cost.add(teacher_forwards=1)
+        terms = {}
+        if w.get("oh"):
+            terms["oh"] = F.cross_entropy(t_logits.float(), targets)
+        if w.get("bn"):
+            terms["bn"] = bn.loss()
+        if w.get("adv"):
+            terms["adv"] = -agreement_masked_kl(ctx.student(view), t_logits)
+        return terms
+
+    def step_terms(self, ctx, x, targets) -> dict:
+        """All terms of one inner step; subclasses add theirs."""
+        with self.bn_hooks(ctx) as bn:
+            return self.teacher_terms(ctx, x, targets, bn)
+
+    def bn_hooks(self, ctx) -> BNStatHooks:
+        return BNStatHooks(ctx.teacher)
+
+    def optimise(self, ctx, generator, z, targets, steps: int, optimizers, after_backward=None):
+        """Run ``steps`` inner steps; return the lowest-loss batch (detached) and its terms."""
+        best_loss, best_images, best_terms = math.inf, None, {}
+        for _ in range(steps):
+            x = self.to_pixels(generator(z))
+            terms = self.step_terms(ctx, x, targets)
+            loss = weighted_sum(terms, ctx.weights)
+            for opt in optimizers:
+                opt.zero_grad()
+            ctx.backward(loss)
+            if after_backward is not None:
+                after_backward()
+            for opt in optimizers:
+                opt.step()
+            # Autocast caches the low-precision copy of every leaf (weights, z) until the
+            # outermost autocast block exits, i.e. for the whole training step: without this
+            # the next inner step would see the weights from before the update.
+            torch.clear_autocast_cache()
+            if loss.item() < best_loss:
+                best_loss, best_images = loss.item(), x.detach().float()
+                best_terms = {k: v.detach() for k, v in terms.items()}
+        ctx.student.zero_grad(set_to_none=True)  # the adversarial term must not leak into the student
+        return best_images, best_terms

@@ -1,0 +1,126 @@
+"""CMI and FastDFKD: their losses against hand computations, a few steps of each, and
+resuming an interrupted run to exactly the metrics of an uninterrupted one."""
+
+import math
+
+import pytest
+import torch
+
+from dfkd_lab.losses.adversarial import agreement_masked_kl
+from dfkd_lab.losses.contrastive import info_nce
+
+
+def test_info_nce_matches_hand_computation():
+    q = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
+    k = torch.tensor([[1.0, 0.0], [0.6, 0.8], [-1.0, 0.0]])  # key 2 is a bank negative
+    t = 0.5
+    # query 0: similarities 1, 0.6, -1 -> positive is key 0; query 1: 0, 0.8, 0 -> positive key 1
+    l0 = -math.log(math.exp(2.0) / (math.exp(2.0) + math.exp(1.2) + math.exp(-2.0)))
+    l1 = -math.log(math.exp(1.6) / (math.exp(0.0) + math.exp(1.6) + math.exp(0.0)))
+    assert info_nce(q, k, t).item() == pytest.approx((l0 + l1) / 2, rel=1e-6)
+
+
+def test_info_nce_needs_a_key_per_query():
+    with pytest.raises(ValueError, match="key per query"):
+        info_nce(torch.ones(3, 2), torch.ones(2, 2), 0.2)
+
+
+def test_agreement_masked_kl_ignores_disagreeing_samples():
+    teacher = torch.tensor([[2.0, 0.0], [2.0, 0.0]])
+    student = torch.tensor([[1.0, 0.0], [0.0, 1.0]])  # sample 1 disagrees: masked out
+    p = torch.softmax(teacher[0], 0)
+    q = torch.softmax(student[0], 0)
+    kl0 = (p * (p.log() - q.log())).sum().item()
+    assert agreement_masked_kl(student, teacher).item() == pytest.approx(kl0 / 2, rel=1e-6)
+
+
+# --- running and resuming -------------------------------------------------------------------
+import pytorch_lightning as pl  # noqa: E402
+from pytorch_lightning.callbacks import ModelCheckpoint  # noqa: E402
+
+from dfkd_lab.build import build_data, build_module, build_student, build_teacher, trainer_kwargs  # noqa: E402
+
+TINY = {
+    "cmi": ["method=cmi", "method.synthesizer.iterations=2", "method.synthesizer.negatives=8",
+            "method.synthesizer.bank_size=40"],
+    "fastdfkd": ["method=fastdfkd", "method.warmup_epochs=1", "method.synthesizer.meta=reptile"],
+    "fastdfkd_maml": ["method=fastdfkd_5", "method.warmup_epochs=0"],
+}
+SMALL = ["method.steps_per_epoch=3", "method.batch_size=16", "method.student_steps=2",
+         "method.synthesizer.ngf=4", "method.synthesizer.nz=8", "trainer.limit_train_batches=null"]
+
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("method", ["cmi", "fastdfkd", "fastdfkd_2", "fastdfkd_5", "fastdfkd_10"])
+def test_method_runs_a_few_steps(compose_cfg, method):
+    from dfkd_lab.train import run
+
+    cfg = compose_cfg(f"method={method}", "method.warmup_epochs=0", "method.synthesizer.iterations=2"
+                      if method == "cmi" else "method.synthesizer.ngf=4", *SMALL[:3])
+    metrics = run(cfg)
+    assert 0.0 <= metrics["test/acc"] <= 1.0
+    assert metrics["cost/images"] == 2 * 16  # FAST: two training steps, one batch each
+    assert metrics["cost/teacher_forwards"] > 0
+
+
+@pytest.mark.parametrize("kwargs, key", [
+    ({"meta": "sgd"}, "synthesizer.meta"),
+    ({"g_steps": 0}, "synthesizer.g_steps"),
+    ({"bn_momentum": 1.0}, "synthesizer.bn_momentum"),
+])
+def test_bad_fastdfkd_settings_name_the_key(kwargs, key):
+    from dfkd_lab.synthesis.meta import MetaSynthesizer
+
+    with pytest.raises(ValueError, match=key):
+        MetaSynthesizer(**kwargs)
+
+class StopAfterEpochs(pl.Callback):
+    """Stop the fit after ``epochs`` epochs, as an interruption would (the schedule is unchanged)."""
+
+    def __init__(self, epochs: int):
+        self.epochs = epochs
+
+    def on_train_epoch_end(self, trainer, pl_module):
+        if trainer.current_epoch + 1 >= self.epochs:
+            trainer.should_stop = True
+
+
+def fit(cfg, ckpt_dir, stop_after=None, ckpt_path=None):
+    pl.seed_everything(cfg.seed, verbose=False)
+    data = build_data(cfg)
+    module = build_module(cfg, build_student(cfg, data), build_teacher(cfg, data), data)
+    callbacks = [ModelCheckpoint(dirpath=ckpt_dir, save_last=True)]
+    if stop_after:
+        callbacks.append(StopAfterEpochs(stop_after))
+    trainer = pl.Trainer(**{**trainer_kwargs(cfg), "max_epochs": 2}, logger=False, callbacks=callbacks)
+    data.setup("fit")
+    trainer.fit(module, module.train_dataloader_from(data), data.val_dataloader(), ckpt_path=ckpt_path)
+    return module, float(trainer.callback_metrics["val/acc"])
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", sorted(TINY))
+def test_interrupted_run_resumes_to_the_same_result(compose_cfg, tmp_path, name):
+    cfg = compose_cfg(*TINY[name], *SMALL)
+    whole, whole_acc = fit(cfg, tmp_path / "whole")
+    fit(cfg, tmp_path / "cut", stop_after=1)
+    resumed, resumed_acc = fit(cfg, tmp_path / "cut", ckpt_path=str(tmp_path / "cut" / "last.ckpt"))
+
+    assert resumed_acc == whole_acc
+    for key, value in whole.student.state_dict().items():
+        assert torch.equal(value, resumed.student.state_dict()[key]), key
+    assert whole.cost.images.item() == resumed.cost.images.item() == 2 * 3 * 16
+    a, b = whole.synthesizer, resumed.synthesizer
+    assert len(a.pool) == len(b.pool) == 2 * 3 * 16
+    assert torch.equal(a.pool.sample(16, torch.Generator().manual_seed(0))[0],
+                       b.pool.sample(16, torch.Generator().manual_seed(0))[0])
+    assert torch.equal(a.rng.get_state(), b.rng.get_state())
+    for key, value in a.state_dict().items():
+        if isinstance(value, torch.Tensor):
+            assert torch.equal(value, b.state_dict()[key]), key
+    if name == "cmi":
+        assert len(a.bank) == len(b.bank) == 40
+        assert torch.equal(a.bank.features, b.bank.features)
+    else:
+        assert a.bn_ema and all(torch.equal(a.bn_ema[i][0], b.bn_ema[i][0]) for i in a.bn_ema)
