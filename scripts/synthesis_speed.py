@@ -1,0 +1,74 @@
+"""Synthesis speed: FastDFKD (Fast-2) against DeepInversion with 2000 iterations per batch.
+
+Same teacher, batch size and device for both; synthesis only (the student is not trained:
+``method.warmup_epochs`` covers the whole run), timed by the runs' own cost meters.
+DeepInversion-2k is slow, so only ``--di-batches`` batches are made and its images/s is
+extrapolated from the measured seconds per batch (every batch costs the same
+``iterations`` steps). Students' accuracies are read from finished runs' metrics.json
+when given (``--fast-run``/``--di-run`` run dirs).
+
+    python scripts/synthesis_speed.py --batch-size 128 --fast-batches 20 --di-batches 2
+"""
+
+import argparse
+import json
+import tempfile
+from pathlib import Path
+
+from hydra import compose, initialize_config_dir
+
+from dfkd_lab.train import CONF_DIR, run
+
+
+def measure(method: str, batches: int, batch_size: int, extra=()) -> dict:
+    """Synthesise ``batches`` batches with ``method``; return its cost metrics."""
+    with tempfile.TemporaryDirectory() as out, initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
+        cfg = compose("train", overrides=[
+            f"method={method}", f"method.batch_size={batch_size}", f"method.steps_per_epoch={batches}",
+            "method.epochs=1", "method.warmup_epochs=1", "+method.synthesizer.save_transfer_set=false",
+            "trainer.limit_val_batches=0", "trainer.enable_progress_bar=false", "logger=none",
+            "callbacks=none", "test=false", f"paths.output_dir={out}", *extra,
+        ])
+        metrics = run(cfg)
+    seconds = metrics["cost/synthesis_s"]
+    return {"images": metrics["cost/images"], "seconds": seconds, "per_batch_s": seconds / batches,
+            "images_per_s": metrics["cost/images"] / seconds}
+
+
+def accuracy(run_dir: str | None) -> str:
+    if not run_dir:
+        return "-"
+    metrics = json.loads((Path(run_dir) / "metrics.json").read_text())
+    return f"{100 * metrics['test/acc']:.2f}%"
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--batch-size", type=int, default=128)
+    parser.add_argument("--fast-batches", type=int, default=20)
+    parser.add_argument("--fast-method", default="fastdfkd_2")
+    parser.add_argument("--di-batches", type=int, default=2)
+    parser.add_argument("--di-iterations", type=int, default=2000)
+    parser.add_argument("--fast-run", help="a finished fastdfkd run dir, for the student's accuracy")
+    parser.add_argument("--di-run", help="a finished deepinversion run dir, for the student's accuracy")
+    args = parser.parse_args()
+
+    fast = measure(args.fast_method, args.fast_batches, args.batch_size)
+    di = measure("deepinversion", args.di_batches, args.batch_size,
+                 [f"method.synthesizer.iterations={args.di_iterations}"])
+    rows = [
+        (args.fast_method, fast, "measured", accuracy(args.fast_run)),
+        (f"deepinversion-{args.di_iterations}", di,
+         f"extrapolated from {args.di_batches} batch(es)", accuracy(args.di_run)),
+    ]
+    print(f"batch size {args.batch_size}; synthesis only, same teacher and device\n")
+    print(f"{'method':<22} {'batches':>7} {'s/batch':>9} {'images/s':>10}  {'how':<30} {'student acc':>11}")
+    for name, m, how, acc in rows:
+        print(f"{name:<22} {m['images'] / args.batch_size:>7.0f} {m['per_batch_s']:>9.3f} "
+              f"{m['images_per_s']:>10.1f}  {how:<30} {acc:>11}")
+    print(f"\nspeed-up {args.fast_method} / deepinversion-{args.di_iterations}: "
+          f"{fast['images_per_s'] / di['images_per_s']:.0f}x (the FastDFKD paper reports ~100x on CIFAR-10)")
+
+
+if __name__ == "__main__":
+    main()
