@@ -1,4 +1,5 @@
-"""Every experiment preset composes for both published pairs, and runs a few steps on CPU.
+"""Every experiment preset composes for both published pairs, and runs a few steps on CPU;
+every hparams_search names real keys and persistent storage.
 
 CIFAR is not downloadable offline, so the run test swaps the CIFAR loaders for a few random
 images and gives the presets a randomly initialised teacher checkpoint.
@@ -8,6 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import yaml
 from omegaconf import OmegaConf, open_dict
 
 from conftest import FAST, compose_config
@@ -85,3 +87,25 @@ def test_preset_runs_a_few_steps(preset, tmp_path, monkeypatch):
     shrink(cfg)
     metrics = run(cfg)
     assert 0.0 <= metrics["test/acc"] <= 1.0
+
+
+SEARCHES = sorted(p.stem for p in (Path(CONF_DIR) / "hparams_search").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("search", SEARCHES)
+def test_search_space_names_real_loss_weights(search, tmp_path):
+    """Without the optional sweeper installed: every searched key is a weight the method has."""
+    spec = yaml.safe_load((Path(CONF_DIR) / "hparams_search" / f"{search}.yaml").read_text())
+    method = next(d["override /method"] for d in spec["defaults"] if "override /method" in d)
+    cfg = compose_config([f"method={method}"], output_dir=tmp_path)
+    for key in spec["hydra"]["sweeper"]["params"]:
+        assert OmegaConf.select(cfg, key) is not None, key
+    assert spec["hydra"]["sweeper"]["storage"].startswith("sqlite:///")  # persistent: resumable
+
+
+@pytest.mark.parametrize("search", SEARCHES)
+def test_search_composes_with_the_optuna_sweeper(search, tmp_path):
+    pytest.importorskip("hydra_plugins.hydra_optuna_sweeper",
+                        reason="optional: pip install -e '.[optuna]' for hparams_search")
+    cfg = compose_config([f"hparams_search={search}"], output_dir=tmp_path)
+    assert cfg.optimized_metric == "test/acc"
