@@ -81,6 +81,7 @@ class MethodConfig:
     students: int = 1  # DFQ: size of the student ensemble; the first one is evaluated
     quant_bits: int = 0  # DFQ: fake-quantise the evaluated student to this many bits (0 = float)
     zoo_name: Optional[str] = None  # method=teacher: also publish the result to checkpoints/
+    record_metadata: bool = False  # method=teacher: record activation statistics (Lopes) in the zoo entry
 
 
 @dataclass

@@ -6,6 +6,7 @@ from pathlib import Path
 import torch
 from torch.nn import functional as F
 
+from ..synthesis.lopes import KEY, record_activation_stats
 from ..zoo import CHECKPOINTS, ZooEntry, sha256
 from .base import DistillationModule
 
@@ -32,6 +33,8 @@ class SupervisedTraining(DistillationModule):
                 in_channels=data.channels, input_size=data.image_size,
                 mean=list(data.mean), std=list(data.std), command=run_command(),
             )
+            if cfg.method.record_metadata:
+                module.metadata_split = data.split("train")
         return module
 
     def training_step(self, batch, batch_idx):
@@ -39,6 +42,13 @@ class SupervisedTraining(DistillationModule):
         loss = F.cross_entropy(self.student(x), y)
         self.log("train/ce", loss, prog_bar=True)
         return loss * self.weights["ce"]
+
+    def record_metadata(self) -> dict:
+        """Lopes-style activation statistics over one pass of the training split, when asked."""
+        if not hasattr(self, "metadata_split"):
+            return {}
+        images, labels = self.metadata_split.tensors
+        return {KEY: record_activation_stats(self.student, images, labels, self.zoo_entry["num_classes"])}
 
     def on_run_end(self, output_dir, metrics):
         """A trained teacher becomes a zoo entry in the run dir (and in checkpoints/ when
@@ -49,7 +59,7 @@ class SupervisedTraining(DistillationModule):
         weights = Path(output_dir) / f"{name}.pt"
         torch.save({k: v.cpu() for k, v in self.student.state_dict().items()}, weights)
         entry = ZooEntry(**self.zoo_entry, file=weights.name, sha256=sha256(weights),
-                         test_acc=round(metrics.get("test/acc", 0.0), 4))
+                         test_acc=round(metrics.get("test/acc", 0.0), 4), metadata=self.record_metadata())
         entry.save(Path(output_dir))
         if self.method.zoo_name:
             shutil.copy(weights, CHECKPOINTS / weights.name)

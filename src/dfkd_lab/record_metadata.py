@@ -1,0 +1,40 @@
+"""Record Lopes-style activation metadata for an existing zoo teacher, in place.
+
+    python -m dfkd_lab.record_metadata lenet5_fmnist [--data-root data]
+
+One pass over the real training split; only ``metadata["activations"]`` of
+``checkpoints/<name>.json`` changes: the weights file and its sha256 stay as they are.
+"""
+
+import argparse
+
+from .data import ClassificationData
+from .models import build_model
+from .synthesis.lopes import KEY, record_activation_stats
+from .zoo import PROJECT_ROOT, load_state, load_weights, zoo_entry
+
+
+def record(name: str, data_root: str) -> dict:
+    entry = zoo_entry(name)
+    model = build_model(entry.arch, num_classes=entry.num_classes, in_channels=entry.in_channels)
+    load_weights(model, load_state(entry.path(), entry.sha256, "teacher.ckpt"), "teacher.ckpt")
+    data = ClassificationData(name=entry.dataset, root=data_root, num_classes=entry.num_classes,
+                              channels=entry.in_channels, image_size=entry.input_size,
+                              mean=entry.mean, std=entry.std)
+    images, labels = data.split("train").tensors
+    entry.metadata[KEY] = record_activation_stats(model, images, labels, entry.num_classes)
+    entry.save()
+    return entry.metadata[KEY]
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("name", help="zoo entry (checkpoints/<name>.json)")
+    parser.add_argument("--data-root", default=str(PROJECT_ROOT / "data"))
+    args = parser.parse_args(argv)
+    stats = record(args.name, args.data_root)
+    print(f"{args.name}: recorded {len(stats['layers'])} layers over {sum(stats['class_counts'])} training images")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,100 @@
+"""Input optimisation ("model inversion"): the one loop every inversion method shares.
+
+Per batch: start from noise, then for ``iterations`` steps apply a random jitter
+(``torch.roll`` by up to ``jitter`` pixels) and a random flip, run the frozen teacher on the
+jittered input, and take an Adam step on the pixels for the weighted sum of
+
+- the method's objective terms (``objective``: see ``synthesis/objectives.py``),
+- ``bn``: BatchNorm-statistics matching (DeepInversion's feature loss),
+- ``tv`` / ``tv_l2`` / ``l2``: image priors (losses/priors.py),
+
+clipping the pixels to the valid normalised range after each step. The iterate with the
+lowest loss is kept and goes to the pool. BN hooks live only for one batch. Losses are
+computed in float32 even under bf16 autocast (the loss functions cast their inputs).
+"""
+
+import math
+from contextlib import ExitStack
+
+import torch
+
+from ..losses.priors import l2_norm, total_variation_l1, total_variation_l2
+from ..losses.weighting import weighted_sum
+from .bn_hooks import BNStatHooks
+from .pool import PoolSynthesizer
+
+PRIORS = {"tv": total_variation_l1, "tv_l2": total_variation_l2, "l2": l2_norm}
+
+
+class InversionSynthesizer(PoolSynthesizer):
+    def __init__(self, objective, iterations: int = 200, lr: float = 0.1, betas: tuple = (0.5, 0.9),
+                 jitter: int = 2, flip: bool = True, init: str = "randn", **pool):
+        super().__init__(**pool)
+        if iterations < 1:
+            raise ValueError(f"synthesizer.iterations must be >= 1, got {iterations}")
+        if init not in ("randn", "uniform"):
+            raise ValueError(f"synthesizer.init={init!r}: choose randn (normalised space) or uniform (pixels in [0, 1])")
+        self.objective = objective
+        self.terms = frozenset({"bn", *PRIORS}) | objective.terms
+        self.iterations, self.lr, self.betas = iterations, lr, tuple(betas)
+        self.jitter, self.flip, self.init = jitter, flip, init
+
+    def setup(self, image_shape, num_classes, value_range, teacher):
+        super().setup(image_shape, num_classes, value_range, teacher)
+        self.objective.setup(self, teacher)
+
+    def bind_run(self, cfg):
+        super().bind_run(cfg)
+        self.objective.bind_run(cfg)
+
+    def start(self, n: int, device) -> torch.Tensor:
+        if self.init == "randn":
+            return self.randn(n, *self.image_shape, device=device)
+        low, high = self.value_low.to(device), self.value_high.to(device)
+        return low + torch.rand(n, *self.image_shape, generator=self.rng).to(device) * (high - low)
+
+    def view(self, x: torch.Tensor) -> torch.Tensor:
+        """Random jitter and flip of the whole batch: the loss is taken on this view."""
+        if self.jitter:
+            dy, dx = (int(v) for v in torch.randint(-self.jitter, self.jitter + 1, (2,), generator=self.rng))
+            x = torch.roll(x, shifts=(dy, dx), dims=(2, 3))
+        if self.flip and bool(torch.rand((), generator=self.rng) < 0.5):
+            x = x.flip(3)
+        return x
+
+    def make(self, ctx):
+        w = ctx.weights
+        goal = self.objective.goal(ctx.batch_size, ctx)
+        x = self.start(ctx.batch_size, ctx.device).requires_grad_()
+        opt = torch.optim.Adam([x], lr=self.lr, betas=self.betas)
+        best_loss, best_x, best_terms = math.inf, None, {}
+        with ExitStack() as stack:
+            bn = stack.enter_context(BNStatHooks(ctx.teacher)) if w.get("bn") else None
+            taps = self.objective.taps(ctx, stack)
+            for _ in range(self.iterations):
+                view = self.view(x)
+                if bn is not None:
+                    bn.reset()
+                logits = ctx.teacher(view)
+                terms = self.objective.compute(ctx, view, logits, taps, goal)
+                if bn is not None:
+                    terms["bn"] = bn.loss()
+                terms.update({name: prior(view) for name, prior in PRIORS.items() if w.get(name)})
+                loss = weighted_sum(terms, w)
+                if loss.item() < best_loss:
+                    best_loss, best_x = loss.item(), x.detach().clone()
+                    best_terms = {k: v.detach() for k, v in terms.items()}
+                opt.zero_grad()
+                ctx.backward(loss)
+                opt.step()
+                with torch.no_grad():
+                    x.copy_(self.clip(x))
+                torch.clear_autocast_cache()  # autocast caches casts of leaves until the step ends
+        ctx.student.zero_grad(set_to_none=True)  # a student term must not leak into the student update
+        ctx.cost.add(teacher_forwards=self.iterations)
+        self.objective.after_batch(ctx, best_x)
+        self.last_terms = best_terms
+        return best_x, self.objective.soft_targets(goal)
+
+    def build_optimizers(self):
+        return self.objective.build_optimizers()
