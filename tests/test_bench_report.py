@@ -9,6 +9,7 @@ import pytest
 import yaml
 from hydra import initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
+from omegaconf import OmegaConf
 from PIL import Image
 
 from dfkd_lab import bench, report
@@ -101,10 +102,10 @@ def test_budget_becomes_lightning_max_time():
 def test_default_methods_are_the_data_free_configs_then_references():
     GlobalHydra.instance().clear()
     with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
-        methods = bench.default_methods(["kd", "scratch"])
+        methods = bench.default_methods(["kd", "scratch"], exclude=["fastdfkd"])
     GlobalHydra.instance().clear()
     assert "dafl" in methods and methods[-2:] == ["kd", "scratch"]
-    assert "teacher" not in methods and methods.count("kd") == 1
+    assert "teacher" not in methods and "fastdfkd" not in methods and methods.count("kd") == 1
     with pytest.raises(ConfigError, match="no_such_method"):
         bench.check_methods(["dafl", "no_such_method"])
 
@@ -146,3 +147,13 @@ def test_bench_runs_two_methods_and_writes_the_table(tmp_path):
     assert (out / "report.html").is_file()
     config = yaml.safe_load((out / "01_dafl" / ".hydra" / "config.yaml").read_text())
     assert config["trainer"]["max_time"] == "00:00:01:00" and config["task_name"] == "bench-bench"
+
+
+def test_job_command_carries_budget_group_and_setting(tmp_path):
+    cfg = OmegaConf.structured(bench.BenchConfig(budget_s=90, overrides=["data=mnist"]))
+    cmd = bench.job_command("dafl", tmp_path / "00_dafl", cfg, "bench-x")
+    assert cmd[1:3] == ["-m", "dfkd_lab.train"]
+    assert cmd[3:] == ["method=dafl", "task_name=bench-x", f"hydra.run.dir={tmp_path / '00_dafl'}",
+                       "trainer.max_time=00:00:01:30", "data=mnist"]
+    cfg.budget_s = None
+    assert not any(c.startswith("trainer.max_time") for c in bench.job_command("kd", tmp_path, cfg, "g"))

@@ -27,9 +27,11 @@ METHOD_DIR = Path(CONF_DIR) / "method"
 class BenchConfig:
     methods: Optional[list[str]] = None
     reference: list[str] = field(default_factory=lambda: ["kd", "scratch"])
+    exclude: list[str] = field(default_factory=list)
     budget_s: Optional[float] = None
     overrides: list[str] = field(default_factory=list)
     group: Optional[str] = None
+    dry_run: bool = False
 
 
 ConfigStore.instance().store(name="bench_schema", node=BenchConfig)
@@ -41,10 +43,10 @@ def is_data_free(method: str) -> bool:
     return bool(cfg.method.data_free)
 
 
-def default_methods(reference) -> list[str]:
-    """Every data-free method config that exists now, then the reference rows."""
+def default_methods(reference, exclude=()) -> list[str]:
+    """Every data-free method config that exists now (but ``exclude``), then the reference rows."""
     names = sorted(p.stem for p in METHOD_DIR.glob("*.yaml"))
-    return [n for n in names if n not in reference and is_data_free(n)] + list(reference)
+    return [n for n in names if n not in {*reference, *exclude} and is_data_free(n)] + list(reference)
 
 
 def check_methods(methods):
@@ -72,12 +74,15 @@ def job_command(method: str, run_dir: Path, cfg: DictConfig, group: str) -> list
 
 def run_jobs(cfg: DictConfig, out: Path) -> tuple[list[Path], list[dict]]:
     """Run every method; returns the finished run dirs and a row for each failed one."""
-    methods = list(cfg.methods) if cfg.methods else default_methods(cfg.reference)
+    methods = list(cfg.methods) if cfg.methods else default_methods(cfg.reference, cfg.exclude)
     check_methods(methods)
     group = cfg.group or f"bench-{out.name}"
     done, failed = [], []
     for i, method in enumerate(methods):
         run_dir = out / f"{i:02d}_{method}"
+        if cfg.dry_run:
+            print(" ".join(job_command(method, run_dir, cfg, group)))
+            continue
         run_dir.mkdir(parents=True, exist_ok=True)
         log = run_dir / "job.log"
         print(f"[{i + 1}/{len(methods)}] {method} -> {run_dir}", flush=True)
@@ -98,6 +103,8 @@ def main(cfg: DictConfig):
         done, failed = run_jobs(cfg, out)
     except ConfigError as err:
         sys.exit(f"dfkd-bench: {err}")
+    if cfg.dry_run:
+        return
     _, table = write_report(done, out, stem="benchmark", extra_rows=failed, title="dfkd-lab benchmark")
     print("\n" + table + f"\nbenchmark: {out / 'benchmark.md'}, {out / 'benchmark.json'}, {out / 'report.html'}")
     if failed:
