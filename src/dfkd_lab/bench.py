@@ -9,7 +9,6 @@ import subprocess
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Optional
 
 import hydra
 from hydra.core.config_store import ConfigStore
@@ -25,12 +24,12 @@ METHOD_DIR = Path(CONF_DIR) / "method"
 
 @dataclass
 class BenchConfig:
-    methods: Optional[list[str]] = None
+    methods: list[str] | None = None
     reference: list[str] = field(default_factory=lambda: ["kd", "scratch"])
     exclude: list[str] = field(default_factory=list)
-    budget_s: Optional[float] = None
+    budget_s: float | None = None
     overrides: list[str] = field(default_factory=list)
-    group: Optional[str] = None
+    group: str | None = None
     dry_run: bool = False
 
 

@@ -154,7 +154,7 @@ def _labels(runs: list[Run]) -> list[str]:
 def _ticks(high: float, count: int = 5) -> list[float]:
     """Round tick values from 0 to at least ``high``."""
     raw = max(high, 1e-9) / count
-    step = min((m * 10 ** e for e in range(-3, 8) for m in (1, 2, 5) if m * 10 ** e >= raw))
+    step = min(m * 10 ** e for e in range(-3, 8) for m in (1, 2, 5) if m * 10 ** e >= raw)
     return [i * step for i in range(int(high / step) + 2) if i * step <= high + step]
 
 
