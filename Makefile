@@ -8,7 +8,7 @@ FMNIST  := /usr/share/datasets/fashion-mnist/t10k-images-idx3-ubyte.gz
 METHOD  ?= dafl
 ARGS    ?=
 
-.PHONY: run test test-all setup data chromium lint clean
+.PHONY: run bench test test-all setup data chromium lint clean
 
 setup: $(STAMP) data
 
@@ -33,6 +33,11 @@ chromium:
 # The main job: a data-free distillation on the embedded default (Fashion-MNIST, LeNet-5 -> LeNet-5-half).
 run: setup
 	$(BIN)/dfkd-train method=$(METHOD) $(ARGS)
+
+# Every data-free method (+ kd, scratch) on the default setting, into outputs/bench/<time>/
+# (benchmark.md, report.html); e.g. make bench ARGS="budget_s=120 methods=[kd,dafl]"
+bench: setup
+	$(BIN)/dfkd-bench $(ARGS)
 
 # The test suite without the slow tests; `make test-all` runs everything.
 test: setup
