@@ -96,17 +96,19 @@ class TrainerConfig:
     max_epochs: Optional[int] = None
     max_steps: Optional[int] = None
     max_time: Optional[str] = None  # "DD:HH:MM:SS": a wall-clock budget
-    limit_train_batches: Optional[float] = None
-    limit_val_batches: Optional[float] = None
-    limit_test_batches: Optional[float] = None
-    val_check_interval: Optional[float] = None
+    # Any, not float: Lightning reads an int as a batch count and a float as a fraction, so a
+    # float field would turn limit_val_batches=1 into 1.0, i.e. every batch.
+    limit_train_batches: Any = None
+    limit_val_batches: Any = None
+    limit_test_batches: Any = None
+    val_check_interval: Any = None
     check_val_every_n_epoch: Optional[int] = None
     num_sanity_val_steps: Optional[int] = None
     log_every_n_steps: Optional[int] = None
     enable_progress_bar: Optional[bool] = None
     enable_model_summary: Optional[bool] = None
     fast_dev_run: Any = None
-    overfit_batches: Optional[float] = None
+    overfit_batches: Any = None
     accumulate_grad_batches: Optional[int] = None
     gradient_clip_val: Optional[float] = None
     sync_batchnorm: Optional[bool] = None
