@@ -5,12 +5,19 @@ import math
 
 import pytorch_lightning as pl
 import torch
+from omegaconf import DictConfig, OmegaConf
 from torch import nn
 from torchmetrics import MaxMetric
 from torchmetrics.classification import MulticlassAccuracy
 
 from ..losses.weighting import check_weights
 from ..zoo import freeze
+
+
+def plain(node):
+    """A config node as plain dicts/lists: Lightning resumes with torch.load(weights_only=True),
+    which refuses a checkpoint holding OmegaConf objects."""
+    return OmegaConf.to_container(node, resolve=True) if isinstance(node, DictConfig) else node
 
 
 def build_optimizer(params, method):
@@ -44,7 +51,7 @@ class DistillationModule(pl.LightningModule):
         self.method, self.loss_cfg = method, loss
         self.weights = dict(loss.weights)
         check_weights(self.weights, set(self.known_terms()), f"method={method.name}")
-        self.save_hyperparameters({"method": method, "loss": loss}, logger=False)
+        self.save_hyperparameters({"method": plain(method), "loss": plain(loss)}, logger=False)
         self.val_acc = MulticlassAccuracy(num_classes, average="micro")
         self.test_acc = MulticlassAccuracy(num_classes, average="micro")
         self.teacher_acc = MulticlassAccuracy(num_classes, average="micro")
