@@ -1,6 +1,7 @@
 """``dfkd-train``: compose the config, seed, build, fit, test, write metrics, return the metric."""
 
 import os
+import sys
 import time
 from pathlib import Path
 
@@ -13,8 +14,12 @@ from .build import (
     build_callbacks, build_data, build_loggers, build_module, build_student, build_teacher, trainer_kwargs,
 )
 from .callbacks.metrics import flat_metrics, log_summary, peak_memory, write_json
-from .config import register_configs
-from .zoo import PROJECT_ROOT
+from .config import ConfigError, register_configs
+from .data import TrainSplitForbidden
+from .data.sources import DatasetUnavailable
+from .losses.weighting import UnknownLossWeight
+from .methods.data_free import SynthesisDiverged
+from .zoo import PROJECT_ROOT, TeacherError
 
 CONF_DIR = str(PROJECT_ROOT / "conf")
 
@@ -94,6 +99,18 @@ def finish_wandb():
         wandb.finish()
 
 
+# Errors whose message already names the cause and the fix: shown without a traceback.
+USER_ERRORS = (ConfigError, TeacherError, DatasetUnavailable, TrainSplitForbidden, UnknownLossWeight,
+               SynthesisDiverged, FileNotFoundError)
+
+
+def report_error(err: Exception):
+    """One paragraph on stderr instead of a traceback (DFKD_DEBUG=1 or HYDRA_FULL_ERROR=1 keeps it)."""
+    message = err.args[0] if len(err.args) == 1 else str(err)  # KeyError's str() adds quotes
+    sys.stderr.write(f"dfkd-train: {type(err).__name__}: {message}\n"
+                     "(set DFKD_DEBUG=1 to see the traceback)\n")
+
+
 register_configs()
 
 
@@ -101,6 +118,11 @@ register_configs()
 def main(cfg: DictConfig) -> float | None:
     try:
         metrics = run(cfg)
+    except USER_ERRORS as err:
+        if os.environ.get("DFKD_DEBUG") == "1" or os.environ.get("HYDRA_FULL_ERROR") == "1":
+            raise
+        report_error(err)
+        sys.exit(2)
     finally:
         finish_wandb()
     return metrics.get(cfg.optimized_metric)
