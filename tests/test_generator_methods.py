@@ -58,7 +58,6 @@ def fit(cfg):
     return module, trainer, parts
 
 
-@pytest.mark.slow
 @pytest.mark.parametrize("method", METHODS)
 def test_each_optimiser_moves_only_its_own_parameters(compose_cfg, method):
     module, trainer, before = fit(tiny(compose_cfg, method))
@@ -142,7 +141,6 @@ def test_fake_quant_student_and_int8_conversion(bits):
         prepare_qat(model, 16, x)
 
 
-@pytest.mark.slow
 def test_dfq_reports_fake_quant_and_int8_accuracy(compose_cfg):
     cfg = tiny(compose_cfg, "dfq", "method.quant_bits=4")
     run(cfg)
@@ -150,6 +148,14 @@ def test_dfq_reports_fake_quant_and_int8_accuracy(compose_cfg):
     assert 0 <= metrics["test/acc"] <= 1 and 0 <= metrics["test/acc_int8"] <= 1
     assert metrics["quant/bits"] == 4
     assert 0 < metrics["quant/int8_bytes"] < metrics["quant/float_bytes"]
+
+
+@pytest.mark.parametrize("key", ["method.students=0", "method.quant_from=1.0"])
+def test_dfq_rejects_bad_settings_naming_the_key(compose_cfg, key):
+    cfg = tiny(compose_cfg, "dfq", key)
+    data = build_data(cfg)
+    with pytest.raises(ValueError, match=key.split("=")[0]):
+        build_module(cfg, build_student(cfg, data), build_teacher(cfg, data), data)
 
 
 def test_dfq_observers_learn_from_synthetic_images_only(compose_cfg):
@@ -174,13 +180,12 @@ def test_sample_grid_is_denormalised_uint8():
     assert chart.size[0] == 3 * 32 + 8
 
 
-@pytest.mark.slow
 def test_sample_grid_callback_writes_pngs_only_for_synthesizers(compose_cfg, tmp_path):
     cfg = compose_cfg("method=dafl", *[o for o in TINY if "sample_grid" not in o])
     run(cfg)
     samples = Path(cfg.paths.output_dir) / "samples"
     assert {p.name for p in samples.iterdir()} >= {"epoch_000.png", "latest.png", "classes_latest.png"}
     assert Image.open(samples / "latest.png").size == (8 * 34 + 2, 8 * 34 + 2)
-    kd = compose_cfg("method=kd", "trainer.limit_val_batches=1")
+    kd = compose_cfg("method=kd", "trainer.limit_val_batches=1", f"paths.output_dir={tmp_path / 'kd'}")
     run(kd)
     assert not (Path(kd.paths.output_dir) / "samples").exists()

@@ -80,6 +80,7 @@ class MethodConfig:
     synthesizer: Any = None
     students: int = 1  # DFQ: size of the student ensemble; the first one is evaluated
     quant_bits: int = 0  # DFQ: fake-quantise the evaluated student to this many bits (0 = float)
+    quant_from: float = 0.5  # DFQ: fraction of the epochs trained in float before fake quantisation
     zoo_name: Optional[str] = None  # method=teacher: also publish the result to checkpoints/
     record_metadata: bool = False  # method=teacher: record activation statistics (Lopes) in the zoo entry
 

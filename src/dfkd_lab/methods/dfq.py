@@ -7,7 +7,7 @@ The loop is DataFreeDistillation's; what differs:
   adversarial term averages over all of them, so it seeks images that any student still
   gets wrong (the generator ensemble is ``synthesizer.n_generators``);
 - the evaluated student is fake-quantised (``method.quant_bits``: 8 or 4, 0 keeps it float)
-  while it learns, and converted to a real int8 model for the test, which reports both
+  for the epochs after ``method.quant_from`` of them (float before), and converted to a real int8 model for the test, which reports both
   accuracies and both model sizes.
 """
 
@@ -15,7 +15,7 @@ import copy
 
 import torch
 from torch import nn
-from torch.ao.quantization import disable_observer, enable_observer
+from torch.ao.quantization import disable_fake_quant, disable_observer, enable_fake_quant, enable_observer
 from torchmetrics.classification import MulticlassAccuracy
 
 from ..config import ConfigError
@@ -49,6 +49,8 @@ class DFQDistillation(DataFreeDistillation):
                  value_range, seed: int = 0):
         if method.students < 1:
             raise ConfigError(f"method.students={method.students}: need at least the evaluated student (1)")
+        if not 0 <= method.quant_from < 1:
+            raise ConfigError(f"method.quant_from={method.quant_from}: give the float fraction of the epochs, in [0, 1)")
         float_student = student
         if method.quant_bits:
             student = prepare_qat(student, method.quant_bits, torch.zeros(2, *image_shape))
@@ -79,6 +81,14 @@ class DFQDistillation(DataFreeDistillation):
         if self.method.quant_bits:
             self.student.apply(enable_observer if mode else disable_observer)
         return self
+
+    def on_train_epoch_start(self):
+        # Float first, then quantisation-aware: from the start, fake quantisation slowed the
+        # student down (56% vs 67% float in a 1000-step probe); the observers still learn the
+        # ranges during the float phase.
+        if self.method.quant_bits:
+            quantise = self.current_epoch >= int(self.method.quant_from * self.trainer.max_epochs)
+            self.student.apply(enable_fake_quant if quantise else disable_fake_quant)
 
     # --- the int8 model ---------------------------------------------------------------------
     def on_test_start(self):
