@@ -23,8 +23,7 @@ class TransferSetReplay(PoolSynthesizer):
         if tuple(images.shape[1:]) != self.image_shape:
             raise ConfigError(f"transfer_set={self.path} holds {tuple(images.shape[1:])} images but data= "
                               f"expects {self.image_shape}; pick the dataset the set was made for")
-        if not len(self.pool):  # a resumed run restores the pool from its checkpoint instead
-            self.pool.add(images, soft_targets)
+        self.pool.add(images, soft_targets)
 
     def synthesize(self, ctx):
         return {}  # nothing to make: the set was synthesised once, by another run
