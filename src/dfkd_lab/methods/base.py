@@ -80,10 +80,15 @@ class DistillationModule(pl.LightningModule):
         checkpoint["state_dict"] = {
             k: v for k, v in checkpoint["state_dict"].items() if not k.startswith("teacher.")
         }
+        # the global torch RNG drives data shuffling and augmentation: a resumed run must
+        # continue it, or its remaining epochs see other batches than an uninterrupted run
+        checkpoint["torch_rng"] = torch.get_rng_state()
 
     def on_load_checkpoint(self, checkpoint):
         if self.teacher is not None:  # the frozen teacher comes from the zoo, not the checkpoint
             checkpoint["state_dict"].update({f"teacher.{k}": v for k, v in self.teacher.state_dict().items()})
+        if "torch_rng" in checkpoint:
+            torch.set_rng_state(checkpoint["torch_rng"])
 
     # --- evaluation on the real test split ------------------------------------------------
     def validation_step(self, batch, batch_idx):
