@@ -1,0 +1,152 @@
+"""Runs end to end: trainer presets, multirun sweeps, a frozen teacher, exact resume, DDP, W&B."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import pytorch_lightning as pl
+import torch
+from pytorch_lightning.callbacks import ModelCheckpoint
+
+from conftest import FAST
+from dfkd_lab.build import build_data, build_module, build_student, build_teacher, trainer_kwargs
+from dfkd_lab.train import run
+
+# one representative per family, tiny; `method=X` files not listed here are covered by their owners
+TINY = {
+    "kd": ["method=kd", "teacher=lenet5_bn_fmnist", "trainer.limit_train_batches=3"],
+    "dafl": ["method=dafl", "teacher=lenet5_bn_fmnist", "method.steps_per_epoch=3", "method.batch_size=16",
+             "method.student_steps=2", "method.synthesizer.ngf=4", "method.synthesizer.nz=8",
+             "trainer.limit_train_batches=null"],
+}
+
+
+@pytest.mark.parametrize("preset", ["cpu", pytest.param("cpu_bf16", marks=pytest.mark.slow)])
+def test_trainer_presets_run(compose_cfg, preset):
+    metrics = run(compose_cfg(*TINY["dafl"], f"trainer={preset}"))
+    assert 0.0 <= metrics["test/acc"] <= 1.0
+
+
+class Interrupted(Exception):
+    pass
+
+
+class Crash(pl.Callback):
+    """Fail at the start of epoch ``epoch``, as a killed job would (its checkpoints stay)."""
+
+    def __init__(self, epoch):
+        self.epoch = epoch
+
+    def on_train_epoch_start(self, trainer, pl_module):
+        if trainer.current_epoch == self.epoch:
+            raise Interrupted
+
+
+def fit(cfg, ckpt_dir, crash_at=None, ckpt_path=None):
+    pl.seed_everything(cfg.seed, verbose=False)
+    data = build_data(cfg)
+    module = build_module(cfg, build_student(cfg, data), build_teacher(cfg, data), data)
+    callbacks = [ModelCheckpoint(dirpath=ckpt_dir, save_last=True)]
+    if crash_at is not None:
+        callbacks.append(Crash(crash_at))
+    trainer = pl.Trainer(**{**trainer_kwargs(cfg), "max_epochs": 2}, logger=False, callbacks=callbacks)
+    data.setup("fit")
+    trainer.fit(module, module.train_dataloader_from(data), data.val_dataloader(), ckpt_path=ckpt_path)
+    return module, trainer
+
+
+@pytest.mark.parametrize("method", sorted(TINY))
+def test_teacher_parameters_and_bn_buffers_never_change(compose_cfg, tmp_path, method):
+    cfg = compose_cfg(*TINY[method])
+    pl.seed_everything(0, verbose=False)
+    data = build_data(cfg)
+    teacher = build_teacher(cfg, data)
+    before = {k: v.clone() for k, v in teacher.state_dict().items()}
+    assert any("running_mean" in k for k in before)
+    module = build_module(cfg, build_student(cfg, data), teacher, data)
+    trainer = pl.Trainer(**trainer_kwargs(cfg), logger=False, callbacks=[ModelCheckpoint(dirpath=tmp_path)])
+    data.setup("fit")
+    trainer.fit(module, module.train_dataloader_from(data), data.val_dataloader())
+    for key, value in teacher.state_dict().items():
+        assert torch.equal(value, before[key]), key
+    assert not teacher.training and not any(p.requires_grad for p in teacher.parameters())
+    saved = torch.load(next(tmp_path.glob("*.ckpt")), map_location="cpu", weights_only=True)
+    assert saved["state_dict"] and not any(k.startswith("teacher.") for k in saved["state_dict"])
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("method", sorted(TINY))
+def test_resumed_run_ends_exactly_like_an_uninterrupted_one(compose_cfg, tmp_path, method):
+    cfg = compose_cfg(*TINY[method])
+    whole, whole_trainer = fit(cfg, tmp_path / "whole")
+    with pytest.raises(Interrupted):
+        fit(cfg, tmp_path / "cut", crash_at=1)
+    resumed, resumed_trainer = fit(cfg, tmp_path / "cut", ckpt_path=str(tmp_path / "cut" / "last.ckpt"))
+    assert resumed_trainer.global_step == whole_trainer.global_step
+    assert float(resumed_trainer.callback_metrics["val/acc"]) == float(whole_trainer.callback_metrics["val/acc"])
+    for key, value in whole.student.state_dict().items():
+        assert torch.equal(value, resumed.student.state_dict()[key]), key
+
+
+def dfkd_train(*args, cwd=None):
+    env = {**os.environ, "WANDB_MODE": "disabled", "OMP_NUM_THREADS": "1"}
+    cmd = [str(Path(sys.executable).with_name("dfkd-train")), *args]
+    return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300, cwd=cwd)
+
+
+@pytest.mark.slow
+def test_multirun_sweep_writes_one_run_dir_per_job(tmp_path):
+    done = dfkd_train("-m", "method=kd", "seed=0,1", *FAST, "trainer.limit_train_batches=1",
+                      f"hydra.sweep.dir={tmp_path}")
+    assert done.returncode == 0, done.stderr[-2000:]
+    runs = sorted(p.parent for p in tmp_path.glob("*/metrics.json"))
+    assert [p.name for p in runs] == ["0_method=kd,seed=0", "1_method=kd,seed=1"]
+    assert all(0 <= json.loads((p / "metrics.json").read_text())["test/acc"] <= 1 for p in runs)
+
+
+class RecordBatch(pl.Callback):
+    """Save each rank's first synthetic batch (module-level: DDP spawn pickles callbacks)."""
+
+    def __init__(self, folder):
+        self.folder = folder
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        if batch_idx == 0:
+            images = pl_module.synthesizer._cache.images
+            torch.save(images.cpu(), Path(self.folder) / f"rank{trainer.global_rank}.pt")
+
+
+@pytest.mark.slow
+def test_ddp_sim_runs_two_processes_with_per_rank_synthesis(compose_cfg, tmp_path):
+    cfg = compose_cfg(*TINY["dafl"], "trainer=ddp_sim")
+    data = build_data(cfg)
+    module = build_module(cfg, build_student(cfg, data), build_teacher(cfg, data), data)
+    trainer = pl.Trainer(**trainer_kwargs(cfg), logger=False, callbacks=[RecordBatch(str(tmp_path))])
+    data.setup("fit")
+    trainer.fit(module, module.train_dataloader_from(data), data.val_dataloader())
+    rank0, rank1 = (torch.load(tmp_path / f"rank{r}.pt") for r in (0, 1))
+    assert rank0.shape == rank1.shape == (16, 1, 32, 32)
+    assert not torch.equal(rank0, rank1)
+
+
+@pytest.mark.slow
+def test_wandb_offline_run_lives_in_the_run_dir_and_resume_keeps_its_id(compose_cfg, monkeypatch):
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    cfg = compose_cfg("method=kd", "logger=wandb", "trainer.limit_train_batches=1")
+    run_dir = Path(cfg.paths.output_dir)
+    try:
+        run(cfg)
+    finally:
+        import wandb
+
+        wandb.finish()
+    run_id = (run_dir / "wandb_id.txt").read_text().strip()
+    assert list((run_dir / "wandb").glob(f"offline-run-*-{run_id}"))
+    run(compose_cfg("method=kd", "logger=wandb", "trainer.limit_train_batches=1", "trainer.max_epochs=2",
+                    "resume=last"))
+    wandb.finish()
+    assert (run_dir / "wandb_id.txt").read_text().strip() == run_id
+    assert len(list((run_dir / "wandb").glob(f"offline-run-*-{run_id}"))) == 2  # same id, resumed
