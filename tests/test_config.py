@@ -29,7 +29,7 @@ def group_options():
         for path in sorted((CONF / group).glob("*.yaml")):
             marks = [] if f"{group}={path.stem}" in FAST else [pytest.mark.slow]
             plugin = PLUGINS.get(group)
-            if plugin and importlib.util.find_spec(plugin.split(".")[0]) is None:
+            if plugin and importlib.util.find_spec(plugin) is None:
                 marks.append(pytest.mark.skip(reason=f"{group} needs the {plugin} plugin"))
             yield pytest.param(group, path.stem, marks=marks, id=f"{group}={path.stem}")
 
@@ -69,3 +69,14 @@ def test_typos_and_wrong_types_fail_naming_the_key(override, key):
     with pytest.raises(ConfigCompositionException) as err:
         compose_train(override)
     assert key in f"{err.value} {err.value.__cause__}"
+
+
+@pytest.mark.skipif(importlib.util.find_spec("hydra_plugins.hydra_submitit_launcher") is None,
+                    reason="hydra-submitit-launcher is not installed (pip install 'dfkd-lab[slurm]')")
+def test_slurm_launcher_preset_composes():
+    cfg = compose("train", overrides=["hydra/launcher=slurm", "trainer=ddp", "trainer.devices=4",
+                                      "hydra.launcher.tasks_per_node=4"], return_hydra_config=True)
+    launcher = cfg.hydra.launcher
+    assert launcher._target_.endswith("SlurmLauncher")
+    assert launcher.tasks_per_node == cfg.trainer.devices == 4
+    assert launcher.timeout_min == 240
