@@ -15,75 +15,78 @@ from .base import SynthBatch, Synthesizer
 
 class ImagePool:
     """Images (and optional soft targets) kept detached on the CPU, oldest dropped beyond
-    ``capacity`` (None: unbounded). Stored as a list of batches so adding is O(batch)."""
+    ``capacity`` (None: unbounded).
+
+    One storage tensor that grows by doubling: adding is amortised O(batch) and drawing a
+    batch indexes the storage directly, with no per-draw concatenation of the whole pool.
+    """
 
     def __init__(self, capacity: int | None = None):
         if capacity is not None and capacity < 1:
             raise ValueError(f"synthesizer.capacity must be >= 1 or null, got {capacity}")
         self.capacity = capacity
-        self.images: list[torch.Tensor] = []
-        self.soft_targets: list[torch.Tensor] | None = None  # None until the first add decides
+        self._images: torch.Tensor | None = None
+        self._soft: torch.Tensor | None = None
         self._size = 0
+
+    @staticmethod
+    def _grown(storage: torch.Tensor | None, rows: int, like: torch.Tensor) -> torch.Tensor:
+        if storage is not None and storage.shape[0] >= rows:
+            return storage
+        new = torch.empty((max(rows, 2 * (storage.shape[0] if storage is not None else 0)), *like.shape[1:]))
+        if storage is not None:
+            new[: storage.shape[0]] = storage
+        return new
 
     def add(self, images: torch.Tensor, soft_targets: torch.Tensor | None = None):
         if soft_targets is not None and soft_targets.shape[0] != images.shape[0]:
             raise ValueError(f"{images.shape[0]} images but {soft_targets.shape[0]} soft targets")
-        if self._size and (soft_targets is None) != (self.soft_targets is None):
+        if self._size and (soft_targets is None) != (self._soft is None):
             raise ValueError("a pool holds soft targets for every image or for none")
         if not self._size:
-            self.soft_targets = None if soft_targets is None else []
-        self.images.append(images.detach().float().cpu())
+            self._images, self._soft = None, None
+        end = self._size + images.shape[0]
+        self._images = self._grown(self._images, end, images)
+        self._images[self._size:end] = images.detach().float().cpu()
         if soft_targets is not None:
-            self.soft_targets.append(soft_targets.detach().float().cpu())
-        self._size += images.shape[0]
-        self._drop_oldest()
-
-    def _drop_oldest(self):
+            self._soft = self._grown(self._soft, end, soft_targets)
+            self._soft[self._size:end] = soft_targets.detach().float().cpu()
+        self._size = end
         excess = self._size - self.capacity if self.capacity is not None else 0
-        while excess > 0:
-            first = self.images[0].shape[0]
-            cut = min(first, excess)
-            self.images[0] = self.images[0][cut:]
-            if self.soft_targets is not None:
-                self.soft_targets[0] = self.soft_targets[0][cut:]
-            if cut == first:
-                self.images.pop(0)
-                if self.soft_targets is not None:
-                    self.soft_targets.pop(0)
-            self._size -= cut
-            excess -= cut
+        if excess > 0:  # keep the newest `capacity` entries at the front
+            self._images[: self.capacity] = self._images[excess:end].clone()
+            if self._soft is not None:
+                self._soft[: self.capacity] = self._soft[excess:end].clone()
+            self._size = self.capacity
 
     def __len__(self):
         return self._size
 
-    def _flat(self):
-        images = torch.cat(self.images)
-        soft = torch.cat(self.soft_targets) if self.soft_targets is not None else None
-        self.images = [images]
-        self.soft_targets = [soft] if soft is not None else None
-        return images, soft
+    def _valid(self):
+        soft = self._soft[: self._size] if self._soft is not None else None
+        return self._images[: self._size], soft
 
     def sample(self, n: int, generator: torch.Generator):
         """``n`` entries drawn uniformly (with replacement): (images, soft_targets or None)."""
         if not self._size:
             raise RuntimeError("sample() from an empty image pool: synthesize before drawing batches")
-        images, soft = self._flat() if len(self.images) > 1 else (
-            self.images[0], self.soft_targets[0] if self.soft_targets is not None else None)
+        images, soft = self._valid()
         index = torch.randint(0, self._size, (n,), generator=generator)
         return images[index], (soft[index] if soft is not None else None)
 
     def newest(self, n: int) -> torch.Tensor:
-        return torch.cat(self.images)[-n:] if self._size else torch.empty(0)
+        return self._valid()[0][-n:] if self._size else torch.empty(0)
 
     def state_dict(self) -> dict:
         if not self._size:
             return {"capacity": self.capacity, "images": None, "soft_targets": None}
-        images, soft = self._flat()
-        return {"capacity": self.capacity, "images": images, "soft_targets": soft}
+        images, soft = self._valid()
+        return {"capacity": self.capacity, "images": images.clone(),
+                "soft_targets": soft.clone() if soft is not None else None}
 
     def load_state_dict(self, state: dict):
         self.capacity = state["capacity"]
-        self.images, self.soft_targets, self._size = [], None, 0
+        self._images, self._soft, self._size = None, None, 0
         if state["images"] is not None:
             self.add(state["images"], state["soft_targets"])
 
