@@ -35,10 +35,10 @@ def test_agreement_masked_kl_ignores_disagreeing_samples():
 
 
 # --- running and resuming -------------------------------------------------------------------
-import pytorch_lightning as pl  # noqa: E402
-from pytorch_lightning.callbacks import ModelCheckpoint  # noqa: E402
+import pytorch_lightning as pl
+from pytorch_lightning.callbacks import ModelCheckpoint
 
-from dfkd_lab.build import build_data, build_module, build_student, build_teacher, trainer_kwargs  # noqa: E402
+from dfkd_lab.build import build_data, build_module, build_student, build_teacher, trainer_kwargs
 
 TINY = {
     "cmi": ["method=cmi", "method.synthesizer.iterations=2", "method.synthesizer.negatives=8",

@@ -9,8 +9,7 @@ import torch
 from PIL import Image
 
 from dfkd_lab.config import ConfigError
-from dfkd_lab.data import ClassificationData, TrainSplitForbidden
-from dfkd_lab.data import sources
+from dfkd_lab.data import ClassificationData, TrainSplitForbidden, sources
 from dfkd_lab.data.idx import read_idx
 
 FMNIST = sources.SYSTEM_DATASETS / "fashion-mnist"

@@ -1,9 +1,7 @@
 """Bad input stops `dfkd-train` at once with one paragraph naming the cause and the fix, exit 2;
 a killed run resumes from its last checkpoint."""
 
-import hashlib
 import os
-import shutil
 import signal
 import subprocess
 import sys

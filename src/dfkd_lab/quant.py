@@ -15,7 +15,10 @@ from contextlib import contextmanager
 import torch
 from torch import nn
 from torch.ao.quantization import FakeQuantize, QConfig, QConfigMapping
-from torch.ao.quantization.observer import MovingAverageMinMaxObserver, MovingAveragePerChannelMinMaxObserver
+from torch.ao.quantization.observer import (
+    MovingAverageMinMaxObserver,
+    MovingAveragePerChannelMinMaxObserver,
+)
 
 
 def qat_qconfig(bits: int) -> QConfig:

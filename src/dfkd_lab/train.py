@@ -7,11 +7,16 @@ from pathlib import Path
 
 import hydra
 import pytorch_lightning as pl
-from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
 from .build import (
-    build_callbacks, build_data, build_loggers, build_module, build_student, build_teacher, trainer_kwargs,
+    build_callbacks,
+    build_data,
+    build_loggers,
+    build_module,
+    build_student,
+    build_teacher,
+    trainer_kwargs,
 )
 from .callbacks.metrics import flat_metrics, log_summary, peak_memory, write_json
 from .config import ConfigError, register_configs
@@ -92,8 +97,6 @@ def summary(cfg: DictConfig, metrics: dict, output_dir: Path) -> str:
 
 def finish_wandb():
     """Close the W&B run so the next multirun job starts a new one."""
-    import sys
-
     wandb = sys.modules.get("wandb")
     if wandb is not None and wandb.run is not None:
         wandb.finish()

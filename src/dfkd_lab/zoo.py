@@ -11,8 +11,6 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from .models import build_model
-
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 CHECKPOINTS = PROJECT_ROOT / "checkpoints"
 

@@ -15,7 +15,12 @@ import copy
 
 import torch
 from torch import nn
-from torch.ao.quantization import disable_fake_quant, disable_observer, enable_fake_quant, enable_observer
+from torch.ao.quantization import (
+    disable_fake_quant,
+    disable_observer,
+    enable_fake_quant,
+    enable_observer,
+)
 from torchmetrics.classification import MulticlassAccuracy
 
 from ..config import ConfigError

@@ -1,6 +1,6 @@
 """A registry of classifier factories, so configs and tests can name models by string."""
 
-from typing import Callable
+from collections.abc import Callable
 
 from torch import nn
 

@@ -6,8 +6,8 @@ training batch"). Its parameters, optimiser states and ``get_extra_state`` (pool
 memory banks) travel in the Lightning checkpoint, so synthesis resumes where it stopped.
 """
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import torch
 from torch import nn
