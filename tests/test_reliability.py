@@ -124,3 +124,12 @@ def test_run_killed_mid_epoch_resumes_from_last_ckpt_and_finishes(tmp_path):
     assert resumed.returncode == 0, err[-2000:]
     assert (run_dir / "metrics.json").is_file()
     assert torch.load(last, map_location="cpu", weights_only=False)["global_step"] == 400
+
+
+def test_publishing_a_teacher_never_overwrites_a_shipped_zoo_entry(compose_cfg):
+    from dfkd_lab.config import ConfigError
+    from dfkd_lab.train import run
+
+    cfg = compose_cfg("method=teacher", "teacher=lenet5", "method.zoo_name=lenet5_fmnist")
+    with pytest.raises(ConfigError, match="already exists"):
+        run(cfg)

@@ -6,6 +6,7 @@ from pathlib import Path
 import torch
 from torch.nn import functional as F
 
+from ..config import ConfigError
 from ..synthesis.lopes import KEY, record_activation_stats
 from ..zoo import CHECKPOINTS, ZooEntry, sha256
 from .base import DistillationModule
@@ -27,6 +28,12 @@ class SupervisedTraining(DistillationModule):
     def from_config(cls, cfg, student, teacher, data):
         module = cls(student, cfg.method, cfg.loss, data.num_classes, teacher)
         if cfg.method.trains == "teacher":
+            if cfg.method.zoo_name and (CHECKPOINTS / f"{cfg.method.zoo_name}.json").exists():
+                raise ConfigError(
+                    f"method.zoo_name={cfg.method.zoo_name}: checkpoints/{cfg.method.zoo_name}.json "
+                    "already exists and would be overwritten; pick another name, or delete that "
+                    "entry first to replace it (the run dir always gets its own copy)"
+                )
             module.zoo_entry = dict(
                 name=cfg.method.zoo_name or f"{cfg.teacher.arch}_{data.name}",
                 arch=cfg.teacher.arch, dataset=data.name, num_classes=data.num_classes,
