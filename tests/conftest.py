@@ -3,9 +3,12 @@
 import os
 
 import pytest
+import pytorch_lightning as pl
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
+from pytorch_lightning.callbacks import ModelCheckpoint
 
+from dfkd_lab.build import build_data, build_module, build_student, build_teacher, trainer_kwargs
 from dfkd_lab.train import CONF_DIR
 
 os.environ.setdefault("WANDB_MODE", "disabled")
@@ -46,3 +49,17 @@ def compose_cfg(tmp_path):
 
     yield _compose
     GlobalHydra.instance().clear()
+
+
+def fit_two_epochs(cfg, ckpt_dir, callbacks=(), ckpt_path=None):
+    """Build a run from ``cfg`` and fit it for 2 epochs (or resume it from ``ckpt_path``),
+    writing last.ckpt to ``ckpt_dir``: the shared harness of the resume tests."""
+    pl.seed_everything(cfg.seed, verbose=False)
+    data = build_data(cfg)
+    module = build_module(cfg, build_student(cfg, data), build_teacher(cfg, data), data)
+    checkpoint = ModelCheckpoint(dirpath=ckpt_dir, save_last=True)
+    trainer = pl.Trainer(**{**trainer_kwargs(cfg), "max_epochs": 2}, logger=False,
+                         callbacks=[checkpoint, *callbacks])
+    data.setup("fit")
+    trainer.fit(module, module.train_dataloader_from(data), data.val_dataloader(), ckpt_path=ckpt_path)
+    return module, trainer

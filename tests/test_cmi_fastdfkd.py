@@ -36,9 +36,8 @@ def test_agreement_masked_kl_ignores_disagreeing_samples():
 
 # --- running and resuming -------------------------------------------------------------------
 import pytorch_lightning as pl
-from pytorch_lightning.callbacks import ModelCheckpoint
 
-from dfkd_lab.build import build_data, build_module, build_student, build_teacher, trainer_kwargs
+from conftest import fit_two_epochs
 
 TINY = {
     "cmi": ["method=cmi", "method.synthesizer.iterations=2", "method.synthesizer.negatives=8",
@@ -87,15 +86,8 @@ class StopAfterEpochs(pl.Callback):
 
 
 def fit(cfg, ckpt_dir, stop_after=None, ckpt_path=None):
-    pl.seed_everything(cfg.seed, verbose=False)
-    data = build_data(cfg)
-    module = build_module(cfg, build_student(cfg, data), build_teacher(cfg, data), data)
-    callbacks = [ModelCheckpoint(dirpath=ckpt_dir, save_last=True)]
-    if stop_after:
-        callbacks.append(StopAfterEpochs(stop_after))
-    trainer = pl.Trainer(**{**trainer_kwargs(cfg), "max_epochs": 2}, logger=False, callbacks=callbacks)
-    data.setup("fit")
-    trainer.fit(module, module.train_dataloader_from(data), data.val_dataloader(), ckpt_path=ckpt_path)
+    callbacks = [StopAfterEpochs(stop_after)] if stop_after else []
+    module, trainer = fit_two_epochs(cfg, ckpt_dir, callbacks, ckpt_path)
     return module, float(trainer.callback_metrics["val/acc"])
 
 

@@ -11,7 +11,7 @@ import pytorch_lightning as pl
 import torch
 from pytorch_lightning.callbacks import ModelCheckpoint
 
-from conftest import FAST
+from conftest import FAST, fit_two_epochs
 from dfkd_lab.build import build_data, build_module, build_student, build_teacher, trainer_kwargs
 from dfkd_lab.train import run
 
@@ -45,19 +45,6 @@ class Crash(pl.Callback):
             raise Interrupted
 
 
-def fit(cfg, ckpt_dir, crash_at=None, ckpt_path=None):
-    pl.seed_everything(cfg.seed, verbose=False)
-    data = build_data(cfg)
-    module = build_module(cfg, build_student(cfg, data), build_teacher(cfg, data), data)
-    callbacks = [ModelCheckpoint(dirpath=ckpt_dir, save_last=True)]
-    if crash_at is not None:
-        callbacks.append(Crash(crash_at))
-    trainer = pl.Trainer(**{**trainer_kwargs(cfg), "max_epochs": 2}, logger=False, callbacks=callbacks)
-    data.setup("fit")
-    trainer.fit(module, module.train_dataloader_from(data), data.val_dataloader(), ckpt_path=ckpt_path)
-    return module, trainer
-
-
 @pytest.mark.parametrize("method", sorted(TINY))
 def test_teacher_parameters_and_bn_buffers_never_change(compose_cfg, tmp_path, method):
     cfg = compose_cfg(*TINY[method])
@@ -81,10 +68,10 @@ def test_teacher_parameters_and_bn_buffers_never_change(compose_cfg, tmp_path, m
 @pytest.mark.parametrize("method", sorted(TINY))
 def test_resumed_run_ends_exactly_like_an_uninterrupted_one(compose_cfg, tmp_path, method):
     cfg = compose_cfg(*TINY[method])
-    whole, whole_trainer = fit(cfg, tmp_path / "whole")
+    whole, whole_trainer = fit_two_epochs(cfg, tmp_path / "whole")
     with pytest.raises(Interrupted):
-        fit(cfg, tmp_path / "cut", crash_at=1)
-    resumed, resumed_trainer = fit(cfg, tmp_path / "cut", ckpt_path=str(tmp_path / "cut" / "last.ckpt"))
+        fit_two_epochs(cfg, tmp_path / "cut", callbacks=[Crash(1)])
+    resumed, resumed_trainer = fit_two_epochs(cfg, tmp_path / "cut", ckpt_path=str(tmp_path / "cut" / "last.ckpt"))
     assert resumed_trainer.global_step == whole_trainer.global_step
     assert float(resumed_trainer.callback_metrics["val/acc"]) == float(whole_trainer.callback_metrics["val/acc"])
     for key, value in whole.student.state_dict().items():
