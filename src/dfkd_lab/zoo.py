@@ -64,17 +64,20 @@ def zoo_entry(name: str) -> ZooEntry:
 def load_state(path: Path, expected_sha256: str | None, key: str) -> dict:
     if not path.is_file():
         raise TeacherError(f"{key}: checkpoint file {path} does not exist")
-    if expected_sha256 and sha256(path) != expected_sha256:
+    actual = sha256(path) if expected_sha256 else None
+    if expected_sha256 and actual != expected_sha256:
         raise TeacherError(
-            f"{key}: {path} has sha256 {sha256(path)}, expected {expected_sha256} "
+            f"{key}: {path} has sha256 {actual}, expected {expected_sha256} "
             "(file corrupt or replaced; restore it or set teacher.sha256=null to accept it)"
         )
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:
         raise TeacherError(f"{key}: cannot read {path} as a torch checkpoint: {err}") from err
-    if isinstance(state, dict) and "state_dict" in state:  # a Lightning checkpoint
-        state = {k.split(".", 1)[1]: v for k, v in state["state_dict"].items() if k.startswith("student.")} or state["state_dict"]
+    if isinstance(state, dict) and "state_dict" in state:
+        # A Lightning checkpoint of this project: its trained network is the `student.` part.
+        full = state["state_dict"]
+        state = {k.removeprefix("student."): v for k, v in full.items() if k.startswith("student.")} or full
     return state
 
 
