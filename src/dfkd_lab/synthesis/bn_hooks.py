@@ -13,16 +13,33 @@ from torch import nn
 from ..losses.bn import batch_stats, bn_stat_loss
 
 
+class _SumOverRanks(torch.autograd.Function):
+    """All-reduce (sum) whose backward passes the gradient through unchanged.
+
+    Every rank computes the same loss from the summed moments; torch's differentiable
+    all_reduce would sum those identical gradients again, scaling the BN term by the world
+    size relative to the per-rank terms. Each rank's pixels get exactly the gradient the
+    single-process loss on the global batch would give them.
+    """
+
+    @staticmethod
+    def forward(ctx, x):
+        x = x.clone()
+        dist.all_reduce(x)
+        return x
+
+    @staticmethod
+    def backward(ctx, grad):
+        return grad
+
+
 def _global_stats(x: torch.Tensor):
     if not (dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1):
         return batch_stats(x)
-    from torch.distributed.nn.functional import all_reduce
-
     x = x.float()
-    n = torch.tensor(float(x.shape[0] * x.shape[2] * x.shape[3]), device=x.device)
-    moments = torch.stack([x.sum(dim=(0, 2, 3)), x.pow(2).sum(dim=(0, 2, 3))])
-    moments = all_reduce(moments)
-    count = all_reduce(n)
+    count = torch.tensor(float(x.shape[0] * x.shape[2] * x.shape[3]), device=x.device)
+    dist.all_reduce(count)
+    moments = _SumOverRanks.apply(torch.stack([x.sum(dim=(0, 2, 3)), x.pow(2).sum(dim=(0, 2, 3))]))
     mean = moments[0] / count
     return mean, moments[1] / count - mean.pow(2)
 

@@ -91,6 +91,28 @@ class ImagePool:
             self.add(state["images"], state["soft_targets"])
 
 
+def _distributed() -> bool:
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+
+
+def _rank() -> int:
+    return dist.get_rank() if _distributed() else 0
+
+
+def _from_every_rank(images, soft_targets):
+    """Under DDP every rank synthesises its own batch; the transfer set gets all of them (in
+    rank order, one shard per step, written by rank zero alone so no two processes write one file)."""
+    if not _distributed():
+        return images, soft_targets
+
+    def gather(x):
+        parts = [torch.empty_like(x) for _ in range(dist.get_world_size())]
+        dist.all_gather(parts, x.contiguous())
+        return torch.cat(parts)
+
+    return gather(images), (gather(soft_targets) if soft_targets is not None else None)
+
+
 class PoolSynthesizer(Synthesizer):
     """Base of every method whose synthesised images go to a pool the student trains on.
 
@@ -111,8 +133,8 @@ class PoolSynthesizer(Synthesizer):
         self.last_terms: dict[str, torch.Tensor] = {}
 
     def bind_run(self, cfg):
-        """Open the on-disk transfer set in the run dir (rank zero writes it)."""
-        if not self.save_transfer_set or (dist.is_available() and dist.is_initialized() and dist.get_rank()):
+        """Open the on-disk transfer set in the run dir (under DDP only rank zero writes to it)."""
+        if not self.save_transfer_set:
             return
         from ..data.transfer_set import TransferSetWriter
 
@@ -127,7 +149,9 @@ class PoolSynthesizer(Synthesizer):
         self.pool.add(images, soft_targets)
         ctx.cost.add(images=images.shape[0])
         if self.transfer_set is not None:
-            self.transfer_set.write(images, soft_targets, self.value_low, self.value_high, ctx.cost.as_dict())
+            images, soft_targets = _from_every_rank(images, soft_targets)
+            if _rank() == 0:
+                self.transfer_set.write(images, soft_targets, self.value_low, self.value_high, ctx.cost.as_dict())
         return {k: v.detach() for k, v in self.last_terms.items()}
 
     def batch(self, n, ctx):
