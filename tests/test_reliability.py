@@ -1,6 +1,8 @@
 """Bad input stops `dfkd-train` at once with one paragraph naming the cause and the fix, exit 2;
 a killed run resumes from its last checkpoint."""
 
+import errno
+import json
 import os
 import signal
 import subprocess
@@ -9,6 +11,7 @@ import time
 from pathlib import Path
 
 import pytest
+import pytorch_lightning as pl
 import torch
 from hydra.core.global_hydra import GlobalHydra
 
@@ -92,38 +95,129 @@ def test_mistyped_key_fails_before_any_work(monkeypatch, capsys, tmp_path):
 
 
 # --- a killed run resumes ------------------------------------------------------------------------
-TINY_DAFL = ["method=dafl", "method.batch_size=16", "method.student_steps=1", "method.synthesizer.ngf=4",
-             "method.synthesizer.nz=8", "trainer=cpu", "logger=none", "trainer.enable_progress_bar=false",
-             "trainer.limit_val_batches=1", "trainer.limit_test_batches=1", "trainer.max_epochs=1",
-             "method.steps_per_epoch=200", "callbacks.step_checkpoint.every_n_train_steps=20"]
+# One representative per family, tiny, 120 steps of one epoch; (family, signal).
+FAMILIES = {
+    "kd": ["method=kd", "data.batch_size=16", "trainer.limit_train_batches=120"],
+    "dafl": ["method=dafl", "method.synthesizer.ngf=4", "method.synthesizer.nz=8"],
+    "deepinversion": ["method=deepinversion", "method.synthesizer.iterations=2"],
+    "cmi": ["method=cmi", "method.synthesizer.iterations=2", "method.synthesizer.negatives=8",
+            "method.synthesizer.bank_size=40", "method.synthesizer.ngf=4", "method.synthesizer.nz=8"],
+    "fastdfkd": ["method=fastdfkd", "method.warmup_epochs=0", "method.synthesizer.ngf=4",
+                 "method.synthesizer.nz=8"],
+}
+KILLS = [("kd", "SIGTERM"), ("dafl", "SIGKILL"), ("dafl", "SIGTERM"), ("deepinversion", "SIGKILL"),
+         ("deepinversion", "SIGTERM"), ("cmi", "SIGTERM"), ("fastdfkd", "SIGKILL")]
+TINY_RUN = ["method.batch_size=16", "method.student_steps=1", "method.steps_per_epoch=120", "trainer=cpu",
+            "logger=none", "trainer.enable_progress_bar=false", "trainer.limit_val_batches=1",
+            "trainer.limit_test_batches=1", "trainer.max_epochs=1",
+            "callbacks.step_checkpoint.every_n_train_steps=10"]
 
 
 def dfkd_train(run_dir, *overrides):
-    cmd = [str(Path(sys.executable).with_name("dfkd-train")), *TINY_DAFL, f"hydra.run.dir={run_dir}", *overrides]
+    cmd = [str(Path(sys.executable).with_name("dfkd-train")), *TINY_RUN, f"hydra.run.dir={run_dir}", *overrides]
     env = {**os.environ, "WANDB_MODE": "disabled", "OMP_NUM_THREADS": "1"}
     return subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
 
 
-@pytest.mark.slow
-def test_run_killed_mid_epoch_resumes_from_last_ckpt_and_finishes(tmp_path):
+def fit_progress(ckpt: Path) -> int:
+    """Training batches completed in the run the checkpoint was taken from."""
+    state = torch.load(ckpt, map_location="cpu", weights_only=False)
+    return state["loops"]["fit_loop"]["epoch_loop.batch_progress"]["total"]["completed"]
+
+
+@pytest.mark.parametrize("family,sig", KILLS, ids=[f"{f}-{s}" for f, s in KILLS])
+def test_killed_run_resumes_from_its_last_checkpoint_and_finishes(tmp_path, family, sig):
     run_dir = tmp_path / "run"
     last = run_dir / "checkpoints" / "last.ckpt"
-    proc = dfkd_train(run_dir)
+    proc = dfkd_train(run_dir, *FAMILIES[family])
     deadline = time.time() + 120
     while not last.is_file() and proc.poll() is None and time.time() < deadline:
-        time.sleep(0.2)
-    time.sleep(0.5)  # let the checkpoint write finish
+        time.sleep(0.1)
     assert proc.poll() is None, f"run ended before it could be killed: {proc.stderr.read()[-2000:]}"
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    killed_at = torch.load(last, map_location="cpu", weights_only=False)["global_step"]
-    assert 0 < killed_at < 400  # mid-epoch: dafl counts 2 optimiser steps per batch (generator + student)
+    proc.send_signal(getattr(signal, sig))
+    _, err = proc.communicate(timeout=120)
+    killed_at = fit_progress(last)  # readable: checkpoints are renamed into place whole
+    assert 0 < killed_at < 120
+    if sig == "SIGTERM":  # stopped between two steps, saved there, and said how to continue
+        assert proc.returncode == 143, err[-2000:]
+        assert "stopped by SIGTERM" in err and "resume=last" in err
+    assert not (run_dir / "metrics.json").is_file() or family == "kd"  # kd validates before it ends
 
-    resumed = dfkd_train(run_dir, "resume=last")
+    resumed = dfkd_train(run_dir, *FAMILIES[family], "resume=last")
     _, err = resumed.communicate(timeout=300)
     assert resumed.returncode == 0, err[-2000:]
-    assert (run_dir / "metrics.json").is_file()
-    assert torch.load(last, map_location="cpu", weights_only=False)["global_step"] == 400
+    assert fit_progress(last) == 120
+    assert 0 <= json.loads((run_dir / "metrics.json").read_text())["test/acc"] <= 1
+
+
+class SigtermAt(pl.Callback):
+    """Deliver SIGTERM to this process after training batch ``batch`` (as a scheduler would)."""
+
+    def __init__(self, batch):
+        self.batch = batch
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        if batch_idx == self.batch:
+            os.kill(os.getpid(), signal.SIGTERM)
+
+
+def test_sigterm_saves_the_state_after_the_step_it_arrived_in(compose_cfg, tmp_path):
+    from pytorch_lightning.utilities.exceptions import SIGTERMException
+
+    from dfkd_lab.build import build_data, build_module, build_student, build_teacher, trainer_kwargs
+    from dfkd_lab.callbacks.checkpointing import PreemptionCheckpoint
+
+    cfg = compose_cfg("method=kd", "trainer.limit_train_batches=20")
+    data = build_data(cfg)
+    module = build_module(cfg, build_student(cfg, data), build_teacher(cfg, data), data)
+    trainer = pl.Trainer(**trainer_kwargs(cfg), logger=False,
+                         callbacks=[SigtermAt(6), PreemptionCheckpoint(str(tmp_path))])
+    data.setup("fit")
+    with pytest.raises(SIGTERMException):
+        trainer.fit(module, module.train_dataloader_from(data), data.val_dataloader())
+    assert fit_progress(tmp_path / "last.ckpt") == 7
+    assert torch.load(tmp_path / "last.ckpt", weights_only=False)["global_step"] == 7
+
+
+# --- a full disk --------------------------------------------------------------------------------
+def disk_full_on(monkeypatch, name_prefix):
+    """torch.save fails like a full disk (after writing part of the file) for names with the prefix."""
+    real_save = torch.save
+
+    def save(obj, f, *args, **kwargs):
+        if Path(str(f)).name.startswith(name_prefix):
+            Path(f).write_bytes(b"partial")
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real_save(obj, f, *args, **kwargs)
+
+    monkeypatch.setattr(torch, "save", save)
+
+
+def test_a_failed_checkpoint_write_keeps_the_previous_checkpoint(tmp_path, monkeypatch):
+    from dfkd_lab.atomic import DiskWriteError
+    from dfkd_lab.callbacks.checkpointing import AtomicCheckpointIO
+
+    io, path = AtomicCheckpointIO(), tmp_path / "last.ckpt"
+    io.save_checkpoint({"global_step": 1}, path)
+    disk_full_on(monkeypatch, "last.ckpt")
+    with pytest.raises(DiskWriteError, match="No space left on device.*intact.*resume=last"):
+        io.save_checkpoint({"global_step": 2}, path)
+    assert torch.load(path, weights_only=False) == {"global_step": 1}
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["last.ckpt"]  # no partial temporary file
+
+
+def test_a_full_disk_while_writing_the_transfer_set_stops_cleanly(monkeypatch, capsys, tmp_path):
+    disk_full_on(monkeypatch, "shard_00002")
+    code, err = cli(monkeypatch, capsys, tmp_path, "method=deepinversion", "method.synthesizer.iterations=2",
+                    "method.batch_size=8", "method.student_steps=1", "trainer.limit_train_batches=null",
+                    "method.steps_per_epoch=4")
+    assert code == 2
+    assert "DiskWriteError: could not write the transfer-set shard" in err and "Traceback" not in err
+    folder = tmp_path / "run" / "transfer_set"
+    assert sorted(p.name for p in folder.iterdir()) == ["manifest.json", "shard_00000.pt", "shard_00001.pt"]
+    manifest = json.loads((folder / "manifest.json").read_text())
+    assert manifest["images"] == 16
+    assert all(torch.load(folder / f"shard_0000{i}.pt")["images"].shape == (8, 1, 32, 32) for i in (0, 1))
 
 
 def test_publishing_a_teacher_never_overwrites_a_shipped_zoo_entry(compose_cfg):

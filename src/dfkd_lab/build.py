@@ -3,9 +3,11 @@
 from pathlib import Path
 
 import hydra
+import torch
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
+from .callbacks.checkpointing import AtomicCheckpointIO
 from .data import ClassificationData
 from .models import build_model
 from .zoo import TeacherError, check_classes, load_state, load_weights, zoo_entry
@@ -91,6 +93,11 @@ def trainer_kwargs(cfg: DictConfig) -> dict:
     kwargs = {k: v for k, v in OmegaConf.to_container(cfg.trainer, resolve=True).items() if v is not None}
     if isinstance(kwargs.get("strategy"), dict):
         kwargs["strategy"] = hydra.utils.instantiate(kwargs["strategy"])
+        if getattr(kwargs["strategy"], "_start_method", None) == "spawn":
+            # spawn pickles the in-memory test split to every process; torch's default sharing
+            # (file descriptors) fails with "unable to resize file" in some containers
+            torch.multiprocessing.set_sharing_strategy("file_system")
+    kwargs["plugins"] = [AtomicCheckpointIO()]
     return kwargs
 
 

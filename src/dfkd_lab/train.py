@@ -8,6 +8,7 @@ from pathlib import Path
 import hydra
 import pytorch_lightning as pl
 from omegaconf import DictConfig
+from pytorch_lightning.utilities.exceptions import SIGTERMException
 
 from .build import (
     build_callbacks,
@@ -18,7 +19,8 @@ from .build import (
     build_teacher,
     trainer_kwargs,
 )
-from .callbacks.metrics import flat_metrics, log_summary, peak_memory, write_json
+from .atomic import DiskWriteError, save_json
+from .callbacks.metrics import flat_metrics, log_summary, peak_memory
 from .config import ConfigError, register_configs
 from .data import TrainSplitForbidden
 from .data.sources import DatasetUnavailable
@@ -77,7 +79,7 @@ def run(cfg: DictConfig) -> dict:
     metrics.update(peak_memory())
     if trainer.is_global_zero:
         module.on_run_end(output_dir, metrics)
-        write_json(output_dir / "metrics.json", metrics)
+        save_json(output_dir / "metrics.json", metrics, "metrics file")
         log_summary(trainer.loggers, metrics)
         print(summary(cfg, metrics, output_dir))
     return metrics
@@ -104,7 +106,10 @@ def finish_wandb():
 
 # Errors whose message already names the cause and the fix: shown without a traceback.
 USER_ERRORS = (ConfigError, TeacherError, DatasetUnavailable, TrainSplitForbidden, UnknownLossWeight,
-               SynthesisDiverged, FileNotFoundError)
+               SynthesisDiverged, FileNotFoundError, DiskWriteError)
+
+# Exit status of a run stopped by SIGTERM (128 + 15, what a shell reports), after its checkpoint.
+SIGTERM_EXIT = 143
 
 
 def report_error(err: Exception):
@@ -126,6 +131,12 @@ def main(cfg: DictConfig) -> float | None:
             raise
         report_error(err)
         sys.exit(2)
+    except SIGTERMException:
+        sys.stderr.write(
+            f"dfkd-train: stopped by SIGTERM; the state after the last finished step is in "
+            f"{cfg.paths.output_dir}/checkpoints/last.ckpt. Continue with "
+            f"hydra.run.dir={cfg.paths.output_dir} resume=last\n")
+        sys.exit(SIGTERM_EXIT)
     finally:
         finish_wandb()
     return metrics.get(cfg.optimized_metric)

@@ -11,6 +11,8 @@ from pathlib import Path
 import pytorch_lightning as pl
 import torch
 
+from ..atomic import save_json
+
 
 def flat_metrics(metrics: dict) -> dict:
     out = {}
@@ -22,15 +24,6 @@ def flat_metrics(metrics: dict) -> dict:
         if isinstance(value, (int, float)) and math.isfinite(value):
             out[key] = value
     return out
-
-
-def write_json(path: Path, data: dict):
-    """Write atomically: a crash mid-write never leaves a truncated file behind."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
-    tmp.replace(path)
 
 
 class MetricsWriter(pl.Callback):
@@ -51,7 +44,7 @@ class MetricsWriter(pl.Callback):
         self.curve.parent.mkdir(parents=True, exist_ok=True)
         with open(self.curve, "a") as f:
             f.write(json.dumps(row) + "\n")
-        write_json(self.path, metrics)
+        save_json(self.path, metrics, "metrics file")
 
 
 def peak_memory() -> dict:

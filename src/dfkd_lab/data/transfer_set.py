@@ -9,12 +9,12 @@ continues the numbering. The shards on disk, not the manifest, are the truth whe
 """
 
 import json
-import os
 from pathlib import Path
 
 import torch
 from omegaconf import OmegaConf
 
+from ..atomic import save_json, save_torch
 from ..config import ConfigError
 from ..zoo import sha256, zoo_entry
 
@@ -30,15 +30,6 @@ def teacher_sha256(cfg) -> str | None:
     if t.zoo:
         return zoo_entry(t.zoo).sha256
     return None
-
-
-def _atomic_save(obj, path: Path):
-    tmp = path.with_name(path.name + ".tmp")
-    if path.suffix == ".json":
-        tmp.write_text(json.dumps(obj, indent=2) + "\n")
-    else:
-        torch.save(obj, tmp)
-    os.replace(tmp, path)
 
 
 def _shards(folder: Path) -> list[Path]:
@@ -93,7 +84,7 @@ class TransferSetWriter:
         name = f"shard_{self.next_index:05d}.pt"
         shard = {"images": encode(images, low, high),
                  "soft_targets": soft_targets.detach().float().cpu() if soft_targets is not None else None}
-        _atomic_save(shard, self.folder / name)
+        save_torch(self.folder / name, shard, "transfer-set shard")
         self.next_index += 1
         self.counts[name] = int(images.shape[0])
         manifest = {
@@ -102,7 +93,7 @@ class TransferSetWriter:
             "images": sum(self.counts.values()), "soft_targets": soft_targets is not None,
             "shards": self.counts, "cost": cost,
         }
-        _atomic_save(manifest, self.folder / MANIFEST)
+        save_json(self.folder / MANIFEST, manifest, "transfer-set manifest")
 
 
 def read_manifest(path) -> dict:
