@@ -113,3 +113,21 @@ def test_bad_image_folder_is_a_clear_error(tmp_path, case):
     message = {"missing": "no 'train' folder", "empty": "no readable images", "unreadable": "cannot read image"}
     with pytest.raises(sources.DatasetUnavailable, match=message[case]):
         ClassificationData("image_folder", str(tmp_path), 2, 3, 16).setup("fit")
+
+
+def test_mixup_blends_each_image_and_its_soft_targets_with_one_weight():
+    from dfkd_lab.data.augment import mixup
+
+    # image i is the constant i and its soft target is one-hot on class i, so a blend of images
+    # i and j with weight w is the constant w*i + (1-w)*j and its target puts w on i, 1-w on j
+    x = torch.arange(4.0).view(4, 1, 1, 1).expand(4, 1, 3, 3).clone()
+    soft = torch.eye(4)
+    mixed, mixed_soft = mixup(x, soft, generator=torch.Generator().manual_seed(3))
+    assert mixed.shape == x.shape and mixed_soft.shape == soft.shape
+    assert torch.allclose(mixed, mixed[:, :, :1, :1].expand_as(mixed))  # still constant images
+    torch.testing.assert_close(mixed[:, 0, 0, 0], mixed_soft @ torch.arange(4.0))
+    torch.testing.assert_close(mixed_soft.sum(1), torch.ones(4))
+    assert ((mixed_soft > 0).sum(1) <= 2).all()
+    assert not torch.equal(mixed, x)
+    again, _ = mixup(x, soft, generator=torch.Generator().manual_seed(3))
+    torch.testing.assert_close(again, mixed)

@@ -23,3 +23,20 @@ def crop_flip(x: torch.Tensor, pad: int = 0, flip: bool = False, generator=None)
         mask = (torch.rand(n, generator=generator) < 0.5).to(x.device)
         x = torch.where(mask[:, None, None, None], x.flip(3), x)
     return x
+
+
+def mixup(x: torch.Tensor, soft_targets: torch.Tensor | None = None, generator=None):
+    """Each image blended with another of the batch, weight ~ Uniform(0, 1) per image.
+
+    For distillation from a pool the teacher labels the blend itself, so every draw is a new
+    input between two synthetic ones: the pool's few thousand images cover far more of the
+    teacher's input space. Stored soft targets are blended with the same weights.
+    """
+    n = x.shape[0]
+    partner = torch.randperm(n, generator=generator).to(x.device)
+    lam = torch.rand(n, generator=generator).to(x.device, x.dtype)
+    mixed = lam.view(-1, 1, 1, 1) * x + (1 - lam.view(-1, 1, 1, 1)) * x[partner]
+    if soft_targets is not None:
+        lam = lam.to(soft_targets.dtype).view(-1, 1)
+        soft_targets = lam * soft_targets + (1 - lam) * soft_targets[partner]
+    return mixed, soft_targets

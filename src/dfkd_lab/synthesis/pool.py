@@ -9,7 +9,7 @@ drawing augmented training batches and saving the pool in the checkpoint live he
 import torch
 import torch.distributed as dist
 
-from ..data.augment import crop_flip
+from ..data.augment import crop_flip, mixup
 from .base import SynthBatch, Synthesizer
 
 
@@ -122,12 +122,12 @@ class PoolSynthesizer(Synthesizer):
     """
 
     def __init__(self, capacity: int | None = None, augment_pad: int = 0, augment_flip: bool = False,
-                 save_transfer_set: bool = True):
+                 augment_mixup: bool = False, save_transfer_set: bool = True):
         super().__init__()
         if augment_pad < 0:
             raise ValueError(f"synthesizer.augment_pad must be >= 0, got {augment_pad}")
         self.pool = ImagePool(capacity)
-        self.augment_pad, self.augment_flip = augment_pad, augment_flip
+        self.augment_pad, self.augment_flip, self.augment_mixup = augment_pad, augment_flip, augment_mixup
         self.save_transfer_set = save_transfer_set
         self.transfer_set = None  # a TransferSetWriter once bind_run opened one
         self.last_terms: dict[str, torch.Tensor] = {}
@@ -157,6 +157,8 @@ class PoolSynthesizer(Synthesizer):
     def batch(self, n, ctx):
         images, soft_targets = self.pool.sample(n, self.rng)
         images = crop_flip(images, self.augment_pad, self.augment_flip, generator=self.rng)
+        if self.augment_mixup:
+            images, soft_targets = mixup(images, soft_targets, generator=self.rng)
         soft_targets = soft_targets.to(ctx.device) if soft_targets is not None else None
         return SynthBatch(images.to(ctx.device), soft_targets=soft_targets)
 
