@@ -3,6 +3,7 @@
 import os
 import sys
 import time
+import warnings
 from pathlib import Path
 
 import hydra
@@ -141,6 +142,10 @@ def main(cfg: DictConfig) -> float | None:
         finish_wandb()
     return metrics.get(cfg.optimized_metric)
 
+
+# Data-free methods optimise manually and checkpoint every N steps: the state after the step is
+# the one a resumed run must continue from, so Lightning's warning about it is noise here.
+warnings.filterwarnings("ignore", message="Using ModelCheckpoint with manual optimization")
 
 os.environ.setdefault("PROJECT_ROOT", str(PROJECT_ROOT))
 os.environ.setdefault("WANDB_MODE", "offline")
