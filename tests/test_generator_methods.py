@@ -19,6 +19,7 @@ from dfkd_lab.methods.data_free import SynthesisDiverged
 from dfkd_lab.methods.dfq import StudentEnsemble
 from dfkd_lab.models import build_model
 from dfkd_lab.quant import model_bytes, prepare_qat, to_int8
+from dfkd_lab.synthesis.base import SynthBatch
 from dfkd_lab.synthesis.generator import GeneratorSynthesizer
 from dfkd_lab.train import run
 
@@ -189,3 +190,17 @@ def test_sample_grid_callback_writes_pngs_only_for_synthesizers(compose_cfg, tmp
     kd = compose_cfg("method=kd", "trainer.limit_val_batches=1", f"paths.output_dir={tmp_path / 'kd'}")
     run(kd)
     assert not (Path(kd.paths.output_dir) / "samples").exists()
+
+
+def test_mixup_gives_the_student_blends_of_the_generated_batch_for_the_teacher_to_label():
+    synthesizer = GeneratorSynthesizer(nz=8, ngf=4, mixup=True)
+    teacher = build_model("lenet5", num_classes=10, in_channels=1)
+    synthesizer.setup((1, 32, 32), 10, (torch.tensor([-1.0]), torch.tensor([1.0])), teacher)
+    generated = torch.arange(4.0).view(4, 1, 1, 1).expand(4, 1, 32, 32).clone()
+    synthesizer._cache = SynthBatch(generated, teacher_logits=torch.zeros(4, 10))
+    batch = synthesizer.batch(4, ctx=None)
+    assert batch.teacher_logits is None  # the generator-step logits belong to the unblended images
+    values = batch.images[:, 0, 0, 0]
+    assert torch.allclose(batch.images, values.view(4, 1, 1, 1).expand_as(batch.images))
+    assert ((values >= 0) & (values <= 3)).all() and not torch.equal(values, torch.arange(4.0))
+    assert torch.equal(synthesizer._cache.images, generated)  # later reuses blend the same batch

@@ -12,6 +12,7 @@ matter of ``loss.weights``:
 - ``adv_l1``: minus the L1 distance between logits (DFAD)
 
 ``n_generators`` > 1 trains an ensemble (DFQ); each generator makes an equal share of a batch.
+``mixup`` gives the student blends of generated images (data/augment.py) instead of the images.
 """
 
 from contextlib import nullcontext
@@ -19,6 +20,7 @@ from contextlib import nullcontext
 import torch
 from torch import nn
 
+from ..data.augment import mixup
 from ..losses.entropy import activation_l1, batch_entropy, instance_entropy, one_hot_ce
 from ..losses.kd import kd_kl, logit_l1
 from ..losses.weighting import weighted_sum
@@ -33,14 +35,14 @@ class GeneratorSynthesizer(Synthesizer):
 
     def __init__(self, nz: int = 100, ngf: int = 64, out: str = "tanh_bn", lr: float = 1e-3,
                  betas: tuple = (0.5, 0.999), n_generators: int = 1, reuse: int = 1,
-                 grad_clip: float = 0.0, preview_size: int = 64):
+                 grad_clip: float = 0.0, preview_size: int = 64, mixup: bool = False):
         super().__init__()
         if n_generators < 1 or reuse < 1:
             raise ValueError("synthesizer.n_generators and synthesizer.reuse must be >= 1")
         self.nz, self.ngf, self.out = nz, ngf, out
         self.lr, self.betas = lr, tuple(betas)
         self.n_generators, self.reuse, self.grad_clip = n_generators, reuse, grad_clip
-        self.preview_size = preview_size
+        self.preview_size, self.mixup = preview_size, mixup
         self._cache: SynthBatch | None = None
         self._cache_uses = 0
 
@@ -106,6 +108,8 @@ class GeneratorSynthesizer(Synthesizer):
             self._cache_uses = 0
             ctx.cost.add(images=n)
         self._cache_uses += 1
+        if self.mixup:  # blends of the batch, labelled by the teacher in the student step
+            return SynthBatch(mixup(self._cache.images, generator=self.rng)[0])
         return self._cache
 
     @torch.no_grad()
