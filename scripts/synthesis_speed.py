@@ -1,13 +1,11 @@
 """Synthesis speed: FastDFKD (Fast-2) against DeepInversion with 2000 iterations per batch.
 
-Same teacher, batch size and device for both; synthesis only (the student is not trained:
-``method.warmup_epochs`` covers the whole run), timed by the runs' own cost meters.
-DeepInversion-2k is slow, so only ``--di-batches`` batches are made and its images/s is
-extrapolated from the measured seconds per batch (every batch costs the same
-``iterations`` steps). Students' accuracies are read from finished runs' metrics.json
-when given (``--fast-run``/``--di-run`` run dirs).
+Same teacher, batch size, device and image count for both (``--batches`` batches each);
+synthesis only (the student is not trained: ``method.warmup_epochs`` covers the whole run),
+timed by the runs' own cost meters. Students' accuracies are read from finished runs'
+metrics.json when given (``--fast-run``/``--di-run`` run dirs).
 
-    python scripts/synthesis_speed.py --batch-size 128 --fast-batches 20 --di-batches 2
+    python scripts/synthesis_speed.py --batch-size 128 --batches 4
 """
 
 import argparse
@@ -45,27 +43,21 @@ def accuracy(run_dir: str | None) -> str:
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--batch-size", type=int, default=128)
-    parser.add_argument("--fast-batches", type=int, default=20)
+    parser.add_argument("--batches", type=int, default=4)
     parser.add_argument("--fast-method", default="fastdfkd_2")
-    parser.add_argument("--di-batches", type=int, default=2)
     parser.add_argument("--di-iterations", type=int, default=2000)
     parser.add_argument("--fast-run", help="a finished fastdfkd run dir, for the student's accuracy")
     parser.add_argument("--di-run", help="a finished deepinversion run dir, for the student's accuracy")
     args = parser.parse_args()
 
-    fast = measure(args.fast_method, args.fast_batches, args.batch_size)
-    di = measure("deepinversion", args.di_batches, args.batch_size,
-                 [f"method.synthesizer.iterations={args.di_iterations}"])
-    rows = [
-        (args.fast_method, fast, "measured", accuracy(args.fast_run)),
-        (f"deepinversion-{args.di_iterations}", di,
-         f"extrapolated from {args.di_batches} batch(es)", accuracy(args.di_run)),
-    ]
-    print(f"batch size {args.batch_size}; synthesis only, same teacher and device\n")
-    print(f"{'method':<22} {'batches':>7} {'s/batch':>9} {'images/s':>10}  {'how':<30} {'student acc':>11}")
-    for name, m, how, acc in rows:
-        print(f"{name:<22} {m['images'] / args.batch_size:>7.0f} {m['per_batch_s']:>9.3f} "
-              f"{m['images_per_s']:>10.1f}  {how:<30} {acc:>11}")
+    fast = measure(args.fast_method, args.batches, args.batch_size)
+    di = measure("deepinversion", args.batches, args.batch_size, [f"method.synthesizer.iterations={args.di_iterations}"])
+    rows = [(args.fast_method, fast, accuracy(args.fast_run)),
+            (f"deepinversion-{args.di_iterations}", di, accuracy(args.di_run))]
+    print(f"batch size {args.batch_size}, {args.batches} batches each; synthesis only, same teacher and device\n")
+    print(f"{'method':<22} {'images':>7} {'s/batch':>9} {'images/s':>10} {'student acc':>12}")
+    for name, m, acc in rows:
+        print(f"{name:<22} {m['images']:>7.0f} {m['per_batch_s']:>9.3f} {m['images_per_s']:>10.1f} {acc:>12}")
     print(f"\nspeed-up {args.fast_method} / deepinversion-{args.di_iterations}: "
           f"{fast['images_per_s'] / di['images_per_s']:.0f}x (the FastDFKD paper reports ~100x on CIFAR-10)")
 
