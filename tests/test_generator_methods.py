@@ -204,3 +204,20 @@ def test_mixup_gives_the_student_blends_of_the_generated_batch_for_the_teacher_t
     assert torch.allclose(batch.images, values.view(4, 1, 1, 1).expand_as(batch.images))
     assert ((values >= 0) & (values <= 3)).all() and not torch.equal(values, torch.arange(4.0))
     assert torch.equal(synthesizer._cache.images, generated)  # later reuses blend the same batch
+
+
+def test_replay_fills_half_the_student_batch_from_earlier_generated_images():
+    synthesizer = GeneratorSynthesizer(nz=8, ngf=4, replay=6)
+    synthesizer.setup((1, 32, 32), 10, (torch.tensor([-1.0]), torch.tensor([1.0])), build_model("lenet5"))
+    for value in (1.0, 2.0, 3.0):  # what three generator steps made, 2 images each
+        synthesizer.memory.add(torch.full((2, 1, 32, 32), value))
+    synthesizer._cache = SynthBatch(torch.full((4, 1, 32, 32), 9.0), teacher_logits=torch.zeros(4, 10))
+    batch = synthesizer.batch(4, ctx=None)
+    values = batch.images[:, 0, 0, 0].tolist()
+    assert values[:2] == [9.0, 9.0] and set(values[2:]) <= {1.0, 2.0, 3.0}
+    assert batch.teacher_logits is None
+    restored = GeneratorSynthesizer(nz=8, ngf=4, replay=6)
+    restored.set_extra_state(synthesizer.get_extra_state())
+    assert torch.equal(restored.memory.newest(6), synthesizer.memory.newest(6))
+    with pytest.raises(ValueError, match="synthesizer.replay"):
+        GeneratorSynthesizer(replay=-1)

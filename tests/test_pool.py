@@ -56,3 +56,20 @@ def test_state_round_trip_gives_the_same_draws():
     assert len(empty) == 0
     with pytest.raises(RuntimeError, match="empty"):
         empty.sample(1, torch.Generator())
+
+
+def test_a_full_pool_overwrites_the_oldest_in_place_and_resumes_the_ring():
+    pool = ImagePool(capacity=4)
+    for start in range(0, 10, 2):  # 0..9 added two at a time: 6, 7, 8, 9 remain
+        pool.add(batch(start, 2))
+    assert len(pool) == 4
+    assert sorted(pool.sample(100, torch.Generator().manual_seed(0))[0][:, 0, 0, 0].unique().tolist()) == [6, 7, 8, 9]
+    assert pool.newest(3)[:, 0, 0, 0].tolist() == [7.0, 8.0, 9.0]
+    other = ImagePool()
+    other.load_state_dict(pool.state_dict())
+    for p in (pool, other):
+        p.add(batch(10, 1))
+        assert p.newest(4)[:, 0, 0, 0].tolist() == [7.0, 8.0, 9.0, 10.0]
+    big = ImagePool(capacity=3)
+    big.add(batch(0, 5))  # more than fits at once: the newest three
+    assert big.newest(3)[:, 0, 0, 0].tolist() == [2.0, 3.0, 4.0]

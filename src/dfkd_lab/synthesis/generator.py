@@ -12,7 +12,10 @@ matter of ``loss.weights``:
 - ``adv_l1``: minus the L1 distance between logits (DFAD)
 
 ``n_generators`` > 1 trains an ensemble (DFQ); each generator makes an equal share of a batch.
-``mixup`` gives the student blends of generated images (data/augment.py) instead of the images.
+``mixup`` gives the student blends of generated images (data/augment.py) instead of the images;
+``replay`` > 0 keeps that many past generated images and fills half of each student batch from
+them, so the student does not forget what earlier generators showed it (adversarial methods
+chase the student's current weaknesses and drift).
 """
 
 from contextlib import nullcontext
@@ -27,6 +30,7 @@ from ..losses.weighting import weighted_sum
 from ..models.generators import Generator
 from ..models.taps import penultimate_tap
 from .base import SynthBatch, Synthesizer
+from .pool import ImagePool
 from .bn_hooks import BNStatHooks
 
 
@@ -35,7 +39,7 @@ class GeneratorSynthesizer(Synthesizer):
 
     def __init__(self, nz: int = 100, ngf: int = 64, out: str = "tanh_bn", lr: float = 1e-3,
                  betas: tuple = (0.5, 0.999), n_generators: int = 1, reuse: int = 1,
-                 grad_clip: float = 0.0, preview_size: int = 64, mixup: bool = False):
+                 grad_clip: float = 0.0, preview_size: int = 64, mixup: bool = False, replay: int = 0):
         super().__init__()
         if n_generators < 1 or reuse < 1:
             raise ValueError("synthesizer.n_generators and synthesizer.reuse must be >= 1")
@@ -43,6 +47,9 @@ class GeneratorSynthesizer(Synthesizer):
         self.lr, self.betas = lr, tuple(betas)
         self.n_generators, self.reuse, self.grad_clip = n_generators, reuse, grad_clip
         self.preview_size, self.mixup = preview_size, mixup
+        if replay < 0:
+            raise ValueError(f"synthesizer.replay must be >= 0 (images kept), got {replay}")
+        self.memory = ImagePool(replay) if replay else None
         self._cache: SynthBatch | None = None
         self._cache_uses = 0
 
@@ -99,6 +106,8 @@ class GeneratorSynthesizer(Synthesizer):
         ctx.student.zero_grad(set_to_none=True)  # the adversarial term must not leak into the student
         ctx.cost.add(images=x.shape[0], teacher_forwards=1)
         self._cache, self._cache_uses = SynthBatch(x.detach(), t_logits.detach()), 0
+        if self.memory is not None:
+            self.memory.add(x.detach())
         return {k: v.detach() for k, v in terms.items()}
 
     def batch(self, n, ctx):
@@ -108,9 +117,25 @@ class GeneratorSynthesizer(Synthesizer):
             self._cache_uses = 0
             ctx.cost.add(images=n)
         self._cache_uses += 1
-        if self.mixup:  # blends of the batch, labelled by the teacher in the student step
-            return SynthBatch(mixup(self._cache.images, generator=self.rng)[0])
-        return self._cache
+        if self.memory is None and not self.mixup:
+            return self._cache
+        images = self._cache.images
+        if self.memory is not None:  # half fresh, half from earlier generators
+            images = torch.cat([images[: n - n // 2], self.memory.sample(n // 2, self.rng)[0].to(images.device)])
+        if self.mixup:
+            images = mixup(images, generator=self.rng)[0]
+        return SynthBatch(images)  # the teacher labels these in the student step
+
+    def get_extra_state(self):
+        state = super().get_extra_state()
+        if self.memory is not None:
+            state["memory"] = self.memory.state_dict()
+        return state
+
+    def set_extra_state(self, state):
+        super().set_extra_state(state)
+        if self.memory is not None and "memory" in state:
+            self.memory.load_state_dict(state["memory"])
 
     @torch.no_grad()
     def preview(self, n, device):

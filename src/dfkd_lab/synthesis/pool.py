@@ -14,11 +14,12 @@ from .base import SynthBatch, Synthesizer
 
 
 class ImagePool:
-    """Images (and optional soft targets) kept detached on the CPU, oldest dropped beyond
-    ``capacity`` (None: unbounded).
+    """Images (and optional soft targets) kept detached on the CPU; beyond ``capacity``
+    (None: unbounded) each new image overwrites the oldest.
 
-    One storage tensor that grows by doubling: adding is amortised O(batch) and drawing a
-    batch indexes the storage directly, with no per-draw concatenation of the whole pool.
+    One storage tensor that grows by doubling up to the capacity, then is written as a ring:
+    adding is O(batch) and drawing a batch indexes the storage directly, with no per-draw
+    concatenation and no per-add copy of the whole pool.
     """
 
     def __init__(self, capacity: int | None = None):
@@ -28,12 +29,15 @@ class ImagePool:
         self._images: torch.Tensor | None = None
         self._soft: torch.Tensor | None = None
         self._size = 0
+        self._next = 0  # the slot the next image goes to
 
-    @staticmethod
-    def _grown(storage: torch.Tensor | None, rows: int, like: torch.Tensor) -> torch.Tensor:
+    def _grown(self, storage: torch.Tensor | None, rows: int, like: torch.Tensor) -> torch.Tensor:
         if storage is not None and storage.shape[0] >= rows:
             return storage
-        new = torch.empty((max(rows, 2 * (storage.shape[0] if storage is not None else 0)), *like.shape[1:]))
+        new_rows = max(rows, 2 * (storage.shape[0] if storage is not None else 0))
+        if self.capacity is not None:
+            new_rows = min(new_rows, self.capacity)
+        new = torch.empty((new_rows, *like.shape[1:]))
         if storage is not None:
             new[: storage.shape[0]] = storage
         return new
@@ -44,20 +48,22 @@ class ImagePool:
         if self._size and (soft_targets is None) != (self._soft is None):
             raise ValueError("a pool holds soft targets for every image or for none")
         if not self._size:
-            self._images, self._soft = None, None
-        end = self._size + images.shape[0]
-        self._images = self._grown(self._images, end, images)
-        self._images[self._size:end] = images.detach().float().cpu()
+            self._images, self._soft, self._next = None, None, 0
+        if self.capacity is not None and images.shape[0] > self.capacity:  # only the newest fit
+            images = images[-self.capacity:]
+            soft_targets = soft_targets[-self.capacity:] if soft_targets is not None else None
+        n = images.shape[0]
+        filled = self._size + n if self.capacity is None else min(self._size + n, self.capacity)
+        slots = torch.arange(self._next, self._next + n)
+        if self.capacity is not None:
+            slots = slots % self.capacity
+        self._images = self._grown(self._images, filled, images)
+        self._images[slots] = images.detach().float().cpu()
         if soft_targets is not None:
-            self._soft = self._grown(self._soft, end, soft_targets)
-            self._soft[self._size:end] = soft_targets.detach().float().cpu()
-        self._size = end
-        excess = self._size - self.capacity if self.capacity is not None else 0
-        if excess > 0:  # keep the newest `capacity` entries at the front
-            self._images[: self.capacity] = self._images[excess:end].clone()
-            if self._soft is not None:
-                self._soft[: self.capacity] = self._soft[excess:end].clone()
-            self._size = self.capacity
+            self._soft = self._grown(self._soft, filled, soft_targets)
+            self._soft[slots] = soft_targets.detach().float().cpu()
+        self._size = filled
+        self._next = int(slots[-1]) + 1 if self.capacity is None else (int(slots[-1]) + 1) % self.capacity
 
     def __len__(self):
         return self._size
@@ -75,20 +81,28 @@ class ImagePool:
         return images[index], (soft[index] if soft is not None else None)
 
     def newest(self, n: int) -> torch.Tensor:
-        return self._valid()[0][-n:] if self._size else torch.empty(0)
+        """The last ``n`` images added, oldest first."""
+        if not self._size:
+            return torch.empty(0)
+        n = min(n, self._size)
+        return self._images[(torch.arange(self._next - n, self._next)) % self._size]
 
     def state_dict(self) -> dict:
         if not self._size:
-            return {"capacity": self.capacity, "images": None, "soft_targets": None}
+            return {"capacity": self.capacity, "images": None, "soft_targets": None, "next": 0}
         images, soft = self._valid()
         return {"capacity": self.capacity, "images": images.clone(),
-                "soft_targets": soft.clone() if soft is not None else None}
+                "soft_targets": soft.clone() if soft is not None else None, "next": self._next}
 
     def load_state_dict(self, state: dict):
         self.capacity = state["capacity"]
-        self._images, self._soft, self._size = None, None, 0
+        self._images, self._soft, self._size, self._next = None, None, 0, 0
         if state["images"] is not None:
-            self.add(state["images"], state["soft_targets"])
+            self._images = state["images"].clone()
+            self._soft = state["soft_targets"].clone() if state["soft_targets"] is not None else None
+            self._size = self._images.shape[0]
+            default_next = self._size % self.capacity if self.capacity else self._size
+            self._next = state.get("next", default_next)
 
 
 def _distributed() -> bool:
