@@ -9,7 +9,8 @@ import torch
 from torch import nn
 
 from dfkd_lab.config import ConfigError
-from dfkd_lab.data.transfer_set import TransferSetWriter, _atomic_save, encode, load_transfer_set
+from dfkd_lab.atomic import save_torch
+from dfkd_lab.data.transfer_set import TransferSetWriter, encode, load_transfer_set
 from dfkd_lab.synthesis.base import CostMeter, SynthContext
 from dfkd_lab.synthesis.bn_hooks import BNStatHooks
 from dfkd_lab.synthesis.inversion import InversionSynthesizer
@@ -135,7 +136,7 @@ def test_transfer_set_resumes_after_an_interruption_without_loss_or_overwrite(tm
     batches = [random_batch(5, i) for i in range(4)]
     write_batches(TransferSetWriter(folder, info), batches[:2])
     # interrupted right after a shard was written, before the manifest caught up
-    _atomic_save({"images": encode(batches[2][0], LOW, HIGH), "soft_targets": batches[2][1]}, folder / "shard_00002.pt")
+    save_torch(folder / "shard_00002.pt", {"images": encode(batches[2][0], LOW, HIGH), "soft_targets": batches[2][1]})
     (folder / "shard_00003.pt.tmp").write_bytes(b"half a file")
     before = {p.name: p.read_bytes() for p in folder.glob("shard_*.pt")}
     write_batches(TransferSetWriter(folder, info), batches[3:])  # the resumed run
