@@ -11,6 +11,7 @@ import pytorch_lightning as pl
 from omegaconf import DictConfig
 from pytorch_lightning.utilities.exceptions import SIGTERMException
 
+from .atomic import DiskWriteError, save_json
 from .build import (
     build_callbacks,
     build_data,
@@ -20,7 +21,6 @@ from .build import (
     build_teacher,
     trainer_kwargs,
 )
-from .atomic import DiskWriteError, save_json
 from .callbacks.metrics import flat_metrics, log_summary, peak_memory
 from .config import ConfigError, register_configs
 from .data import TrainSplitForbidden

@@ -10,6 +10,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
+import torch.distributed as dist
 from torch import nn
 
 
@@ -54,6 +55,11 @@ class CostMeter(nn.Module):
 
     def as_dict(self) -> dict:
         return {f"cost/{name}": getattr(self, name).item() for name in self.fields}
+
+
+def is_distributed() -> bool:
+    """True inside a DDP run of more than one process."""
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
 
 
 class Synthesizer(nn.Module):

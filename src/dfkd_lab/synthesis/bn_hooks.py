@@ -11,6 +11,7 @@ import torch.distributed as dist
 from torch import nn
 
 from ..losses.bn import batch_stats, bn_stat_loss
+from .base import is_distributed
 
 
 class _SumOverRanks(torch.autograd.Function):
@@ -34,7 +35,7 @@ class _SumOverRanks(torch.autograd.Function):
 
 
 def _global_stats(x: torch.Tensor):
-    if not (dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1):
+    if not is_distributed():
         return batch_stats(x)
     x = x.float()
     count = torch.tensor(float(x.shape[0] * x.shape[2] * x.shape[3]), device=x.device)

@@ -30,8 +30,8 @@ from ..losses.weighting import weighted_sum
 from ..models.generators import Generator
 from ..models.taps import penultimate_tap
 from .base import SynthBatch, Synthesizer
-from .pool import ImagePool
 from .bn_hooks import BNStatHooks
+from .pool import ImagePool
 
 
 class GeneratorSynthesizer(Synthesizer):

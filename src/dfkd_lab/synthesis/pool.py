@@ -10,7 +10,7 @@ import torch
 import torch.distributed as dist
 
 from ..data.augment import crop_flip, mixup
-from .base import SynthBatch, Synthesizer
+from .base import SynthBatch, Synthesizer, is_distributed
 
 
 class ImagePool:
@@ -105,18 +105,14 @@ class ImagePool:
             self._next = state.get("next", default_next)
 
 
-def _distributed() -> bool:
-    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
-
-
 def _rank() -> int:
-    return dist.get_rank() if _distributed() else 0
+    return dist.get_rank() if is_distributed() else 0
 
 
 def _from_every_rank(images, soft_targets):
     """Under DDP every rank synthesises its own batch; the transfer set gets all of them (in
     rank order, one shard per step, written by rank zero alone so no two processes write one file)."""
-    if not _distributed():
+    if not is_distributed():
         return images, soft_targets
 
     def gather(x):
