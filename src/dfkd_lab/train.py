@@ -32,10 +32,15 @@ from .zoo import PROJECT_ROOT, TeacherError
 CONF_DIR = str(PROJECT_ROOT / "conf")
 
 
+def last_checkpoint(output_dir) -> Path:
+    """Where the checkpoint callbacks keep the newest state (conf/callbacks/default.yaml)."""
+    return Path(output_dir) / "checkpoints" / "last.ckpt"
+
+
 def resume_checkpoint(cfg: DictConfig, output_dir: Path) -> str | None:
     if not cfg.resume:
         return None
-    path = output_dir / "checkpoints" / "last.ckpt" if cfg.resume == "last" else Path(cfg.resume)
+    path = last_checkpoint(output_dir) if cfg.resume == "last" else Path(cfg.resume)
     if not path.is_file():
         raise FileNotFoundError(
             f"resume={cfg.resume}: no checkpoint at {path}; run with hydra.run.dir=<the old run dir> resume=last"
@@ -135,7 +140,7 @@ def main(cfg: DictConfig) -> float | None:
     except SIGTERMException:
         sys.stderr.write(
             f"dfkd-train: stopped by SIGTERM; the state after the last finished step is in "
-            f"{cfg.paths.output_dir}/checkpoints/last.ckpt. Continue with "
+            f"{last_checkpoint(cfg.paths.output_dir)}. Continue with "
             f"hydra.run.dir={cfg.paths.output_dir} resume=last\n")
         sys.exit(SIGTERM_EXIT)
     finally:

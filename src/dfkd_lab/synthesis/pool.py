@@ -63,7 +63,7 @@ class ImagePool:
             self._soft = self._grown(self._soft, filled, soft_targets)
             self._soft[slots] = soft_targets.detach().float().cpu()
         self._size = filled
-        self._next = int(slots[-1]) + 1 if self.capacity is None else (int(slots[-1]) + 1) % self.capacity
+        self._next = (self._next + n) % self.capacity if self.capacity else filled
 
     def __len__(self):
         return self._size
