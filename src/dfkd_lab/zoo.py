@@ -11,6 +11,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from .atomic import atomic_write
+
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 CHECKPOINTS = PROJECT_ROOT / "checkpoints"
 
@@ -39,7 +41,8 @@ class ZooEntry:
         return CHECKPOINTS / self.file
 
     def save(self, folder: Path = CHECKPOINTS):
-        (folder / f"{self.name}.json").write_text(json.dumps(asdict(self), indent=2) + "\n")
+        text = json.dumps(asdict(self), indent=2) + "\n"
+        atomic_write(folder / f"{self.name}.json", lambda tmp: tmp.write_text(text), "zoo entry")
 
 
 def sha256(path: Path) -> str:

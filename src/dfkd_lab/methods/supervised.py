@@ -3,9 +3,9 @@
 import shutil
 from pathlib import Path
 
-import torch
 from torch.nn import functional as F
 
+from ..atomic import atomic_write, save_torch
 from ..config import ConfigError
 from ..synthesis.lopes import KEY, record_activation_stats
 from ..zoo import CHECKPOINTS, ZooEntry, sha256
@@ -64,10 +64,10 @@ class SupervisedTraining(DistillationModule):
             return
         name = self.zoo_entry["name"]
         weights = Path(output_dir) / f"{name}.pt"
-        torch.save({k: v.cpu() for k, v in self.student.state_dict().items()}, weights)
+        save_torch(weights, {k: v.cpu() for k, v in self.student.state_dict().items()}, "teacher weights")
         entry = ZooEntry(**self.zoo_entry, file=weights.name, sha256=sha256(weights),
                          test_acc=round(metrics.get("test/acc", 0.0), 4), metadata=self.record_metadata())
         entry.save(Path(output_dir))
         if self.method.zoo_name:
-            shutil.copy(weights, CHECKPOINTS / weights.name)
+            atomic_write(CHECKPOINTS / weights.name, lambda tmp: shutil.copy(weights, tmp), "teacher weights")
             entry.save(CHECKPOINTS)
