@@ -72,6 +72,17 @@ def test_each_optimiser_moves_only_its_own_parameters(compose_cfg, method):
         assert trainer.callback_metrics[adversarial].item() < 0  # -distance: non-zero, T and S differ
 
 
+@pytest.mark.parametrize("follows", [False, True])
+def test_generator_learning_rate_follows_the_student_schedule_only_when_asked(compose_cfg, follows):
+    module, _, _ = fit(tiny(compose_cfg, "dfad", f"method.schedule_synthesis={str(follows).lower()}"))
+    student_opt, generator_opt = module.optimizers()
+    assert student_opt.param_groups[0]["lr"] < module.method.lr  # cosine: decayed after 4 student steps
+    generator_lr = generator_opt.param_groups[0]["lr"]
+    assert (generator_lr < module.synthesizer.lr) is follows
+    if follows:  # the same fraction of its initial rate as the student's
+        assert generator_lr / module.synthesizer.lr == pytest.approx(student_opt.param_groups[0]["lr"] / module.method.lr)
+
+
 @pytest.mark.parametrize("method", ["zskt", "dfq"])
 def test_generator_step_does_not_touch_the_student(compose_cfg, method):
     """Synthesis only (warm-up epoch): the adversarial backward runs through the student, yet

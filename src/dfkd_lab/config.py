@@ -70,6 +70,7 @@ class MethodConfig:
     momentum: float = 0.9
     weight_decay: float = 1e-4
     schedule: str = "cosine"
+    schedule_synthesis: bool = False  # data-free: the synthesizer's optimisers follow the same schedule
     student_steps: int = 1  # student updates per synthesized batch
     synth_every: int = 1  # synthesis rounds every N training steps
     warmup_epochs: int = 0  # epochs of synthesis only

@@ -80,9 +80,14 @@ class DataFreeDistillation(DistillationModule):
             self.to(memory_format=torch.channels_last)
 
     def configure_optimizers(self):
+        """The student's optimiser first, then the synthesizer's. With
+        ``method.schedule_synthesis`` the synthesizer's learning rates follow the student's
+        schedule: an adversarial generator at full rate outruns a student whose rate has decayed."""
         student_opt = build_optimizer(self.student_parameters(), self.method)
-        schedule = build_schedule(student_opt, self.method, self.total_student_steps())
-        return [student_opt, *self.synthesizer.build_optimizers()], [schedule]
+        synth_opts = self.synthesizer.build_optimizers()
+        scheduled = [student_opt, *(synth_opts if self.method.schedule_synthesis else [])]
+        steps = self.total_student_steps()
+        return [student_opt, *synth_opts], [build_schedule(opt, self.method, steps) for opt in scheduled]
 
     def total_student_steps(self) -> int:
         batches = self.trainer.estimated_stepping_batches
@@ -146,7 +151,9 @@ class DataFreeDistillation(DistillationModule):
         if self.method.grad_clip:
             self.clip_gradients(opt, gradient_clip_val=self.method.grad_clip, gradient_clip_algorithm="norm")
         opt.step()
-        self.lr_schedulers().step()
+        schedules = self.lr_schedulers()  # a single schedule comes back bare, not in a list
+        for schedule in schedules if isinstance(schedules, list) else [schedules]:
+            schedule.step()
         return {k: v.detach() for k, v in terms.items()}, t_logits
 
     def student_logits(self, images, t_logits):
