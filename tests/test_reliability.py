@@ -53,6 +53,9 @@ BAD_INPUT = {
     "teacher without BN": (
         ["method=dafl", "method.needs_bn=true", "teacher=lenet5_fmnist"],
         "TeacherError", "use a BN teacher"),
+    "BN weight with a teacher without BN": (
+        ["method=dfad", "teacher=lenet5_fmnist", "++loss.weights.bn=1"],
+        "TeacherError", "or set loss.weights.bn=0"),
     "unknown loss weight": (["+loss.weights.kdd=1"], "UnknownLossWeight", "['kdd']"),
     "missing image folder": (
         ["method=scratch", "data=image_folder", "data.root=/nonexistent/images", "data.num_classes=2"],

@@ -52,10 +52,11 @@ def build_teacher(cfg: DictConfig, data: ClassificationData) -> nn.Module:
         path = Path(t.ckpt)
     check_classes(model, data.num_classes, "teacher")
     load_weights(model, load_state(path, sha, "teacher.ckpt"), "teacher.ckpt")
-    if cfg.method.needs_bn and not any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules()):
+    matches_bn = cfg.method.needs_bn or bool(cfg.loss.weights.get("bn"))
+    if matches_bn and not any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules()):
         raise TeacherError(
-            f"method={cfg.method.name} matches BatchNorm statistics but the teacher has no BatchNorm "
-            "layer; use a BN teacher (e.g. teacher=lenet5_bn_fmnist)"
+            f"method={cfg.method.name} matches BatchNorm statistics (loss.weights.bn) but the teacher has "
+            "no BatchNorm layer; use a BN teacher (e.g. teacher=lenet5_bn_fmnist) or set loss.weights.bn=0"
         )
     return model
 
