@@ -48,10 +48,23 @@ def test_preset_composes_and_resolves(preset, pair, tmp_path):
 def test_dataset_specific_weights_follow_the_paper(tmp_path):
     c10 = compose_config(["experiment=cifar10_dafl"], output_dir=tmp_path)
     c100 = compose_config(["experiment=cifar100_dafl"], output_dir=tmp_path)
-    assert dict(c10.loss.weights) == {"kd": 1.0, "oh": 0.05, "ie": 5.0, "a": 0.01}
-    assert dict(c100.loss.weights) == {"kd": 1.0, "oh": 0.5, "ie": 20.0, "a": 0.1}
+    assert dict(c10.loss.weights) == {"kd": 1.0, "oh": 0.05, "ie": 5.0, "a": 0.01, "bn": 0.0}
+    assert dict(c100.loss.weights) == {"kd": 1.0, "oh": 0.5, "ie": 20.0, "a": 0.1, "bn": 0.0}
     fast10 = compose_config(["experiment=cifar10_fastdfkd_10"], output_dir=tmp_path)
     assert (fast10.method.synthesizer.g_steps, fast10.method.warmup_epochs) == (10, 20)
+
+
+@pytest.mark.parametrize("preset, key, paper, lenet", [
+    ("cifar10_fastdfkd_2", "temperature", 20.0, 4.0),
+    ("cifar10_adi", "weights.comp", 0.2, 0.05),
+    ("cifar10_dfad", "weights.bn", 0.0, 1.0),
+    ("cifar10_zskd", "weights.match", 1.0, 0.05),
+])
+def test_paper_presets_keep_the_paper_values_where_the_lenet_defaults_differ(tmp_path, preset, key, paper, lenet):
+    cfg = compose_config([f"experiment={preset}"], output_dir=tmp_path)
+    default = compose_config([f"method={cfg.method.name}"], output_dir=tmp_path)
+    assert OmegaConf.select(cfg.loss, key) == paper
+    assert OmegaConf.select(default.loss, key) == lenet
 
 
 def fake_cifar(num_classes):
