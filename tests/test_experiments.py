@@ -59,6 +59,7 @@ def test_dataset_specific_weights_follow_the_paper(tmp_path):
     ("cifar10_adi", "weights.comp", 0.2, 0.05),
     ("cifar10_dfad", "weights.bn", 0.0, 1.0),
     ("cifar10_zskd", "weights.match", 1.0, 0.05),
+    ("cifar10_zskd", "weights.tv_l2", 0.05, 0.2),
 ])
 def test_paper_presets_keep_the_paper_values_where_the_lenet_defaults_differ(tmp_path, preset, key, paper, lenet):
     cfg = compose_config([f"experiment={preset}"], output_dir=tmp_path)
