@@ -57,6 +57,7 @@ def test_dataset_specific_weights_follow_the_paper(tmp_path):
 @pytest.mark.parametrize("preset, key, paper, lenet", [
     ("cifar10_fastdfkd_2", "temperature", 20.0, 4.0),
     ("cifar10_adi", "weights.comp", 0.2, 0.05),
+    ("cifar100_adi", "weights.comp", 0.2, 0.05),
     ("cifar10_dfad", "weights.bn", 0.0, 1.0),
     ("cifar10_zskd", "weights.match", 1.0, 0.05),
     ("cifar10_zskd", "weights.tv_l2", 0.05, 0.2),
