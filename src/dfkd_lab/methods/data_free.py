@@ -22,6 +22,11 @@ from ..synthesis.base import CostMeter, SynthContext
 from .base import DistillationModule, build_optimizer, build_schedule
 
 
+def as_list(items) -> list:
+    """Lightning hands back a single optimiser or schedule bare, several in a list."""
+    return items if isinstance(items, list) else [items]
+
+
 class SynthesisDiverged(RuntimeError):
     """NaN/inf in a loss or a collapsed generator: stop before the checkpoints are spoiled."""
 
@@ -111,8 +116,7 @@ class DataFreeDistillation(DistillationModule):
             torch.cuda.synchronize(self.device)
 
     def training_step(self, step, batch_idx):
-        opts = self.optimizers()  # a single optimiser comes back bare, not in a list
-        student_opt, *synth_opts = opts if isinstance(opts, list) else [opts]
+        student_opt, *synth_opts = as_list(self.optimizers())
         ctx = self._context(synth_opts)
         if batch_idx % self.method.synth_every == 0:
             start = time.perf_counter()
@@ -151,8 +155,7 @@ class DataFreeDistillation(DistillationModule):
         if self.method.grad_clip:
             self.clip_gradients(opt, gradient_clip_val=self.method.grad_clip, gradient_clip_algorithm="norm")
         opt.step()
-        schedules = self.lr_schedulers()  # a single schedule comes back bare, not in a list
-        for schedule in schedules if isinstance(schedules, list) else [schedules]:
+        for schedule in as_list(self.lr_schedulers()):
             schedule.step()
         return {k: v.detach() for k, v in terms.items()}, t_logits
 
