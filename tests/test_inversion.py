@@ -14,7 +14,7 @@ from dfkd_lab.data.transfer_set import TransferSetWriter, encode, load_transfer_
 from dfkd_lab.synthesis.base import CostMeter, SynthContext
 from dfkd_lab.synthesis.bn_hooks import BNStatHooks
 from dfkd_lab.synthesis.inversion import InversionSynthesizer
-from dfkd_lab.synthesis.objectives import ClassTargets, DirichletTargets
+from dfkd_lab.synthesis.objectives import ClassTargets, DirichletTargets, FeatureGaussian, balanced_pick
 from dfkd_lab.train import run
 from dfkd_lab.zoo import freeze, zoo_entry
 
@@ -117,6 +117,32 @@ def test_zskd_soft_targets_are_dirichlet_draws_stored_with_the_images():
     assert soft.shape == (8, 3) and torch.allclose(soft.sum(1), torch.ones(8), atol=1e-5)
     batch = synth.batch(8, context(teacher, {}))
     assert batch.soft_targets is not None and batch.images.shape == (8, 1, 6, 6)
+
+
+def test_balanced_pick_takes_classes_in_turn_and_fills_in_for_a_rare_one():
+    labels = torch.tensor([0] * 50 + [1] * 3 + [2] * 20)
+    picked = balanced_pick(labels, 30, 3, torch.Generator().manual_seed(0))
+    assert len(set(picked.tolist())) == 30  # no row twice
+    counts = torch.bincount(labels[picked], minlength=3).tolist()
+    assert counts[1] == 3 and sorted(counts) == [3, 13, 14]  # class 1 gives all it has
+
+
+def test_wang2021_oversampling_balances_the_soft_targets_classes():
+    teacher = tiny_teacher()
+    with torch.no_grad():  # three directions 120 degrees apart: every class can be the argmax
+        angles = torch.tensor([0.0, 2.0944, 4.1888])
+        teacher.classifier.weight.copy_(torch.stack([angles.cos(), angles.sin()], 1))
+        teacher.classifier.bias.zero_()
+    synth = InversionSynthesizer(FeatureGaussian(oversample=16), save_transfer_set=False)
+    synth.setup((1, 6, 6), 3, (LOW.flatten(), HIGH.flatten()), teacher)
+    objective = synth.objective
+    with torch.no_grad():
+        objective.log_d.copy_(torch.tensor([2.0, -2.0, -2.0]))  # scales that favour class 0
+    ctx = context(teacher, {"match": 1.0}, batch_size=30)
+    balanced = torch.bincount(objective.goal(30, ctx).argmax(1), minlength=3)
+    objective.oversample = 1
+    skewed = torch.bincount(objective.goal(30, ctx).argmax(1), minlength=3)
+    assert balanced.tolist() == [10, 10, 10] and skewed.max() > 10
 
 
 # --- transfer sets on disk -------------------------------------------------------------------

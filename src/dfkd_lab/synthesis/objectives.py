@@ -22,6 +22,18 @@ def balanced_classes(n: int, num_classes: int, generator: torch.Generator) -> to
     return torch.randperm(n, generator=generator) % num_classes
 
 
+def balanced_pick(labels: torch.Tensor, n: int, num_classes: int, generator: torch.Generator) -> torch.Tensor:
+    """Indices of ``n`` rows of ``labels``, taken round-robin over the classes in random order:
+    every class equally often as far as its rows allow, the others filling in for a rare one."""
+    order = torch.randperm(len(labels), generator=generator)
+    shuffled = labels.cpu()[order]
+    rank = torch.empty_like(shuffled)  # how many rows of the same class come before this one
+    for c in range(num_classes):
+        mask = shuffled == c
+        rank[mask] = torch.arange(int(mask.sum()))
+    return order[torch.argsort(rank, stable=True)[:n]]
+
+
 def classifier(teacher: nn.Module) -> nn.Linear:
     head = getattr(teacher, "classifier", None)
     if not isinstance(head, nn.Linear):
@@ -134,13 +146,20 @@ class FeatureGaussian(Objective):
     classifier's weight vectors, D = diag(exp(log_d)) learned by maximum likelihood of the
     coefficients of the teacher's own features on the synthesised images. Sampled features
     through the classifier give soft targets; ``match`` = KL(target || softmax(T(x))) and
-    ``act`` = -mean |last conv output| (strong activations, as in DAFL)."""
+    ``act`` = -mean |last conv output| (strong activations, as in DAFL).
+
+    ``oversample`` > 1 (not in the paper) draws that many times more features than needed and
+    keeps a class-balanced share by the targets' argmax: the learned scales drift towards the
+    classes the images already look like, and a class the targets stop naming is one the
+    student forgets. 1 samples as the paper does."""
 
     terms = frozenset({"match", "act"})
 
-    def __init__(self, lr_d: float = 0.05, d_steps: int = 5):
+    def __init__(self, lr_d: float = 0.05, d_steps: int = 5, oversample: int = 1):
         super().__init__()
-        self.lr_d, self.d_steps = lr_d, d_steps
+        if oversample < 1:
+            raise ValueError(f"synthesizer.objective.oversample must be >= 1, got {oversample}")
+        self.lr_d, self.d_steps, self.oversample = lr_d, d_steps, oversample
 
     def setup(self, synth, teacher):
         super().setup(synth, teacher)
@@ -161,11 +180,13 @@ class FeatureGaussian(Objective):
         return [torch.optim.Adam([self.log_d], lr=self.lr_d)]
 
     def goal(self, n, ctx):
-        z = torch.randn(n, self.directions.shape[0], generator=self.rng).to(ctx.device)
+        z = torch.randn(n * self.oversample, self.directions.shape[0], generator=self.rng).to(ctx.device)
         with torch.no_grad():
             a = (z @ self.chol.t()) * self.log_d.exp()
             head = self.head[0]
             logits = (a @ self.directions) @ head.weight.float().t() + head.bias.float()
+        if self.oversample > 1:
+            logits = logits[balanced_pick(logits.argmax(1), n, self.num_classes, self.rng).to(logits.device)]
         return F.softmax(logits, dim=1)
 
     def taps(self, ctx, stack):
