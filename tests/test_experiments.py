@@ -55,18 +55,19 @@ def test_dataset_specific_weights_follow_the_paper(tmp_path):
 
 
 @pytest.mark.parametrize("preset, key, paper, lenet", [
-    ("cifar10_fastdfkd_2", "temperature", 20.0, 4.0),
-    ("cifar10_adi", "weights.comp", 0.2, 0.05),
-    ("cifar100_adi", "weights.comp", 0.2, 0.05),
-    ("cifar10_dfad", "weights.bn", 0.0, 1.0),
-    ("cifar10_zskd", "weights.match", 1.0, 0.05),
-    ("cifar10_zskd", "weights.tv_l2", 0.05, 0.2),
+    ("cifar10_fastdfkd_2", "loss.temperature", 20.0, 4.0),
+    ("cifar10_adi", "loss.weights.comp", 0.2, 0.05),
+    ("cifar100_adi", "loss.weights.comp", 0.2, 0.05),
+    ("cifar10_dfad", "loss.weights.bn", 0.0, 1.0),
+    ("cifar10_zskd", "loss.weights.match", 1.0, 0.05),
+    ("cifar10_zskd", "loss.weights.tv_l2", 0.05, 0.2),
+    ("cifar10_wang2021", "method.synthesizer.objective.oversample", 1, 8),
 ])
 def test_paper_presets_keep_the_paper_values_where_the_lenet_defaults_differ(tmp_path, preset, key, paper, lenet):
     cfg = compose_config([f"experiment={preset}"], output_dir=tmp_path)
     default = compose_config([f"method={cfg.method.name}"], output_dir=tmp_path)
-    assert OmegaConf.select(cfg.loss, key) == paper
-    assert OmegaConf.select(default.loss, key) == lenet
+    assert OmegaConf.select(cfg, key) == paper
+    assert OmegaConf.select(default, key) == lenet
 
 
 def fake_cifar(num_classes):
