@@ -45,9 +45,9 @@ def context(teacher, weights, batch_size=4):
                         optimizers=[], cost=CostMeter(), device=torch.device("cpu"), batch_size=batch_size)
 
 
-def inversion(objective=None, **kwargs):
+def inversion(objective=None, teacher=None, **kwargs):
     synth = InversionSynthesizer(objective or ClassTargets(), save_transfer_set=False, **kwargs)
-    teacher = tiny_teacher()
+    teacher = teacher if teacher is not None else tiny_teacher()
     synth.setup((1, 6, 6), 3, (LOW.flatten(), HIGH.flatten()), teacher)
     return synth, teacher
 
@@ -133,9 +133,7 @@ def test_wang2021_oversampling_balances_the_soft_targets_classes():
         angles = torch.tensor([0.0, 2.0944, 4.1888])
         teacher.classifier.weight.copy_(torch.stack([angles.cos(), angles.sin()], 1))
         teacher.classifier.bias.zero_()
-    synth = InversionSynthesizer(FeatureGaussian(oversample=16), save_transfer_set=False)
-    synth.setup((1, 6, 6), 3, (LOW.flatten(), HIGH.flatten()), teacher)
-    objective = synth.objective
+    objective = inversion(FeatureGaussian(oversample=16), teacher)[0].objective
     with torch.no_grad():
         objective.log_d.copy_(torch.tensor([2.0, -2.0, -2.0]))  # scales that favour class 0
     ctx = context(teacher, {"match": 1.0}, batch_size=30)
