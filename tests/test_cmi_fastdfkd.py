@@ -34,6 +34,45 @@ def test_agreement_masked_kl_ignores_disagreeing_samples():
     assert agreement_masked_kl(student, teacher).item() == pytest.approx(kl0 / 2, rel=1e-6)
 
 
+def _contrastive(init):
+    from dfkd_lab.models import build_model
+    from dfkd_lab.synthesis.contrastive import ContrastiveSynthesizer
+
+    synthesizer = ContrastiveSynthesizer(nz=8, ngf=32, init=init)
+    teacher = build_model("lenet5_bn", num_classes=10, in_channels=1)
+    synthesizer.setup((1, 28, 28), 10, (torch.tensor([-1.0]), torch.tensor([1.0])), teacher)
+    synthesizer.seed(0)
+    return synthesizer
+
+
+@pytest.mark.parametrize("init, weight_std", [("dcgan", 0.02), ("default", None)])
+def test_a_round_starts_from_the_chosen_initialisation(init, weight_std):
+    synthesizer = _contrastive(init)
+    generator = synthesizer.generator
+    for module in (None, generator):  # as built, then as each round re-initialises it
+        if module is not None:
+            with torch.no_grad():
+                for p in generator.parameters():
+                    p.fill_(3.0)
+            synthesizer.reinitialise(generator)
+        conv = generator.body[2]
+        std = conv.weight.std().item()
+        if weight_std is None:  # PyTorch's Kaiming-uniform: bound 1/sqrt(fan_in), std ~0.034 here
+            assert std == pytest.approx(1 / math.sqrt(3 * 64 * 9), rel=0.1)
+        else:
+            assert std == pytest.approx(weight_std, rel=0.1)
+            assert torch.all(generator.project.bias == 0)
+            bn_scale = generator.body[3].weight
+            assert (bn_scale - 1).abs().max() < 0.1 and not torch.all(bn_scale == 1)
+
+
+def test_an_unknown_generator_initialisation_names_the_key():
+    from dfkd_lab.synthesis.contrastive import ContrastiveSynthesizer
+
+    with pytest.raises(ValueError, match="synthesizer.init"):
+        ContrastiveSynthesizer(init="xavier")
+
+
 # --- running and resuming -------------------------------------------------------------------
 import pytorch_lightning as pl
 

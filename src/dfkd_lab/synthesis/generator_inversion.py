@@ -24,12 +24,28 @@ from .pool import PoolSynthesizer
 from .views import global_view
 
 
+def dcgan_init(m: nn.Module):
+    """Weights N(0, 0.02), BN scales N(1, 0.02), biases 0: a fresh generator starts from
+    near-grey images instead of saturated noise."""
+    if isinstance(m, (nn.Conv2d, nn.Linear)):
+        nn.init.normal_(m.weight, 0.0, 0.02)
+        if m.bias is not None:
+            nn.init.zeros_(m.bias)
+    elif isinstance(m, nn.BatchNorm2d) and m.affine:
+        nn.init.normal_(m.weight, 1.0, 0.02)
+        nn.init.zeros_(m.bias)
+
+
 class GeneratorInversion(PoolSynthesizer):
     terms = frozenset({"oh", "bn", "adv"})
 
     def __init__(self, nz: int = 256, ngf: int = 64, lr_g: float = 1e-3, lr_z: float = 1e-3,
-                 betas: tuple = (0.5, 0.999), view_pad: int = 2, view_flip: bool = False, **pool):
+                 betas: tuple = (0.5, 0.999), view_pad: int = 2, view_flip: bool = False,
+                 init: str = "default", **pool):
         super().__init__(**pool)
+        if init not in ("default", "dcgan"):
+            raise ValueError(f"synthesizer.init must be 'default' or 'dcgan', got {init!r}")
+        self.init = init
         self.nz, self.ngf = nz, ngf
         self.lr_g, self.lr_z, self.betas = lr_g, lr_z, tuple(betas)
         self.view_pad, self.view_flip = view_pad, view_flip
@@ -38,6 +54,8 @@ class GeneratorInversion(PoolSynthesizer):
         super().setup(image_shape, num_classes, value_range, teacher)
         channels, size, _ = image_shape
         self.generator = Generator(self.nz, self.ngf, size, channels, out="sigmoid")
+        if self.init == "dcgan":
+            self.generator.apply(dcgan_init)
 
     def reinitialise(self, module: nn.Module):
         """Fresh weights drawn from this synthesizer's RNG (so a resumed run draws the same),
@@ -47,6 +65,8 @@ class GeneratorInversion(PoolSynthesizer):
             for m in module.modules():
                 if m is not module and hasattr(m, "reset_parameters"):
                     m.reset_parameters()
+                if self.init == "dcgan":
+                    dcgan_init(m)
 
     def inner_optimizer(self, generator, z) -> torch.optim.Optimizer:
         return torch.optim.Adam([{"params": generator.parameters(), "lr": self.lr_g},
