@@ -36,6 +36,15 @@ def dcgan_init(m: nn.Module):
         nn.init.zeros_(m.bias)
 
 
+def keep_pytorch_init(m: nn.Module):
+    """Leave the weights PyTorch drew."""
+
+
+# synthesizer.init: what each module of a generator gets after PyTorch built or reset it
+# (module-level functions, so a synthesizer still pickles, e.g. for spawned DDP processes)
+INITIALISERS = {"default": keep_pytorch_init, "dcgan": dcgan_init}
+
+
 class GeneratorInversion(PoolSynthesizer):
     terms = frozenset({"oh", "bn", "adv"})
 
@@ -43,9 +52,9 @@ class GeneratorInversion(PoolSynthesizer):
                  betas: tuple = (0.5, 0.999), view_pad: int = 2, view_flip: bool = False,
                  init: str = "default", **pool):
         super().__init__(**pool)
-        if init not in ("default", "dcgan"):
-            raise ValueError(f"synthesizer.init must be 'default' or 'dcgan', got {init!r}")
-        self.init = init
+        if init not in INITIALISERS:
+            raise ValueError(f"synthesizer.init must be one of {sorted(INITIALISERS)}, got {init!r}")
+        self.initialise = INITIALISERS[init]
         self.nz, self.ngf = nz, ngf
         self.lr_g, self.lr_z, self.betas = lr_g, lr_z, tuple(betas)
         self.view_pad, self.view_flip = view_pad, view_flip
@@ -54,8 +63,7 @@ class GeneratorInversion(PoolSynthesizer):
         super().setup(image_shape, num_classes, value_range, teacher)
         channels, size, _ = image_shape
         self.generator = Generator(self.nz, self.ngf, size, channels, out="sigmoid")
-        if self.init == "dcgan":
-            self.generator.apply(dcgan_init)
+        self.generator.apply(self.initialise)
 
     def reinitialise(self, module: nn.Module):
         """Fresh weights drawn from this synthesizer's RNG (so a resumed run draws the same),
@@ -65,8 +73,7 @@ class GeneratorInversion(PoolSynthesizer):
             for m in module.modules():
                 if m is not module and hasattr(m, "reset_parameters"):
                     m.reset_parameters()
-                if self.init == "dcgan":
-                    dcgan_init(m)
+                self.initialise(m)
 
     def inner_optimizer(self, generator, z) -> torch.optim.Optimizer:
         return torch.optim.Adam([{"params": generator.parameters(), "lr": self.lr_g},
