@@ -8,13 +8,18 @@ import pytest
 import torch
 from torch import nn
 
-from dfkd_lab.config import ConfigError
 from dfkd_lab.atomic import save_torch
+from dfkd_lab.config import ConfigError
 from dfkd_lab.data.transfer_set import TransferSetWriter, encode, load_transfer_set
 from dfkd_lab.synthesis.base import CostMeter, SynthContext
 from dfkd_lab.synthesis.bn_hooks import BNStatHooks
 from dfkd_lab.synthesis.inversion import InversionSynthesizer
-from dfkd_lab.synthesis.objectives import ClassTargets, DirichletTargets, FeatureGaussian, balanced_pick
+from dfkd_lab.synthesis.objectives import (
+    ClassTargets,
+    DirichletTargets,
+    FeatureGaussian,
+    balanced_pick,
+)
 from dfkd_lab.train import run
 from dfkd_lab.zoo import freeze, zoo_entry
 
@@ -114,7 +119,7 @@ def test_zskd_soft_targets_are_dirichlet_draws_stored_with_the_images():
     assert torch.allclose(sim.diagonal(), torch.ones(3)) and sim.min(1).values.eq(0).all()
     synth.synthesize(context(teacher, {"match": 1.0}, batch_size=8))
     images, soft = synth.pool.sample(8, torch.Generator().manual_seed(0))
-    assert soft.shape == (8, 3) and torch.allclose(soft.sum(1), torch.ones(8), atol=1e-5)
+    assert images.shape == (8, 1, 6, 6) and soft.shape == (8, 3) and torch.allclose(soft.sum(1), torch.ones(8), atol=1e-5)
     batch = synth.batch(8, context(teacher, {}))
     assert batch.soft_targets is not None and batch.images.shape == (8, 1, 6, 6)
 

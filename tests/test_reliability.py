@@ -167,7 +167,13 @@ class SigtermAt(pl.Callback):
 def test_sigterm_saves_the_state_after_the_step_it_arrived_in(compose_cfg, tmp_path):
     from pytorch_lightning.utilities.exceptions import SIGTERMException
 
-    from dfkd_lab.build import build_data, build_module, build_student, build_teacher, trainer_kwargs
+    from dfkd_lab.build import (
+        build_data,
+        build_module,
+        build_student,
+        build_teacher,
+        trainer_kwargs,
+    )
     from dfkd_lab.callbacks.checkpointing import PreemptionCheckpoint
 
     cfg = compose_cfg("method=kd", "trainer.limit_train_batches=20")

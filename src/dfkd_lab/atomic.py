@@ -7,8 +7,8 @@ folder) removes its temporary file and stops the run with a message naming the f
 
 import json
 import os
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import torch
 

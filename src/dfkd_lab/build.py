@@ -76,7 +76,7 @@ def build_module(cfg: DictConfig, student, teacher, data):
 
 def build_loggers(cfg: DictConfig, wandb_id: str | None):
     loggers = []
-    for name, spec in (cfg.logger or {}).items():
+    for spec in (cfg.logger or {}).values():
         if spec is None:
             continue
         if "WandbLogger" in spec._target_:

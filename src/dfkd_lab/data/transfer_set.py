@@ -54,12 +54,11 @@ class TransferSetWriter:
         self.folder.mkdir(parents=True, exist_ok=True)
         old = self.folder / MANIFEST
         previous = json.loads(old.read_text()) if old.is_file() else {}
-        if previous:
-            if previous.get("teacher_sha256") != info.get("teacher_sha256"):
-                raise ConfigError(
-                    f"{self.folder} holds a transfer set made by another teacher "
-                    f"(sha256 {previous.get('teacher_sha256')}); resume with the same teacher or use a new run dir"
-                )
+        if previous and previous.get("teacher_sha256") != info.get("teacher_sha256"):
+            raise ConfigError(
+                f"{self.folder} holds a transfer set made by another teacher "
+                f"(sha256 {previous.get('teacher_sha256')}); resume with the same teacher or use a new run dir"
+            )
         self.info = info
         shards = _shards(self.folder)
         self.next_index = int(shards[-1].stem.split("_")[1]) + 1 if shards else 0

@@ -34,12 +34,12 @@ class SupervisedTraining(DistillationModule):
                     "already exists and would be overwritten; pick another name, or delete that "
                     "entry first to replace it (the run dir always gets its own copy)"
                 )
-            module.zoo_entry = dict(
-                name=cfg.method.zoo_name or f"{cfg.teacher.arch}_{data.name}",
-                arch=cfg.teacher.arch, dataset=data.name, num_classes=data.num_classes,
-                in_channels=data.channels, input_size=data.image_size,
-                mean=list(data.mean), std=list(data.std), command=run_command(),
-            )
+            module.zoo_entry = {
+                "name": cfg.method.zoo_name or f"{cfg.teacher.arch}_{data.name}",
+                "arch": cfg.teacher.arch, "dataset": data.name, "num_classes": data.num_classes,
+                "in_channels": data.channels, "input_size": data.image_size,
+                "mean": list(data.mean), "std": list(data.std), "command": run_command(),
+            }
             if cfg.method.record_metadata:
                 module.metadata_split = data.split("train")
         return module

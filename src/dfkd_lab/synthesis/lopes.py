@@ -80,8 +80,8 @@ class ActivationMetadata(Objective):
             raise ConfigError(f"teacher.zoo={name} has no recorded activation metadata: run "
                               f"`python -m dfkd_lab.record_metadata {name}` (or train it with method.record_metadata=true)")
         self.layers = list(metadata["layers"])
-        for i, name in enumerate(self.layers):
-            stats = metadata["layers"][name]
+        for i, layer in enumerate(self.layers):
+            stats = metadata["layers"][layer]
             self.register_buffer(f"mean{i}", torch.tensor(stats["mean"]), persistent=False)
             self.register_buffer(f"std{i}", torch.tensor(stats["std"]), persistent=False)
 

@@ -37,7 +37,7 @@ def balanced_pick(labels: torch.Tensor, n: int, num_classes: int, generator: tor
 def classifier(teacher: nn.Module) -> nn.Linear:
     head = getattr(teacher, "classifier", None)
     if not isinstance(head, nn.Linear):
-        raise ValueError(f"{type(teacher).__name__} has no final nn.Linear named 'classifier', which this method reads")
+        raise TypeError(f"{type(teacher).__name__} has no final nn.Linear named 'classifier', which this method reads")
     return head
 
 
@@ -63,8 +63,8 @@ class Objective(nn.Module):
         raise NotImplementedError
 
     def taps(self, ctx, stack: ExitStack):
-        """Enter the feature taps the terms read (hooks removed when the batch is done)."""
-        return None
+        """Enter the feature taps the terms read (hooks removed when the batch is done); None
+        when the terms read only the logits."""
 
     def compute(self, ctx, view, logits, taps, goal) -> dict:
         raise NotImplementedError
