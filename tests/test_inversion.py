@@ -119,7 +119,8 @@ def test_zskd_soft_targets_are_dirichlet_draws_stored_with_the_images():
     assert torch.allclose(sim.diagonal(), torch.ones(3)) and sim.min(1).values.eq(0).all()
     synth.synthesize(context(teacher, {"match": 1.0}, batch_size=8))
     images, soft = synth.pool.sample(8, torch.Generator().manual_seed(0))
-    assert images.shape == (8, 1, 6, 6) and soft.shape == (8, 3) and torch.allclose(soft.sum(1), torch.ones(8), atol=1e-5)
+    assert images.shape == (8, 1, 6, 6) and soft.shape == (8, 3)
+    assert torch.allclose(soft.sum(1), torch.ones(8), atol=1e-5)
     batch = synth.batch(8, context(teacher, {}))
     assert batch.soft_targets is not None and batch.images.shape == (8, 1, 6, 6)
 
