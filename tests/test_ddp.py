@@ -8,10 +8,14 @@ import pytest
 import pytorch_lightning as pl
 import torch
 import torch.distributed as dist
+from omegaconf import OmegaConf
+from pytorch_lightning.strategies import DDPStrategy
 
 from dfkd_lab.build import build_data, build_module, build_student, build_teacher, trainer_kwargs
 from dfkd_lab.data.transfer_set import load_transfer_set, teacher_sha256
 from dfkd_lab.losses.bn import batch_stats, bn_stat_loss
+from dfkd_lab.methods import base
+from dfkd_lab.methods.base import DistillationModule
 from dfkd_lab.synthesis.bn_hooks import _global_stats
 
 # --- BN statistics over the global batch ---------------------------------------------------------
@@ -105,3 +109,35 @@ def test_ddp_sim_synthesises_per_rank_and_reduces_metrics_over_ranks(compose_cfg
         assert manifest["images"] == images.shape[0] == 3 * 2 * 16
         assert sorted(p.name for p in folder.iterdir()) == [
             "manifest.json", "shard_00000.pt", "shard_00001.pt", "shard_00002.pt"]
+
+
+# --- process-group lifetime -------------------------------------------------------------------
+class _TinyEval(DistillationModule):
+    def __init__(self):
+        super().__init__(torch.nn.Linear(4, 2), OmegaConf.create({"name": "tiny"}),
+                         OmegaConf.create({"weights": {}}), num_classes=2)
+
+
+def test_a_gloo_process_group_is_destroyed_at_exit(monkeypatch):
+    registered = []
+    monkeypatch.setattr(base.atexit, "register", registered.append)
+    _TinyEval().setup("test")
+    assert registered == []  # not distributed: nothing to tear down
+
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{free_port()}", rank=0, world_size=1)
+    try:
+        _TinyEval().setup("test")
+        assert len(registered) == 1
+    finally:
+        registered[0]() if registered else dist.destroy_process_group()
+    assert not dist.is_initialized()
+
+
+@pytest.mark.slow
+def test_repeated_ddp_sim_tests_exit_cleanly():
+    """Without the exit hook about one spawned trainer.test in five aborted a rank (SIGABRT)."""
+    data = torch.utils.data.TensorDataset(torch.randn(64, 4), torch.randint(0, 2, (64,)))
+    for _ in range(10):
+        trainer = pl.Trainer(accelerator="cpu", devices=2, logger=False, enable_progress_bar=False,
+                             strategy=DDPStrategy(start_method="spawn", process_group_backend="gloo"))
+        assert "test/acc" in trainer.test(_TinyEval(), torch.utils.data.DataLoader(data, batch_size=16))[0]

@@ -1,10 +1,12 @@
 """What every method shares: a student, an optional frozen teacher, the student's optimiser,
 and evaluation on the real test split."""
 
+import atexit
 import math
 
 import pytorch_lightning as pl
 import torch
+import torch.distributed as dist
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 from torchmetrics import MaxMetric
@@ -34,6 +36,11 @@ def build_schedule(optimizer, method, total_steps: int):
     if method.schedule == "constant":
         return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda _: 1.0)
     raise ValueError(f"method.schedule={method.schedule!r}: choose cosine or constant")
+
+
+def _destroy_process_group():
+    if dist.is_initialized():
+        dist.destroy_process_group()
 
 
 class DistillationModule(pl.LightningModule):
@@ -68,6 +75,13 @@ class DistillationModule(pl.LightningModule):
 
     def known_terms(self):
         return self.loss_terms
+
+    def setup(self, stage=None):
+        # Lightning destroys an NCCL process group at exit but not a gloo one (CPU DDP): its
+        # threads are then torn down with the interpreter and abort the process ("terminate
+        # called without an active exception") in about one trainer.test of five.
+        if dist.is_initialized():
+            atexit.register(_destroy_process_group)
 
     # --- the teacher never changes -------------------------------------------------------
     def train(self, mode: bool = True):

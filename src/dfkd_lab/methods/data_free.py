@@ -79,6 +79,7 @@ class DataFreeDistillation(DistillationModule):
 
     # --- set-up ---------------------------------------------------------------------------
     def setup(self, stage=None):
+        super().setup(stage)
         # Per-rank seeds: with one shared seed every GPU would synthesise the same images.
         self.synthesizer.seed(self.seed * 1_000_003 + self.global_rank)
         if self.method.channels_last:
