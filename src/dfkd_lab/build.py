@@ -8,8 +8,10 @@ from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
 from .callbacks.checkpointing import AtomicCheckpointIO
+from .config import ConfigError
 from .data import ClassificationData
 from .models import build_model
+from .models.teacher_init import TeacherInitError, init_from_teacher
 from .zoo import TeacherError, check_classes, load_state, load_weights, zoo_entry
 
 
@@ -61,11 +63,26 @@ def build_teacher(cfg: DictConfig, data: ClassificationData) -> nn.Module:
     return model
 
 
-def build_student(cfg: DictConfig, data: ClassificationData) -> nn.Module:
-    """The network the run trains: the teacher architecture for ``method=teacher``."""
+STUDENT_INITS = ("random", "teacher")
+
+
+def build_student(cfg: DictConfig, data: ClassificationData, teacher: nn.Module | None = None) -> nn.Module:
+    """The network the run trains: the teacher architecture for ``method=teacher``; with
+    ``student.init=teacher``, started from ``teacher``'s weights."""
     spec = cfg.teacher if cfg.method.trains == "teacher" else cfg.student
     model = _network(spec, data, "teacher" if cfg.method.trains == "teacher" else "student")
     check_classes(model, data.num_classes, "student")
+    init = cfg.student.init
+    if init not in STUDENT_INITS:
+        raise ConfigError(f"student.init={init}: choose one of {', '.join(STUDENT_INITS)}")
+    if init == "teacher":
+        if teacher is None or cfg.method.trains == "teacher":
+            raise ConfigError(f"student.init=teacher: method={cfg.method.name} trains without a teacher; "
+                              "use student.init=random")
+        try:
+            init_from_teacher(model, teacher)
+        except TeacherInitError as err:
+            raise ConfigError(f"student.init=teacher: {err}") from err
     return model
 
 

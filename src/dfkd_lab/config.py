@@ -46,6 +46,7 @@ class TeacherConfig:
 class StudentConfig:
     arch: Optional[str] = "lenet5_half"
     model: Any = None  # or any nn.Module given by _target_
+    init: str = "random"  # or "teacher": start from the teacher's largest-norm channels
 
 
 @dataclass

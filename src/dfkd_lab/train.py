@@ -67,7 +67,7 @@ def run(cfg: DictConfig) -> dict:
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
     data = build_data(cfg)
     teacher = build_teacher(cfg, data) if cfg.method.uses_teacher else None
-    student = build_student(cfg, data)
+    student = build_student(cfg, data, teacher)
     module = build_module(cfg, student, teacher, data)
     ckpt_path = resume_checkpoint(cfg, output_dir)
     loggers = build_loggers(cfg, wandb_run_id(output_dir) if cfg.logger and "wandb" in cfg.logger else None)
