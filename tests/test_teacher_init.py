@@ -31,6 +31,28 @@ def test_a_student_as_wide_as_the_teacher_computes_the_teachers_function(teacher
     torch.testing.assert_close(student(x), teacher(x), atol=1e-5, rtol=1e-5)
 
 
+def chain(width, bn_affine=None, bias=False):
+    """conv [-> BatchNorm] -> ReLU -> flatten -> linear: a plain chain outside the zoo."""
+    torch.manual_seed(1)
+    layers = [nn.Conv2d(1, width, 3, bias=bias)]
+    if bn_affine is not None:
+        layers.append(nn.BatchNorm2d(width, affine=bn_affine))
+        layers[-1].running_mean.uniform_(-1, 1)
+        layers[-1].running_var.uniform_(0.5, 2)
+    return nn.Sequential(*layers, nn.ReLU(), nn.Flatten(), nn.Linear(width * 36, 3)).eval()
+
+
+def test_a_bias_free_conv_takes_a_non_affine_batchnorm_folded():
+    teacher = chain(4, bn_affine=False)
+    student = init_from_teacher(chain(4, bias=True), teacher)
+    x = torch.randn(5, 1, 8, 8)
+    torch.testing.assert_close(student(x), teacher(x), atol=1e-5, rtol=1e-5)
+    with pytest.raises(TeacherInitError, match="no bias"):
+        init_from_teacher(chain(4), teacher)  # a bias-free student cannot hold the folded shift
+    with pytest.raises(TeacherInitError, match="affine differs"):
+        init_from_teacher(chain(2, bn_affine=True), teacher)
+
+
 def test_the_channels_with_the_largest_norm_are_kept():
     """Half of each conv layer's channels are dead (zero weights and bias): the half-width student
     keeps exactly the live ones, so it computes the teacher's function."""
