@@ -76,9 +76,11 @@ def build_student(cfg: DictConfig, data: ClassificationData, teacher: nn.Module 
     if init not in STUDENT_INITS:
         raise ConfigError(f"student.init={init}: choose one of {', '.join(STUDENT_INITS)}")
     if init == "teacher":
-        if teacher is None or cfg.method.trains == "teacher":
+        if not cfg.method.uses_teacher or cfg.method.trains == "teacher":
             raise ConfigError(f"student.init=teacher: method={cfg.method.name} trains without a teacher; "
                               "use student.init=random")
+        if teacher is None:
+            raise ValueError("student.init=teacher: pass the teacher to build_student")
         try:
             init_from_teacher(model, teacher)
         except TeacherInitError as err:
