@@ -11,6 +11,7 @@ alone (LeNet-5-BN -> LeNet-5-half: 56.9% before any distillation; dafl 75.5% -> 
 import torch
 import torch.fx
 from torch import nn
+from torch.nn.utils.fusion import fuse_conv_bn_weights
 
 _BN = nn.modules.batchnorm._BatchNorm
 # operations that join two branches (residual sums, concatenations)
@@ -49,14 +50,10 @@ def _chain(model: nn.Module) -> list[list[nn.Module]]:
 
 def _folded(layer: nn.Module, bn: _BN | None) -> tuple[torch.Tensor, torch.Tensor]:
     """The layer's weight and bias with ``bn`` (eval statistics) folded in."""
-    bias = layer.bias if layer.bias is not None else layer.weight.new_zeros(layer.weight.shape[0])
     if bn is None:
+        bias = layer.bias if layer.bias is not None else layer.weight.new_zeros(layer.weight.shape[0])
         return layer.weight, bias
-    scale = 1 / torch.sqrt(bn.running_var + bn.eps)
-    shift = -bn.running_mean * scale
-    if bn.affine:
-        scale, shift = scale * bn.weight, shift * bn.weight + bn.bias
-    return layer.weight * scale.view(-1, *[1] * (layer.weight.dim() - 1)), bias * scale + shift
+    return fuse_conv_bn_weights(layer.weight, layer.bias, bn.running_mean, bn.running_var, bn.eps, bn.weight, bn.bias)
 
 
 def _check_pair(t: nn.Module, s: nn.Module, index: int):
