@@ -14,6 +14,7 @@ from PIL import Image
 from dfkd_lab.build import build_data, build_module, build_student, build_teacher, trainer_kwargs
 from dfkd_lab.callbacks.samples import histogram_image, to_uint8_grid
 from dfkd_lab.data import ClassificationData
+from dfkd_lab.data.augment import adversarial_push
 from dfkd_lab.losses.kd import kd_kl
 from dfkd_lab.methods.data_free import SynthesisDiverged
 from dfkd_lab.methods.dfq import StudentEnsemble
@@ -162,7 +163,7 @@ def test_dfq_reports_fake_quant_and_int8_accuracy(compose_cfg):
     assert 0 < metrics["quant/int8_bytes"] < metrics["quant/float_bytes"]
 
 
-@pytest.mark.parametrize("key", ["method.students=0", "method.quant_from=1.0"])
+@pytest.mark.parametrize("key", ["method.students=0", "method.quant_from=1.0", "method.adversarial_eps=-0.1"])
 def test_dfq_rejects_bad_settings_naming_the_key(compose_cfg, key):
     cfg = tiny(compose_cfg, "dfq", key)
     data = build_data(cfg)
@@ -232,3 +233,25 @@ def test_replay_fills_half_the_student_batch_from_earlier_generated_images():
     assert torch.equal(restored.memory.newest(6), synthesizer.memory.newest(6))
     with pytest.raises(ValueError, match="synthesizer.replay"):
         GeneratorSynthesizer(replay=-1)
+
+
+def test_adversarial_push_raises_the_disagreement_within_eps_and_leaves_no_gradients():
+    torch.manual_seed(0)
+    teacher, student = build_model("lenet5", num_classes=10), build_model("lenet5_half", num_classes=10)
+    x = torch.randn(16, 1, 32, 32)
+    moved = adversarial_push(x, teacher, student, eps=0.1, generator=torch.Generator().manual_seed(0))
+    assert 0 < (moved - x).abs().amax() <= 0.1 + 1e-6
+    with torch.no_grad():
+        assert kd_kl(student(moved), teacher(moved)) > kd_kl(student(x), teacher(x))
+    assert all(p.grad is None for p in [*teacher.parameters(), *student.parameters()])
+    again = adversarial_push(x, teacher, student, eps=0.1, generator=torch.Generator().manual_seed(0))
+    assert torch.equal(moved, again)
+
+
+def test_adversarial_push_trains_the_student_on_moved_images_the_teacher_labels(compose_cfg):
+    plain, _, _ = fit(tiny(compose_cfg, "dafl"))
+    module, trainer, before = fit(tiny(compose_cfg, "dafl", "method.adversarial_eps=0.2"))
+    student_steps = module.method.student_steps * trainer.num_training_batches * trainer.max_epochs
+    assert module.cost.teacher_forwards - plain.cost.teacher_forwards == student_steps
+    assert not changed(before["teacher"], snapshot(module.teacher))
+    assert changed(weights(plain.student), weights(module.student))

@@ -73,6 +73,9 @@ class MethodConfig:
     schedule: str = "cosine"
     schedule_synthesis: bool = False  # data-free: the synthesizer's optimisers follow the same schedule
     student_steps: int = 1  # student updates per synthesized batch
+    # data-free: each student input moved up to this far (normalised pixels) toward where
+    # student and teacher disagree most (0 = off)
+    adversarial_eps: float = 0.0
     synth_every: int = 1  # synthesis rounds every N training steps
     warmup_epochs: int = 0  # epochs of synthesis only
     grad_clip: float = 0.0

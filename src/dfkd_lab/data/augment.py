@@ -1,4 +1,5 @@
-"""Batch-wise tensor augmentation (random crop with padding, horizontal flip).
+"""Batch-wise tensor augmentation: random crop with padding, horizontal flip, mixup, and the
+adversarial push that moves synthetic inputs toward teacher-student disagreement.
 
 Tensor ops on the whole batch cost far less than per-image PIL transforms at this scale,
 and they serve real batches and synthetic pools alike.
@@ -6,6 +7,8 @@ and they serve real batches and synthetic pools alike.
 
 import torch
 from torch.nn import functional as F
+
+from ..losses.kd import kd_kl
 
 
 def crop_flip(x: torch.Tensor, pad: int = 0, flip: bool = False, generator=None) -> torch.Tensor:
@@ -40,3 +43,17 @@ def mixup(x: torch.Tensor, soft_targets: torch.Tensor | None = None, generator=N
         lam = lam.to(soft_targets.dtype).view(-1, 1)
         soft_targets = lam * soft_targets + (1 - lam) * soft_targets[partner]
     return mixed, soft_targets
+
+
+def adversarial_push(x, teacher, student, eps: float, temperature: float = 1.0, generator=None):
+    """One signed-gradient step up the teacher-student KL, of size ~ U(0, eps) per image.
+
+    A synthetic pool covers few of the inputs where the student still disagrees with the
+    teacher; each draw moved toward them is a new, informative input for the teacher to label.
+    Only the images get gradients: neither network's ``.grad`` is touched."""
+    with torch.enable_grad():
+        x = x.detach().requires_grad_(True)
+        loss = kd_kl(student(x), teacher(x), temperature)
+        (grad,) = torch.autograd.grad(loss, x)
+    size = eps * torch.rand(x.shape[0], generator=generator).to(x.device, x.dtype)
+    return (x + size.view(-1, 1, 1, 1) * grad.sign()).detach()

@@ -14,6 +14,7 @@ import hydra
 import torch
 from torch.utils.data import DataLoader, IterableDataset
 
+from ..data.augment import adversarial_push
 from ..losses.attention import attention_loss
 from ..losses.kd import kd_kl, logit_l1, soft_target_kd
 from ..losses.weighting import weighted_sum
@@ -50,6 +51,8 @@ class DataFreeDistillation(DistillationModule):
 
     def __init__(self, student, method, loss, num_classes, teacher, synthesizer, image_shape,
                  value_range, seed: int = 0):
+        if method.adversarial_eps < 0:
+            raise ValueError(f"method.adversarial_eps must be >= 0 (0 = off), got {method.adversarial_eps}")
         self.synthesizer_terms = synthesizer.terms
         super().__init__(student, method, loss, num_classes, teacher)
         synthesizer.setup(image_shape, num_classes, value_range, teacher)
@@ -138,15 +141,21 @@ class DataFreeDistillation(DistillationModule):
 
     def _student_step(self, opt, ctx):
         batch = self.synthesizer.batch(self.method.batch_size, ctx)
-        t_logits = batch.teacher_logits
+        images, t_logits = batch.images, batch.teacher_logits
+        if self.method.adversarial_eps:
+            images = self.synthesizer.clip(adversarial_push(
+                images, self.teacher, self.student, self.method.adversarial_eps,
+                self.loss_cfg.temperature, generator=self.synthesizer.rng))
+            self.cost.add(teacher_forwards=1)
+            t_logits = None  # the teacher labels the moved images
         need_features = bool(self.weights.get("at"))
         with torch.no_grad(), (stage_tap(self.teacher) if need_features else nullcontext()) as t_tap:
             if t_logits is None or need_features:
-                t_logits = self.teacher(batch.images)
+                t_logits = self.teacher(images)
                 self.cost.add(teacher_forwards=1)
             t_feats = t_tap.features if need_features else None
         with (stage_tap(self.student) if need_features else nullcontext()) as s_tap:
-            s_logits, t_logits = self.student_logits(batch.images, t_logits)
+            s_logits, t_logits = self.student_logits(images, t_logits)
             s_feats = s_tap.features if need_features else None
         terms = self.student_loss_terms(s_logits, t_logits, batch.soft_targets, s_feats, t_feats)
         loss = weighted_sum(terms, self.weights)
