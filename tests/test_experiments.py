@@ -62,6 +62,7 @@ def test_dataset_specific_weights_follow_the_paper(tmp_path):
     ("cifar10_zskd", "loss.weights.match", 1.0, 0.05),
     ("cifar10_zskd", "loss.weights.tv_l2", 0.05, 0.2),
     ("cifar10_wang2021", "method.synthesizer.objective.oversample", 1, 8),
+    ("cifar100_wang2021", "method.adversarial_eps", 0.0, 0.2),
 ])
 def test_paper_presets_keep_the_paper_values_where_the_lenet_defaults_differ(tmp_path, preset, key, paper, lenet):
     cfg = compose_config([f"experiment={preset}"], output_dir=tmp_path)
