@@ -237,12 +237,19 @@ def test_replay_fills_half_the_student_batch_from_earlier_generated_images():
 
 def test_adversarial_push_raises_the_disagreement_within_eps_and_leaves_no_gradients():
     torch.manual_seed(0)
-    teacher, student = build_model("lenet5", num_classes=10), build_model("lenet5_half", num_classes=10)
+    teacher, student = build_model("lenet5", num_classes=10), build_model("lenet5_half_bn", num_classes=10)
+    student.eval()
     x = torch.randn(16, 1, 32, 32)
-    moved = adversarial_push(x, teacher, student, eps=0.1, generator=torch.Generator().manual_seed(0))
-    assert 0 < (moved - x).abs().amax() <= 0.1 + 1e-6
     with torch.no_grad():
-        assert kd_kl(student(moved), teacher(moved)) > kd_kl(student(x), teacher(x))
+        before = kd_kl(student(x), teacher(x))
+    student.train()
+    bn_stats = snapshot(student)
+    moved = adversarial_push(x, teacher, student, eps=0.1, generator=torch.Generator().manual_seed(0))
+    assert student.training and not changed(bn_stats, snapshot(student))  # mode and BN buffers as they were
+    assert 0 < (moved - x).abs().amax() <= 0.1 + 1e-6
+    student.eval()
+    with torch.no_grad():
+        assert kd_kl(student(moved), teacher(moved)) > before
     assert all(p.grad is None for p in [*teacher.parameters(), *student.parameters()])
     again = adversarial_push(x, teacher, student, eps=0.1, generator=torch.Generator().manual_seed(0))
     assert torch.equal(moved, again)

@@ -50,10 +50,16 @@ def adversarial_push(x, teacher, student, eps: float, temperature: float = 1.0, 
 
     A synthetic pool covers few of the inputs where the student still disagrees with the
     teacher; each draw moved toward them is a new, informative input for the teacher to label.
-    Only the images get gradients: neither network's ``.grad`` is touched."""
-    with torch.enable_grad():
-        x = x.detach().requires_grad_(True)
-        loss = kd_kl(student(x), teacher(x), temperature)
-        (grad,) = torch.autograd.grad(loss, x)
+    Only the images get gradients: neither network's ``.grad`` nor a student BatchNorm's
+    running statistics are touched (the student is evaluated in eval mode for this step)."""
+    was_training = student.training
+    student.eval()
+    try:
+        with torch.enable_grad():
+            x = x.detach().requires_grad_(True)
+            loss = kd_kl(student(x), teacher(x), temperature)
+            (grad,) = torch.autograd.grad(loss, x)
+    finally:
+        student.train(was_training)
     size = eps * torch.rand(x.shape[0], generator=generator).to(x.device, x.dtype)
     return (x + size.view(-1, 1, 1, 1) * grad.sign()).detach()
