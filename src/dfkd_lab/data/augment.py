@@ -9,6 +9,7 @@ import torch
 from torch.nn import functional as F
 
 from ..losses.kd import kd_kl
+from ..models.modes import eval_mode
 
 
 def crop_flip(x: torch.Tensor, pad: int = 0, flip: bool = False, generator=None) -> torch.Tensor:
@@ -52,14 +53,9 @@ def adversarial_push(x, teacher, student, eps: float, temperature: float = 1.0, 
     teacher; each draw moved toward them is a new, informative input for the teacher to label.
     Only the images get gradients: neither network's ``.grad`` nor a student BatchNorm's
     running statistics are touched (the student is evaluated in eval mode for this step)."""
-    was_training = student.training
-    student.eval()
-    try:
-        with torch.enable_grad():
-            x = x.detach().requires_grad_(True)
-            loss = kd_kl(student(x), teacher(x), temperature)
-            (grad,) = torch.autograd.grad(loss, x)
-    finally:
-        student.train(was_training)
+    with eval_mode(student), torch.enable_grad():
+        x = x.detach().requires_grad_(True)
+        loss = kd_kl(student(x), teacher(x), temperature)
+        (grad,) = torch.autograd.grad(loss, x)
     size = eps * torch.rand(x.shape[0], generator=generator).to(x.device, x.dtype)
     return (x + size.view(-1, 1, 1, 1) * grad.sign()).detach()

@@ -9,17 +9,15 @@ from ..losses.feature import hint_mse
 from ..losses.kd import kd_kl
 from ..losses.relation import fsp_loss
 from ..losses.weighting import active, weighted_sum
+from ..models.modes import eval_mode
 from ..models.taps import stage_tap
 from .base import DistillationModule
 
 
 def stage_channels(model: nn.Module, image_shape) -> list[int]:
     """Channel count of each feature stage, found with one dummy forward."""
-    with torch.no_grad(), stage_tap(model) as tap:
-        was_training = model.training
-        model.eval()
+    with torch.no_grad(), eval_mode(model), stage_tap(model) as tap:
         model(torch.zeros(2, *image_shape))
-        model.train(was_training)
         return [f.shape[1] for f in tap.features]
 
 

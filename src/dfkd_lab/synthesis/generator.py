@@ -28,6 +28,7 @@ from ..losses.entropy import activation_l1, batch_entropy, instance_entropy, one
 from ..losses.kd import kd_kl, logit_l1
 from ..losses.weighting import weighted_sum
 from ..models.generators import Generator
+from ..models.modes import eval_mode
 from ..models.taps import penultimate_tap
 from .base import SynthBatch, Synthesizer
 from .bn_hooks import BNStatHooks
@@ -139,9 +140,6 @@ class GeneratorSynthesizer(Synthesizer):
 
     @torch.no_grad()
     def preview(self, n, device):
-        was_training = self.generators.training
-        self.generators.eval()
         per = max(1, n // self.n_generators)
-        images = torch.cat([g(self.fixed_z[:per].to(device)) for g in self.generators])[:n]
-        self.generators.train(was_training)
-        return images
+        with eval_mode(self.generators):
+            return torch.cat([g(self.fixed_z[:per].to(device)) for g in self.generators])[:n]

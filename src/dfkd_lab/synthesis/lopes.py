@@ -12,6 +12,7 @@ import torch
 from torch import nn
 
 from ..config import ConfigError
+from ..models.modes import eval_mode
 from ..models.taps import FeatureTap
 from ..zoo import zoo_entry
 from .objectives import Objective, balanced_classes
@@ -33,13 +34,11 @@ def summarise(feature: torch.Tensor) -> torch.Tensor:
 def record_activation_stats(model: nn.Module, images: torch.Tensor, labels: torch.Tensor,
                             num_classes: int, batch_size: int = 1024) -> dict:
     """Per-class mean/std of each layer's (summarised) output over one pass of ``images``."""
-    was_training = model.training
-    model.eval()
     layers = activation_layers(model)
     device = next(model.parameters()).device
     sums, squares = {}, {}
     counts = torch.bincount(labels, minlength=num_classes).double()
-    with FeatureTap(model, layers) as tap:
+    with eval_mode(model), FeatureTap(model, layers) as tap:
         for start in range(0, len(images), batch_size):
             y = labels[start:start + batch_size]
             model(images[start:start + batch_size].to(device))
@@ -50,7 +49,6 @@ def record_activation_stats(model: nn.Module, images: torch.Tensor, labels: torc
                     squares[name] = torch.zeros_like(sums[name])
                 sums[name].index_add_(0, y, v)
                 squares[name].index_add_(0, y, v * v)
-    model.train(was_training)
     stats = {}
     for name in layers:
         mean = sums[name] / counts[:, None].clamp_min(1)

@@ -14,6 +14,7 @@ from torch.nn import functional as F
 
 from ..losses.entropy import activation_l1
 from ..losses.kd import js_divergence, soft_target_kd
+from ..models.modes import eval_mode
 from ..models.taps import FeatureTap
 
 
@@ -95,10 +96,8 @@ class ClassTargets(Objective):
         if w.get("oh"):
             terms["oh"] = F.cross_entropy(logits.float(), goal)
         if w.get("comp"):
-            was_training = ctx.student.training
-            ctx.student.eval()
-            s_logits = ctx.student(view)
-            ctx.student.train(was_training)
+            with eval_mode(ctx.student):
+                s_logits = ctx.student(view)
             terms["comp"] = 1 - js_divergence(logits, s_logits, self.comp_temperature)
         return terms
 
