@@ -13,6 +13,7 @@ from PIL import Image
 
 from dfkd_lab.build import build_data, build_module, build_student, build_teacher, trainer_kwargs
 from dfkd_lab.callbacks.samples import histogram_image, to_uint8_grid
+from dfkd_lab.config import ConfigError
 from dfkd_lab.data import ClassificationData
 from dfkd_lab.data.augment import adversarial_push
 from dfkd_lab.losses.kd import kd_kl
@@ -163,11 +164,12 @@ def test_dfq_reports_fake_quant_and_int8_accuracy(compose_cfg):
     assert 0 < metrics["quant/int8_bytes"] < metrics["quant/float_bytes"]
 
 
+# DFQ's own keys and method.adversarial_eps (checked for every data-free method), run with dfq
 @pytest.mark.parametrize("key", ["method.students=0", "method.quant_from=1.0", "method.adversarial_eps=-0.1"])
-def test_dfq_rejects_bad_settings_naming_the_key(compose_cfg, key):
+def test_bad_method_settings_are_rejected_naming_the_key(compose_cfg, key):
     cfg = tiny(compose_cfg, "dfq", key)
     data = build_data(cfg)
-    with pytest.raises(ValueError, match=key.split("=")[0]):
+    with pytest.raises(ConfigError, match=key.split("=")[0]):
         build_module(cfg, build_student(cfg, data), build_teacher(cfg, data), data)
 
 

@@ -14,6 +14,7 @@ import hydra
 import torch
 from torch.utils.data import DataLoader, IterableDataset
 
+from ..config import ConfigError
 from ..data.augment import adversarial_push
 from ..losses.attention import attention_loss
 from ..losses.kd import kd_kl, logit_l1, soft_target_kd
@@ -52,7 +53,7 @@ class DataFreeDistillation(DistillationModule):
     def __init__(self, student, method, loss, num_classes, teacher, synthesizer, image_shape,
                  value_range, seed: int = 0):
         if method.adversarial_eps < 0:
-            raise ValueError(f"method.adversarial_eps must be >= 0 (0 = off), got {method.adversarial_eps}")
+            raise ConfigError(f"method.adversarial_eps={method.adversarial_eps}: give a step size >= 0 (0 = off)")
         self.synthesizer_terms = synthesizer.terms
         super().__init__(student, method, loss, num_classes, teacher)
         synthesizer.setup(image_shape, num_classes, value_range, teacher)
