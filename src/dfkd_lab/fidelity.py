@@ -1,0 +1,85 @@
+"""Where a finished data-free student falls short: on its own synthetic images, or only on
+real ones.
+
+For a run dir, the student's agreement with the teacher (same top-1 class) and the teacher's
+mean confidence on the run's transfer set as saved (its first and last quarter, no
+augmentation) and on the real test split. A student that agrees with the teacher on its
+transfer set far more than on real images needs better synthetic images; one that already
+disagrees on its own transfer set needs a better fit first (more steps, another temperature).
+
+    python -m dfkd_lab.fidelity outputs/2026-11-25/12-00-00 [--checkpoint best]
+"""
+
+import argparse
+from pathlib import Path
+
+import torch
+from omegaconf import OmegaConf
+
+from .build import build_data, build_student, build_teacher
+from .config import ConfigError
+from .data.transfer_set import load_transfer_set, teacher_sha256
+
+
+@torch.no_grad()
+def agreement(teacher, student, images: torch.Tensor, batch_size: int = 1024) -> tuple[float, float]:
+    """(% of images where student and teacher pick the same class, teacher's mean top-1 probability)."""
+    same, confidence = 0.0, 0.0
+    for chunk in images.split(batch_size):
+        t_logits = teacher(chunk)
+        same += (student(chunk).argmax(1) == t_logits.argmax(1)).sum().item()
+        confidence += t_logits.softmax(1).max(1).values.sum().item()
+    return 100 * same / len(images), confidence / len(images)
+
+
+def load_run(run_dir: Path, checkpoint: str = "last"):
+    """The run's config, data, teacher and trained student (eval mode)."""
+    config = run_dir / ".hydra" / "config.yaml"
+    ckpt = run_dir / "checkpoints" / f"{checkpoint}.ckpt"
+    for path in (config, ckpt):
+        if not path.is_file():
+            raise ConfigError(f"{run_dir}: no {path.relative_to(run_dir)}; give the output dir of a finished run")
+    cfg = OmegaConf.load(config)
+    data = build_data(cfg)
+    teacher = build_teacher(cfg, data).eval()
+    student = build_student(cfg, data, teacher)
+    state = torch.load(ckpt, map_location="cpu", weights_only=False)["state_dict"]
+    weights = {k.removeprefix("student."): v for k, v in state.items() if k.startswith("student.")}
+    try:
+        student.load_state_dict(weights)
+    except RuntimeError as err:
+        raise ConfigError(f"{ckpt}: its student does not load into student={cfg.student.arch} "
+                          f"(a quantised or ensemble student is not supported here): {err}") from err
+    return cfg, data, teacher, student.eval()
+
+
+def fidelity(run_dir, checkpoint: str = "last") -> list[tuple[str, int, float, float]]:
+    """Rows of (images, count, agreement %, teacher confidence) for the transfer set's first and
+    last quarter and the real test split."""
+    run_dir = Path(run_dir)
+    cfg, data, teacher, student = load_run(run_dir, checkpoint)
+    if not (run_dir / "transfer_set").is_dir():
+        raise ConfigError(f"{run_dir}: no transfer_set/; only methods that distil from a pool of "
+                          "synthesised images save one (generator methods such as dafl draw fresh batches)")
+    images, _, _ = load_transfer_set(run_dir / "transfer_set", teacher_sha256(cfg))
+    quarter = max(1, len(images) // 4)
+    test_images = data.split("test").tensors[0]
+    parts = [("transfer set, first quarter", images[:quarter]),
+             ("transfer set, last quarter", images[-quarter:]),
+             ("real test split", test_images)]
+    return [(name, len(x), *agreement(teacher, student, x)) for name, x in parts]
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("run_dir", type=Path)
+    parser.add_argument("--checkpoint", default="last", help="last or best")
+    args = parser.parse_args(argv)
+    print("| images | count | student agrees with teacher % | teacher confidence |")
+    print("|---|---:|---:|---:|")
+    for name, count, agree, confidence in fidelity(args.run_dir, args.checkpoint):
+        print(f"| {name} | {count} | {agree:.1f} | {confidence:.3f} |")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,58 @@
+"""The fidelity report: agreement and teacher confidence by hand, and on a finished run."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+from dfkd_lab.config import ConfigError
+from dfkd_lab.fidelity import agreement, fidelity, main
+
+
+def _linear(weight):
+    layer = nn.Linear(2, 2, bias=False)
+    layer.weight.data = torch.tensor(weight)
+    return layer
+
+
+def test_agreement_counts_same_classes_and_averages_teacher_confidence():
+    teacher = _linear([[1.0, 0.0], [0.0, 1.0]])  # logits = the image itself
+    student = _linear([[0.0, 1.0], [1.0, 0.0]])  # swaps the classes
+    images = torch.tensor([[2.0, 0.0], [0.0, 1.0], [1.0, 1.0]])
+    # top-1: teacher 0, 1, 0 (tie -> first); student 1, 0, 0 -> one of three agrees
+    confidence = [torch.softmax(torch.tensor(x), 0).max().item() for x in ([2.0, 0.0], [0.0, 1.0], [1.0, 1.0])]
+    agree, conf = agreement(teacher, student, images, batch_size=2)
+    assert agree == pytest.approx(100 / 3)
+    assert conf == pytest.approx(sum(confidence) / 3)
+    assert agreement(teacher, teacher, images)[0] == 100
+
+
+def test_a_finished_run_is_reported_on_its_transfer_set_and_the_real_test_split(tmp_path, capsys):
+    run_dir = tmp_path / "run"
+    cmd = [str(Path(sys.executable).with_name("dfkd-train")), "method=cmi", "method.batch_size=16",
+           "method.student_steps=1", "method.steps_per_epoch=8", "method.synthesizer.iterations=2",
+           "method.synthesizer.ngf=4", "method.synthesizer.nz=8", "method.synthesizer.negatives=8",
+           "method.synthesizer.bank_size=40", "trainer=cpu", "trainer.max_epochs=1", "logger=none",
+           "trainer.enable_progress_bar=false", "trainer.limit_val_batches=1", f"hydra.run.dir={run_dir}"]
+    env = {**os.environ, "WANDB_MODE": "disabled", "OMP_NUM_THREADS": "1"}
+    done = subprocess.run(cmd, check=False, env=env, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-2000:]
+    rows = fidelity(run_dir)
+    assert [(name, count) for name, count, _, _ in rows] == [
+        ("transfer set, first quarter", 32), ("transfer set, last quarter", 32), ("real test split", 10000)]
+    for _, _, agree, confidence in rows:
+        assert 0 <= agree <= 100 and 0.1 <= confidence <= 1  # 10 classes: top-1 probability >= 0.1
+    main([str(run_dir)])
+    assert "| real test split | 10000 |" in capsys.readouterr().out
+    (run_dir / "transfer_set").rename(tmp_path / "moved")
+    with pytest.raises(ConfigError, match="no transfer_set/"):
+        fidelity(run_dir)
+
+
+def test_a_dir_without_a_finished_run_is_rejected_naming_what_is_missing(tmp_path):
+    with pytest.raises(ConfigError, match=r"no \.hydra/config\.yaml"):
+        fidelity(tmp_path)
