@@ -34,6 +34,20 @@ def test_agreement_masked_kl_ignores_disagreeing_samples():
     assert agreement_masked_kl(student, teacher).item() == pytest.approx(kl0 / 2, rel=1e-6)
 
 
+@pytest.mark.parametrize("flip", [True, False])
+def test_global_view_mirrors_some_images_and_passes_gradients(flip):
+    from dfkd_lab.synthesis.views import global_view
+
+    x = torch.randn(64, 1, 8, 8, requires_grad=True)
+    view = global_view(x, 0, flip, torch.Generator().manual_seed(0))
+    mirrored = torch.tensor([torch.equal(v, i.flip(2)) for v, i in zip(view, x.detach())])
+    unchanged = torch.tensor([torch.equal(v, i) for v, i in zip(view, x.detach())])
+    assert torch.all(mirrored | unchanged)
+    assert mirrored.any() == flip and unchanged.any()
+    (view * torch.arange(64.0).view(64, 1, 1, 1)).sum().backward()
+    assert torch.all(x.grad.sum(dim=(1, 2, 3)) == 64 * torch.arange(64.0))
+
+
 def _contrastive(init):
     from dfkd_lab.models import build_model
     from dfkd_lab.synthesis.contrastive import ContrastiveSynthesizer
