@@ -79,6 +79,38 @@ def test_bn_loss_matches_a_hand_computation():
     assert loss.item() == pytest.approx(hand.item(), rel=1e-5)
 
 
+class TinyWithBN1d(Tiny):
+    """Tiny plus a BatchNorm1d on the pooled features, like a classifier head with BN."""
+
+    def __init__(self):
+        super().__init__()
+        self.fc_bn = nn.BatchNorm1d(2)
+
+    def forward(self, x):
+        return self.classifier(self.fc_bn(torch.relu(self.bn(self.conv(x))).mean(dim=(2, 3))))
+
+
+def test_bn_loss_covers_batchnorm1d_layers_too():
+    torch.manual_seed(0)
+    teacher = TinyWithBN1d()
+    teacher.fc_bn.running_mean.copy_(torch.tensor([1.0, -1.0]))
+    teacher.fc_bn.running_var.copy_(torch.tensor([0.5, 3.0]))
+    teacher = freeze(teacher)
+    x = torch.randn(5, 1, 6, 6, generator=torch.Generator().manual_seed(2))
+    with BNStatHooks(teacher) as bn:
+        teacher(x)
+        loss = bn.loss()
+        assert [tuple(i.shape) for i in bn.inputs] == [(5, 2, 6, 6), (5, 2)]
+    pooled = torch.relu(teacher.bn(teacher.conv(x))).mean(dim=(2, 3))  # the BN1d input, (5, 2)
+    mean = pooled.mean(0)
+    var = ((pooled - mean) ** 2).mean(0)
+    fc_term = (mean - torch.tensor([1.0, -1.0])).norm() + (var - torch.tensor([0.5, 3.0])).norm()
+    a = teacher.conv(x)
+    conv_term = (a.mean(dim=(0, 2, 3)) - teacher.bn.running_mean).norm() + (
+        a.var(dim=(0, 2, 3), unbiased=False) - teacher.bn.running_var).norm()
+    assert loss.item() == pytest.approx((conv_term + fc_term).item(), rel=1e-5)
+
+
 def test_inversion_lowers_the_loss_clips_and_leaves_no_hooks():
     synth, teacher = inversion(iterations=30, lr=0.1)
     ctx = context(teacher, {"oh": 1.0, "bn": 1.0, "tv_l2": 0.01})

@@ -94,6 +94,13 @@ def test_batch_stats_are_per_channel_with_biased_variance():
     assert var.tolist() == pytest.approx([20.25, 12.25])
 
 
+def test_batch_stats_of_a_batchnorm1d_input_are_over_the_batch():
+    x = t([1.0, 3.0], [10.0, 10.0])  # (N=2, C=2): channel 0: {1, 10}, channel 1: {3, 10}
+    mean, var = batch_stats(x)
+    assert mean.tolist() == pytest.approx([5.5, 6.5])
+    assert var.tolist() == pytest.approx([20.25, 12.25])
+
+
 def test_bn_stat_loss_sums_the_two_l2_norms():
     loss = bn_stat_loss(torch.tensor([2.0, 0.0]), torch.tensor([1.0, 1.0]),
                         torch.zeros(2), torch.tensor([1.0, 4.0]))

@@ -3,11 +3,18 @@
 import torch
 
 
+def channel_reduce_dims(x: torch.Tensor) -> tuple[int, ...]:
+    """Every dimension of a BN input but the channel one (dim 1)."""
+    return (0, *range(2, x.dim()))
+
+
 def batch_stats(x: torch.Tensor):
-    """Per-channel mean and biased variance over (N, H, W) of a BN input."""
+    """Per-channel mean and biased variance of a BN input: over (N, H, W) for BatchNorm2d, over N
+    for BatchNorm1d."""
     x = x.float()
-    mean = x.mean(dim=(0, 2, 3))
-    var = x.var(dim=(0, 2, 3), unbiased=False)
+    dims = channel_reduce_dims(x)
+    mean = x.mean(dim=dims)
+    var = x.var(dim=dims, unbiased=False)
     return mean, var
 
 

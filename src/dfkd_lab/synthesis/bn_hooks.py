@@ -1,6 +1,6 @@
 """One BatchNorm-statistics hook for every method that matches BN statistics.
 
-Hooks on each BatchNorm2d of the (eval-mode) teacher read the layer's input, compute the
+Hooks on each BatchNorm (1d or 2d) of the (eval-mode) teacher read the layer's input, compute the
 batch mean and biased variance per channel and compare them with the running statistics.
 Under DDP the moments are all-reduced (with gradients) so the statistics are those of the
 global batch, not of each GPU's slice.
@@ -10,7 +10,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from ..losses.bn import batch_stats, bn_stat_loss
+from ..losses.bn import batch_stats, bn_stat_loss, channel_reduce_dims
 from .base import is_distributed
 
 
@@ -38,9 +38,10 @@ def _global_stats(x: torch.Tensor):
     if not is_distributed():
         return batch_stats(x)
     x = x.float()
-    count = torch.tensor(float(x.shape[0] * x.shape[2] * x.shape[3]), device=x.device)
+    dims = channel_reduce_dims(x)
+    count = torch.tensor(float(x.numel() // x.shape[1]), device=x.device)
     dist.all_reduce(count)
-    moments = _SumOverRanks.apply(torch.stack([x.sum(dim=(0, 2, 3)), x.pow(2).sum(dim=(0, 2, 3))]))
+    moments = _SumOverRanks.apply(torch.stack([x.sum(dim=dims), x.pow(2).sum(dim=dims)]))
     mean = moments[0] / count
     return mean, moments[1] / count - mean.pow(2)
 
@@ -53,9 +54,9 @@ class BNStatHooks:
     """
 
     def __init__(self, model: nn.Module, momentum: float = 0.0, ema: dict | None = None):
-        self.layers = [m for m in model.modules() if isinstance(m, nn.BatchNorm2d)]
+        self.layers = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
         if not self.layers:
-            raise ValueError(f"{type(model).__name__} has no BatchNorm2d layer to match statistics of")
+            raise ValueError(f"{type(model).__name__} has no BatchNorm layer to match statistics of")
         self.momentum = momentum
         self.ema = ema if ema is not None else {}
         self.losses: list[torch.Tensor] = []

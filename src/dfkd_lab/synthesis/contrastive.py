@@ -57,7 +57,7 @@ class MemoryBank:
 
 def instance_means(inputs: list[torch.Tensor]) -> torch.Tensor:
     """Per-image channel means of every BN input, concatenated: (N, sum of channels)."""
-    return torch.cat([x.float().mean(dim=(2, 3)) for x in inputs], dim=1)
+    return torch.cat([x.float().reshape(x.shape[0], x.shape[1], -1).mean(dim=2) for x in inputs], dim=1)
 
 
 class ContrastiveSynthesizer(GeneratorInversion):
@@ -78,7 +78,7 @@ class ContrastiveSynthesizer(GeneratorInversion):
 
     def setup(self, image_shape, num_classes, value_range, teacher):
         super().setup(image_shape, num_classes, value_range, teacher)
-        dim = sum(m.num_features for m in teacher.modules() if isinstance(m, nn.BatchNorm2d))
+        dim = sum(m.num_features for m in teacher.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm))
         self.head = nn.Sequential(nn.Linear(dim, dim), nn.ReLU(inplace=True), nn.Linear(dim, self.head_dim))
 
     def build_optimizers(self):
