@@ -14,7 +14,7 @@ def lenet(arch):
     torch.manual_seed(0)
     model = build_model(arch, num_classes=10, in_channels=1).eval()
     for m in model.modules():  # BN statistics away from the identity, so folding matters
-        if isinstance(m, nn.BatchNorm2d):
+        if isinstance(m, nn.modules.batchnorm._BatchNorm):
             m.running_mean.uniform_(-1, 1)
             m.running_var.uniform_(0.5, 2)
             nn.init.uniform_(m.weight, 0.5, 2)
@@ -23,7 +23,7 @@ def lenet(arch):
 
 
 @pytest.mark.parametrize("teacher_arch,student_arch", [("lenet5_bn", "lenet5"), ("lenet5_bn", "lenet5_bn"),
-                                                       ("lenet5", "lenet5")])
+                                                       ("lenet5", "lenet5"), ("lenet5_bn_fc", "lenet5")])
 def test_a_student_as_wide_as_the_teacher_computes_the_teachers_function(teacher_arch, student_arch):
     teacher, student = lenet(teacher_arch), lenet(student_arch)
     init_from_teacher(student, teacher)
