@@ -259,5 +259,5 @@ def test_lopes_metadata_is_per_class_mean_and_std_of_each_layer():
     assert stats["class_counts"] == [2, 2]
     assert stats["layers"]["0"]["mean"] == [[2.0, 2.0], [6.0, 0.0]]
     assert stats["layers"]["0"]["std"] == [[1.0, 0.0], [1.0, 1.0]]
-    for name in ("lenet5_fmnist", "lenet5_bn_fmnist"):  # shipped with the teachers
+    for name in ("lenet5_fmnist", "lenet5_bn_fmnist", "lenet5_bn_fc_fmnist"):  # shipped with the teachers
         assert set(zoo_entry(name).metadata[KEY]["layers"]) >= {"fc1", "fc2", "classifier"}
