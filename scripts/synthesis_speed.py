@@ -46,15 +46,19 @@ def main():
     parser.add_argument("--batches", type=int, default=4)
     parser.add_argument("--fast-method", default="fastdfkd_2")
     parser.add_argument("--di-iterations", type=int, default=2000)
+    parser.add_argument("--teacher", default="lenet5_bn_fc_fmnist", help="teacher config for both (fastdfkd's default)")
     parser.add_argument("--fast-run", help="a finished fastdfkd run dir, for the student's accuracy")
     parser.add_argument("--di-run", help="a finished deepinversion run dir, for the student's accuracy")
     args = parser.parse_args()
 
-    fast = measure(args.fast_method, args.batches, args.batch_size)
-    di = measure("deepinversion", args.batches, args.batch_size, [f"method.synthesizer.iterations={args.di_iterations}"])
+    teacher = f"teacher={args.teacher}"
+    fast = measure(args.fast_method, args.batches, args.batch_size, [teacher])
+    di = measure("deepinversion", args.batches, args.batch_size,
+                 [teacher, f"method.synthesizer.iterations={args.di_iterations}"])
     rows = [(args.fast_method, fast, accuracy(args.fast_run)),
             (f"deepinversion-{args.di_iterations}", di, accuracy(args.di_run))]
-    print(f"batch size {args.batch_size}, {args.batches} batches each; synthesis only, same teacher and device\n")
+    print(f"batch size {args.batch_size}, {args.batches} batches each, teacher {args.teacher}; synthesis only, "
+          "same device\n")
     print(f"{'method':<22} {'images':>7} {'s/batch':>9} {'images/s':>10} {'student acc':>12}")
     for name, m, acc in rows:
         print(f"{name:<22} {m['images']:>7.0f} {m['per_batch_s']:>9.3f} {m['images_per_s']:>10.1f} {acc:>12}")
