@@ -1,7 +1,7 @@
 """One BatchNorm-statistics hook for every method that matches BN statistics.
 
-Hooks on each BatchNorm (1d or 2d) of the (eval-mode) teacher read the layer's input, compute the
-batch mean and biased variance per channel and compare them with the running statistics.
+Hooks on each BatchNorm (1d or 2d) of the (eval-mode) teacher read the layer's input, compute
+the batch mean and biased variance per channel and compare them with the running statistics.
 Under DDP the moments are all-reduced (with gradients) so the statistics are those of the
 global batch, not of each GPU's slice.
 """
