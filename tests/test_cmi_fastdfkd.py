@@ -8,6 +8,7 @@ import torch
 
 from dfkd_lab.losses.adversarial import agreement_masked_kl
 from dfkd_lab.losses.contrastive import info_nce
+from dfkd_lab.synthesis.views import global_view
 
 
 def test_info_nce_matches_hand_computation():
@@ -36,8 +37,6 @@ def test_agreement_masked_kl_ignores_disagreeing_samples():
 
 @pytest.mark.parametrize("flip", [True, False])
 def test_global_view_mirrors_some_images_and_passes_gradients(flip):
-    from dfkd_lab.synthesis.views import global_view
-
     x = torch.randn(64, 1, 8, 8, requires_grad=True)
     view = global_view(x, 0, flip, torch.Generator().manual_seed(0))
     mirrored = torch.tensor([torch.equal(v, i.flip(2)) for v, i in zip(view, x.detach())])

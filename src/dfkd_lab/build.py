@@ -12,6 +12,7 @@ from .config import ConfigError
 from .data import ClassificationData
 from .models import build_model
 from .models.teacher_init import TeacherInitError, init_from_teacher
+from .synthesis.bn_hooks import bn_layers
 from .zoo import TeacherError, check_classes, load_state, load_weights, zoo_entry
 
 
@@ -55,7 +56,7 @@ def build_teacher(cfg: DictConfig, data: ClassificationData) -> nn.Module:
     check_classes(model, data.num_classes, "teacher")
     load_weights(model, load_state(path, sha, "teacher.ckpt"), "teacher.ckpt")
     matches_bn = cfg.method.needs_bn or bool(cfg.loss.weights.get("bn"))
-    if matches_bn and not any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules()):
+    if matches_bn and not bn_layers(model):
         raise TeacherError(
             f"method={cfg.method.name} matches BatchNorm statistics (loss.weights.bn) but the teacher has "
             "no BatchNorm layer; use a BN teacher (e.g. teacher=lenet5_bn_fmnist) or set loss.weights.bn=0"

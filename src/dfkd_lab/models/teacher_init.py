@@ -5,7 +5,8 @@ fewer channels, like LeNet-5-half from LeNet-5. Each layer keeps the teacher's o
 of largest L1 norm and the input channels the layer before kept; a teacher BatchNorm that the
 student lacks is folded into the conv or linear layer before it, one the student has is
 sliced. The student then starts from features learned on real data instead of learning them
-from synthetic images alone (LeNet-5-BN -> LeNet-5-half: 56.9% before any distillation; dafl 75.5% -> 83.5%).
+from synthetic images alone (LeNet-5-BN -> LeNet-5-half: 56.9% before any distillation; dafl
+75.5% -> 83.5%).
 """
 
 import torch

@@ -46,6 +46,11 @@ def _global_stats(x: torch.Tensor):
     return mean, moments[1] / count - mean.pow(2)
 
 
+def bn_layers(model: nn.Module) -> list[nn.Module]:
+    """The model's BatchNorm layers (1d and 2d), in module order: those whose statistics are matched."""
+    return [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+
+
 class BNStatHooks:
     """Context manager: ``with BNStatHooks(teacher) as bn: teacher(x); loss = bn.loss()``.
 
@@ -54,7 +59,7 @@ class BNStatHooks:
     """
 
     def __init__(self, model: nn.Module, momentum: float = 0.0, ema: dict | None = None):
-        self.layers = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+        self.layers = bn_layers(model)
         if not self.layers:
             raise ValueError(f"{type(model).__name__} has no BatchNorm layer to match statistics of")
         self.momentum = momentum

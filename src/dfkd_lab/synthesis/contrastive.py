@@ -14,7 +14,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from ..losses.contrastive import info_nce
-from .bn_hooks import BNStatHooks
+from .bn_hooks import BNStatHooks, bn_layers
 from .generator_inversion import GeneratorInversion
 from .views import global_view, local_view
 
@@ -78,7 +78,7 @@ class ContrastiveSynthesizer(GeneratorInversion):
 
     def setup(self, image_shape, num_classes, value_range, teacher):
         super().setup(image_shape, num_classes, value_range, teacher)
-        dim = sum(m.num_features for m in teacher.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm))
+        dim = sum(m.num_features for m in bn_layers(teacher))
         self.head = nn.Sequential(nn.Linear(dim, dim), nn.ReLU(inplace=True), nn.Linear(dim, self.head_dim))
 
     def build_optimizers(self):
