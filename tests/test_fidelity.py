@@ -1,4 +1,4 @@
-"""The fidelity report: agreement and teacher confidence by hand, and on a finished run."""
+"""The fidelity report: agreement, teacher confidence and BN distance by hand, and on a finished run."""
 
 import os
 import subprocess
@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from dfkd_lab.config import ConfigError
-from dfkd_lab.fidelity import agreement, fidelity, main
+from dfkd_lab.fidelity import agreement, bn_distance, fidelity, main
 
 
 def _linear(weight):
@@ -31,6 +31,19 @@ def test_agreement_counts_same_classes_and_averages_teacher_confidence():
     assert agreement(teacher, teacher, images)[0] == 100
 
 
+def test_bn_distance_averages_each_layers_statistics_loss_over_whole_batches():
+    scale = nn.Linear(1, 1, bias=False)
+    scale.weight.data.fill_(2.0)
+    teacher = nn.Sequential(nn.BatchNorm1d(1, eps=0.0), scale, nn.BatchNorm1d(1, eps=0.0)).eval()
+    images = torch.tensor([[1.0], [1.0], [3.0], [3.0], [5.0]])  # the lone last image is left out
+    # running mean 0, variance 1; batch means 1 and 3, variances 0: |1| + |0 - 1| = 2 and 4;
+    # the second layer sees 2x: 3 and 7
+    assert bn_distance(teacher, images, batch_size=2) == pytest.approx([3.0, 5.0])
+    # fewer images than a batch: one batch of them all, 1 and 3 (mean 2, variance 1: 2 + 0;
+    # the second layer sees 2 and 6: mean 4, variance 4: 4 + 3)
+    assert bn_distance(teacher, images[1:3], batch_size=4) == pytest.approx([2.0, 7.0])
+
+
 def test_a_finished_run_is_reported_on_its_transfer_set_and_the_real_test_split(tmp_path, capsys):
     run_dir = tmp_path / "run"
     cmd = [str(Path(sys.executable).with_name("dfkd-train")), "method=cmi", "method.batch_size=16",
@@ -42,10 +55,13 @@ def test_a_finished_run_is_reported_on_its_transfer_set_and_the_real_test_split(
     done = subprocess.run(cmd, check=False, env=env, capture_output=True, text=True)
     assert done.returncode == 0, done.stderr[-2000:]
     rows = fidelity(run_dir)
-    assert [(name, count) for name, count, _, _ in rows] == [
+    assert [(name, count) for name, count, *_ in rows] == [
         ("transfer set, first quarter", 32), ("transfer set, last quarter", 32), ("real test split", 10000)]
-    for _, _, agree, confidence in rows:
+    for _, _, agree, confidence, bn in rows:
         assert 0 <= agree <= 100 and 0.1 <= confidence <= 1  # 10 classes: top-1 probability >= 0.1
+        assert len(bn) == 2  # lenet5_bn: one BatchNorm per conv
+    # two generator steps from near-grey images are far from real statistics
+    assert sum(rows[0][4]) > sum(rows[2][4])
     main([str(run_dir)])
     assert "| real test split | 10000 |" in capsys.readouterr().out
     (run_dir / "transfer_set").rename(tmp_path / "moved")
