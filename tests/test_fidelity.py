@@ -9,6 +9,7 @@ import pytest
 import torch
 from torch import nn
 
+import dfkd_lab.fidelity as fidelity_module
 from dfkd_lab.config import ConfigError
 from dfkd_lab.fidelity import agreement, bn_distance, fidelity, main
 
@@ -72,3 +73,12 @@ def test_a_finished_run_is_reported_on_its_transfer_set_and_the_real_test_split(
 def test_a_dir_without_a_finished_run_is_rejected_naming_what_is_missing(tmp_path):
     with pytest.raises(ConfigError, match=r"no \.hydra/config\.yaml"):
         fidelity(tmp_path)
+
+
+def test_the_table_says_when_the_teacher_has_no_batchnorm(monkeypatch, capsys):
+    rows = [("real test split", 10, 90.0, 0.95, None), ("transfer set, last quarter", 4, 50.0, 0.8, [0.25, 2.0])]
+    monkeypatch.setattr(fidelity_module, "fidelity", lambda run_dir, checkpoint: rows)
+    main(["unused"])
+    out = capsys.readouterr().out
+    assert "| real test split | 10 | 90.0 | 0.950 | no BatchNorm |" in out
+    assert "| transfer set, last quarter | 4 | 50.0 | 0.800 | 0.25 / 2.00 |" in out
