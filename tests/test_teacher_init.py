@@ -8,17 +8,17 @@ from dfkd_lab.build import build_data, build_student, build_teacher
 from dfkd_lab.config import ConfigError
 from dfkd_lab.models import build_model
 from dfkd_lab.models.teacher_init import TeacherInitError, init_from_teacher
+from dfkd_lab.synthesis.bn_hooks import bn_layers
 
 
 def lenet(arch):
     torch.manual_seed(0)
     model = build_model(arch, num_classes=10, in_channels=1).eval()
-    for m in model.modules():  # BN statistics away from the identity, so folding matters
-        if isinstance(m, nn.modules.batchnorm._BatchNorm):
-            m.running_mean.uniform_(-1, 1)
-            m.running_var.uniform_(0.5, 2)
-            nn.init.uniform_(m.weight, 0.5, 2)
-            nn.init.uniform_(m.bias, -1, 1)
+    for m in bn_layers(model):  # BN statistics away from the identity, so folding matters
+        m.running_mean.uniform_(-1, 1)
+        m.running_var.uniform_(0.5, 2)
+        nn.init.uniform_(m.weight, 0.5, 2)
+        nn.init.uniform_(m.bias, -1, 1)
     return model
 
 
