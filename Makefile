@@ -5,6 +5,7 @@ BIN     := $(VENV)/bin
 STAMP   := $(VENV)/.installed
 TORCH   ?= torch==2.14.1 torchvision==0.29.1
 FMNIST  := /usr/share/datasets/fashion-mnist/t10k-images-idx3-ubyte.gz
+CIFAR10_MAKER := ../shared/data/cifar10/make_cifar10.py
 METHOD  ?= dfq
 ARGS    ?=
 
@@ -20,9 +21,13 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 # Fashion-MNIST from Debian's package when apt is usable; torchvision downloads it otherwise.
-data:
+# CIFAR-10 in the official batch layout under data/, from the offline copy beside the repo when
+# there is one (data=cifar10 downloads it otherwise).
+data: $(STAMP)
 	@if [ ! -f $(FMNIST) ] && command -v apt-get >/dev/null 2>&1 && [ "$$(id -u)" = 0 ]; then \
 		apt-get update -qq && apt-get install -y -qq dataset-fashion-mnist >/dev/null; fi
+	@if [ ! -f data/cifar-10-batches-py/test_batch ] && [ -f $(CIFAR10_MAKER) ]; then \
+		$(BIN)/python $(CIFAR10_MAKER) data; fi
 
 # Headless Chromium for the report.html rendering test (~100 MB, so only the tests ask for it);
 # where it cannot be installed that one test is skipped.

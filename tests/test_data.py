@@ -131,3 +131,35 @@ def test_mixup_blends_each_image_and_its_soft_targets_with_one_weight():
     assert not torch.equal(mixed, x)
     again, _ = mixup(x, soft, generator=torch.Generator().manual_seed(3))
     torch.testing.assert_close(again, mixed)
+
+
+def write_cifar_batch(path, images: np.ndarray, labels: list, label_key: str):
+    """A batch file in the official pickled layout: uint8 rows of 3072 values, channel-major."""
+    import pickle
+
+    blob = {"batch_label": "generated", "data": images.reshape(len(images), -1), label_key: labels}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(pickle.dumps(blob))
+
+
+@pytest.mark.parametrize("name", ["cifar10", "cifar100"])
+def test_cifar_reader_reads_the_official_batch_layout_without_download(tmp_path, name, monkeypatch):
+    folder, train_files, test_files, label_key = sources.CIFAR_LAYOUTS[name.upper()]
+    rng = np.random.default_rng(0)
+    written = {}
+    for i, fname in enumerate(train_files + test_files):
+        images = rng.integers(0, 256, (3, 3, 32, 32), dtype=np.uint8)
+        write_cifar_batch(tmp_path / folder / fname, images, [i, i + 1, 9 - i], label_key)
+        written[fname] = images
+    monkeypatch.setattr(sources, "_torchvision", lambda *a: pytest.fail("must not download"))
+    x, y = sources.LOADERS[name](tmp_path, "train", download=True)
+    assert x.dtype == torch.uint8 and x.shape == (3 * len(train_files), 3, 32, 32)
+    assert torch.equal(x[:3], torch.from_numpy(written[train_files[0]]))  # channel-major rows
+    assert y[:3].tolist() == [0, 1, 9]
+    x, y = sources.LOADERS[name](tmp_path, "test", download=False)
+    assert torch.equal(x, torch.from_numpy(written[test_files[0]]))
+
+
+def test_missing_cifar_without_download_names_the_folder(tmp_path):
+    with pytest.raises(sources.DatasetUnavailable, match="cifar-10-batches-py"):
+        sources.cifar10(tmp_path, "train", download=False)

@@ -56,28 +56,49 @@ def mnist(root: Path, split: str, download: bool = True):
     return _idx_dataset(root, ["mnist"], MNIST, split, download)
 
 
-def _cifar(cls, root: Path, split: str, download: bool):
-    if not download:
-        try:
-            ds = cls(str(root), train=split == "train", download=False)
-        except RuntimeError as err:
-            raise DatasetUnavailable(f"{cls.__name__} not found in {root} and data.download=false") from err
-    else:
-        ds = _torchvision(cls, root, split)
-    images = torch.from_numpy(np.ascontiguousarray(ds.data)).permute(0, 3, 1, 2)
-    return images, torch.as_tensor(ds.targets, dtype=torch.int64)
+# The official python-pickle layout, as torchvision downloads it (and as make_cifar10.py writes
+# an offline copy): pickled dicts of uint8 rows (N x 3072, channel-major) and int labels.
+CIFAR_LAYOUTS = {
+    "CIFAR10": ("cifar-10-batches-py", [f"data_batch_{i}" for i in range(1, 6)], ["test_batch"], "labels"),
+    "CIFAR100": ("cifar-100-python", ["train"], ["test"], "fine_labels"),
+}
+
+
+def read_cifar_batches(files, label_key: str):
+    """Concatenates pickled CIFAR batch files into ``(uint8 [N, 3, 32, 32], int64 [N])``."""
+    import pickle
+
+    data, labels = [], []
+    for path in files:
+        with open(path, "rb") as f:
+            blob = pickle.load(f, encoding="latin1")
+        data.append(np.asarray(blob["data"], dtype=np.uint8).reshape(-1, 3, 32, 32))
+        labels.extend(blob[label_key])
+    return torch.from_numpy(np.concatenate(data)), torch.as_tensor(labels, dtype=torch.int64)
+
+
+def _cifar(cls_name: str, root: Path, split: str, download: bool):
+    """A local copy is read directly (torchvision's class would refuse a re-encoded copy over
+    its md5 sums); without one, torchvision downloads the official files into ``root``."""
+    folder, train_files, test_files, label_key = CIFAR_LAYOUTS[cls_name]
+    files = [Path(root) / folder / name for name in (train_files if split == "train" else test_files)]
+    if not all(f.is_file() for f in files):
+        if not download:
+            raise DatasetUnavailable(
+                f"{cls_name} not found in {Path(root) / folder} and data.download=false"
+            )
+        import torchvision.datasets
+
+        _torchvision(getattr(torchvision.datasets, cls_name), root, split)
+    return read_cifar_batches(files, label_key)
 
 
 def cifar10(root: Path, split: str, download: bool = True):
-    from torchvision.datasets import CIFAR10
-
-    return _cifar(CIFAR10, root, split, download)
+    return _cifar("CIFAR10", root, split, download)
 
 
 def cifar100(root: Path, split: str, download: bool = True):
-    from torchvision.datasets import CIFAR100
-
-    return _cifar(CIFAR100, root, split, download)
+    return _cifar("CIFAR100", root, split, download)
 
 
 def image_folder(root: Path, split: str, channels: int, image_size: int, download: bool = True):

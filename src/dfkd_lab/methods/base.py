@@ -82,6 +82,8 @@ class DistillationModule(pl.LightningModule):
         # called without an active exception") in about one trainer.test of five.
         if dist.is_initialized():
             atexit.register(_destroy_process_group)
+        if self.method.channels_last:
+            self.to(memory_format=torch.channels_last)
 
     # --- the teacher never changes -------------------------------------------------------
     def train(self, mode: bool = True):

@@ -86,8 +86,6 @@ class DataFreeDistillation(DistillationModule):
         super().setup(stage)
         # Per-rank seeds: with one shared seed every GPU would synthesise the same images.
         self.synthesizer.seed(self.seed * 1_000_003 + self.global_rank)
-        if self.method.channels_last:
-            self.to(memory_format=torch.channels_last)
 
     def configure_optimizers(self):
         """The student's optimiser first, then the synthesizer's. With
