@@ -10,21 +10,105 @@ from torch import nn
 from .callbacks.checkpointing import AtomicCheckpointIO
 from .config import ConfigError
 from .data import ClassificationData
-from .models import build_model
+from .data.sources import image_folder_layout
+from .models import build_model, model_names
+from .models.modes import eval_mode
 from .models.teacher_init import TeacherInitError, init_from_teacher
 from .synthesis.bn_hooks import bn_layers
-from .zoo import TeacherError, check_classes, load_state, load_weights, zoo_entry
+from .zoo import (
+    TeacherError,
+    ZooEntry,
+    check_classes,
+    load_state,
+    load_weights,
+    sidecar_entry,
+    zoo_entry,
+)
+
+
+def teacher_entry(cfg: DictConfig) -> ZooEntry | None:
+    """What is recorded about the run's teacher: the zoo entry beside ``teacher.ckpt`` when the
+    file has one (a teacher exported by ``method=teacher``), else ``teacher.zoo``'s entry."""
+    if not cfg.method.uses_teacher:
+        return None
+    t = cfg.teacher
+    if t.ckpt:
+        entry = sidecar_entry(Path(t.ckpt))
+        if entry is not None:
+            return entry
+    return zoo_entry(t.zoo) if t.zoo else None
+
+
+def _normalisation(cfg: DictConfig, entry: ZooEntry | None):
+    """``data.mean``/``data.std`` as given, else the teacher's (it only understands inputs
+    normalised as in its training); ``None`` means: measure them on the training split."""
+    d, t = cfg.data, cfg.teacher
+    if d.mean is not None and d.std is not None:
+        return list(d.mean), list(d.std)
+    if cfg.method.uses_teacher:
+        if entry is not None:
+            return list(entry.mean), list(entry.std)
+        if t.mean is not None and t.std is not None:
+            return list(t.mean), list(t.std)
+    if not cfg.method.data_free:
+        return None
+    raise ConfigError(
+        f"data={d.name} has no data.mean/data.std, and the teacher records no normalisation: a "
+        "data-free run never reads the training images, so it cannot measure them. Give the "
+        "per-channel statistics the teacher was trained with, e.g. data.mean=[0.5,0.5,0.5] "
+        "data.std=[0.25,0.25,0.25] (or teacher.mean=/teacher.std=), or use a teacher exported by "
+        "method=teacher, whose zoo entry records them"
+    )
+
+
+def _check_lengths(mean, std, channels: int, source: str):
+    for key, values in (("mean", mean), ("std", std)):
+        if len(values) != channels:
+            raise ConfigError(
+                f"{source}.{key} has {len(values)} values but data.channels={channels}: give one "
+                f"value per channel (or set data.channels={len(values)})"
+            )
+
+
+def _fill_shape(cfg: DictConfig, entry: ZooEntry | None):
+    """``data.channels``/``data.num_classes`` left null: the teacher's, else the image folder's."""
+    d = cfg.data
+    if d.channels is not None and d.num_classes is not None:
+        return
+    if entry is not None:
+        d.channels = entry.in_channels if d.channels is None else d.channels
+        d.num_classes = entry.num_classes if d.num_classes is None else d.num_classes
+    elif d.name == "image_folder":
+        classes, channels = image_folder_layout(Path(d.root), "test" if cfg.method.data_free else "train")
+        d.channels = channels if d.channels is None else d.channels
+        d.num_classes = len(classes) if d.num_classes is None else d.num_classes
+    else:
+        missing = "data.channels" if d.channels is None else "data.num_classes"
+        raise ConfigError(f"{missing} is not set for data={d.name}: give it")
 
 
 def build_data(cfg: DictConfig) -> ClassificationData:
+    """The real data, its shape and normalisation resolved up front: every later stage
+    (networks, synthesis value range, sample grids, the exported zoo entry) reads them."""
     d = cfg.data
-    return ClassificationData(
+    entry = teacher_entry(cfg)
+    _fill_shape(cfg, entry)
+    stats = _normalisation(cfg, entry)
+    mean, std = stats if stats is not None else (None, None)
+    if stats is not None:
+        given = d.mean is not None and d.std is not None
+        _check_lengths(mean, std, d.channels, "data" if given else "teacher")
+    data = ClassificationData(
         name=d.name, root=d.root, num_classes=d.num_classes, channels=d.channels,
-        image_size=d.image_size, mean=d.mean, std=d.std, batch_size=d.batch_size,
+        image_size=d.image_size, mean=mean, std=std, batch_size=d.batch_size,
         eval_batch_size=d.eval_batch_size, crop_pad=d.crop_pad, flip=d.flip,
         num_workers=d.num_workers, download=d.download,
         train_split=not cfg.method.data_free,
     )
+    if stats is None:
+        data.split("train")  # measures mean/std on the training images
+    d.mean, d.std = list(data.mean), list(data.std)
+    return data
 
 
 def _network(spec: DictConfig, data: ClassificationData, key: str) -> nn.Module:
@@ -35,32 +119,94 @@ def _network(spec: DictConfig, data: ClassificationData, key: str) -> nn.Module:
     return build_model(spec.arch, num_classes=data.num_classes, in_channels=data.channels)
 
 
+def first_conv_channels(state: dict) -> int | None:
+    """Input channels of a state dict's first convolution weight, if it starts with one."""
+    first = next((v for v in state.values() if isinstance(v, torch.Tensor) and v.dim() >= 2), None)
+    return first.shape[1] if first is not None and first.dim() == 4 else None
+
+
+def _check_channels(channels: int | None, data: ClassificationData, key: str):
+    if channels is not None and channels != data.channels:
+        raise ConfigError(f"data.channels={data.channels} but the {key}'s first layer takes {channels}: "
+                          f"use a {key} for {data.channels}-channel images or set data.channels={channels}")
+
+
+def first_layer_channels(model: nn.Module) -> int | None:
+    """Input channels of the first convolution, or None for a model that starts otherwise."""
+    for layer in model.modules():
+        if isinstance(layer, nn.modules.conv._ConvNd):
+            return layer.in_channels
+        if isinstance(layer, nn.Linear):
+            return None
+    return None
+
+
+def takes_input(model: nn.Module, shape) -> Exception | None:
+    """One dummy forward of a batch of two images of ``shape``: the error, or None if it fits."""
+    with eval_mode(model), torch.no_grad():
+        try:
+            model(torch.zeros(2, *shape))
+        except RuntimeError as err:
+            return err
+    return None
+
+
+def archs_taking(data: ClassificationData) -> list[str]:
+    """The registered architectures that take this data's images."""
+    return [name for name in model_names()
+            if takes_input(build_model(name, num_classes=data.num_classes, in_channels=data.channels),
+                           data.image_shape) is None]
+
+
+def check_input(model: nn.Module, data: ClassificationData, key: str, arch: str | None):
+    """Refuses, before any work, a network that cannot take the data's images."""
+    _check_channels(first_layer_channels(model), data, key)
+    err = takes_input(model, data.image_shape)
+    if err is None:
+        return
+    shape = "x".join(map(str, data.image_shape))
+    raise ConfigError(
+        f"{key}={arch or type(model).__name__} cannot take this data's {shape} images ({err}). "
+        f"Architectures that can: {', '.join(archs_taking(data)) or 'none registered'} "
+        f"(e.g. {key}.arch=NAME), or resize with data.image_size"
+    )
+
+
 def build_teacher(cfg: DictConfig, data: ClassificationData) -> nn.Module:
-    """The frozen teacher: a zoo entry, or ``teacher.arch`` + ``teacher.ckpt``, or a ``_target_``."""
+    """The frozen teacher: the entry beside ``teacher.ckpt`` or the zoo's, or ``teacher.arch`` +
+    ``teacher.ckpt``, or a ``_target_``; checked against the data before any work."""
     t = cfg.teacher
-    sha = t.sha256
-    if t.zoo:
-        entry = zoo_entry(t.zoo)
+    entry = teacher_entry(cfg)
+    if entry is not None:
         if entry.dataset != data.name:
             raise TeacherError(
-                f"teacher.zoo={t.zoo} was trained on {entry.dataset}, but data={data.name}; "
+                f"the teacher ({entry.name}) was trained on {entry.dataset}, but data={data.name}; "
                 "choose a teacher for this dataset"
             )
-        arch, path, sha = entry.arch, Path(t.ckpt) if t.ckpt else entry.path(), sha or (None if t.ckpt else entry.sha256)
+        _check_channels(entry.in_channels, data, "teacher")
+        arch = entry.arch
+        path = Path(t.ckpt) if t.ckpt else entry.path()
+        # a zoo entry's hash covers its own file; the entry beside teacher.ckpt covers that file
+        describes_path = not t.ckpt or sidecar_entry(path) is not None
+        sha = t.sha256 or (entry.sha256 if describes_path else None)
         model = build_model(arch, num_classes=entry.num_classes, in_channels=entry.in_channels)
+        state = load_state(path, sha, "teacher.ckpt")
     else:
-        model = _network(t, data, "teacher")
         if not t.ckpt:
             raise TeacherError("teacher.ckpt is not set: give the teacher's weights file (or teacher=<zoo entry>)")
-        path = Path(t.ckpt)
+        arch, path = t.arch, Path(t.ckpt)
+        state = load_state(path, t.sha256, "teacher.ckpt")
+        _check_channels(first_conv_channels(state), data, "teacher")
+        model = _network(t, data, "teacher")
     check_classes(model, data.num_classes, "teacher")
-    load_weights(model, load_state(path, sha, "teacher.ckpt"), "teacher.ckpt")
+    load_weights(model, state, "teacher.ckpt")
     matches_bn = cfg.method.needs_bn or bool(cfg.loss.weights.get("bn"))
     if matches_bn and not bn_layers(model):
         raise TeacherError(
             f"method={cfg.method.name} matches BatchNorm statistics (loss.weights.bn) but the teacher has "
             "no BatchNorm layer; use a BN teacher (e.g. teacher=lenet5_bn_fmnist) or set loss.weights.bn=0"
         )
+    check_input(model, data, "teacher", arch)
     return model
 
 
@@ -73,6 +219,8 @@ def build_student(cfg: DictConfig, data: ClassificationData, teacher: nn.Module 
     spec = cfg.teacher if cfg.method.trains == "teacher" else cfg.student
     model = _network(spec, data, "teacher" if cfg.method.trains == "teacher" else "student")
     check_classes(model, data.num_classes, "student")
+    key = "teacher" if cfg.method.trains == "teacher" else "student"
+    check_input(model, data, key, spec.arch)
     init = cfg.student.init
     if init not in STUDENT_INITS:
         raise ConfigError(f"student.init={init}: choose one of {', '.join(STUDENT_INITS)}")

@@ -20,8 +20,8 @@ class ConfigError(ValueError):
 class DataConfig:
     name: str = "fashion_mnist"
     root: str = "${paths.data_dir}"
-    num_classes: int = 10
-    channels: int = 1
+    num_classes: Optional[int] = 10  # None: from the teacher's zoo entry or the class folders
+    channels: Optional[int] = 1  # None: from the teacher's zoo entry or the images
     image_size: int = 32
     mean: Optional[list[float]] = None
     std: Optional[list[float]] = None
@@ -40,6 +40,9 @@ class TeacherConfig:
     ckpt: Optional[str] = None  # a state-dict file; overrides the zoo entry's file
     sha256: Optional[str] = None  # checked when set (the zoo sets it)
     model: Any = None  # or any nn.Module given by _target_
+    # the input normalisation the teacher was trained with, when no zoo entry records it
+    mean: Optional[list[float]] = None
+    std: Optional[list[float]] = None
 
 
 @dataclass

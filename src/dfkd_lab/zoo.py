@@ -64,6 +64,19 @@ def zoo_entry(name: str) -> ZooEntry:
     return ZooEntry(**json.loads(path.read_text()))
 
 
+def sidecar_entry(weights: Path) -> ZooEntry | None:
+    """The zoo entry written beside a weights file (``NAME.json`` next to ``NAME.pt``, as
+    ``method=teacher`` exports them), so a checkpoint carries its arch and normalisation."""
+    path = Path(weights).with_suffix(".json")
+    if not path.is_file():
+        return None
+    try:
+        return ZooEntry(**json.loads(path.read_text()))
+    except (TypeError, ValueError) as err:
+        raise TeacherError(f"teacher.ckpt={weights}: {path} beside it is not a zoo entry ({err}); "
+                           "remove or fix it") from err
+
+
 def load_state(path: Path, expected_sha256: str | None, key: str) -> dict:
     if not path.is_file():
         raise TeacherError(f"{key}: checkpoint file {path} does not exist")

@@ -101,6 +101,28 @@ def cifar100(root: Path, split: str, download: bool = True):
     return _cifar("CIFAR100", root, split, download)
 
 
+def image_folder_layout(root: Path, split: str = "train") -> tuple[list[str], int]:
+    """The class folders of ``root/<split>`` and the channels of its images (1 for grayscale
+    files, 3 otherwise), read from the first image, so a user's folder needs no shape options."""
+    from PIL import Image
+
+    folder = Path(root) / split
+    classes = sorted(p.name for p in folder.iterdir() if p.is_dir()) if folder.is_dir() else []
+    if not classes:
+        raise DatasetUnavailable(
+            f"data.root={root} has no class folders in '{split}': expected {folder}/<class>/<image files>"
+        )
+    first = next((f for c in classes for f in sorted((folder / c).iterdir()) if f.is_file()), None)
+    if first is None:
+        raise DatasetUnavailable(f"{folder} has class folders but no image files")
+    try:
+        with Image.open(first) as img:
+            grayscale = img.mode in ("1", "L", "LA", "I", "I;16", "F")
+    except OSError as err:
+        raise DatasetUnavailable(f"cannot read image {first}: {err}") from err
+    return classes, 1 if grayscale else 3
+
+
 def image_folder(root: Path, split: str, channels: int, image_size: int, download: bool = True):
     """``root/<split>/<class>/*``: every image converted to ``channels`` and resized."""
     from PIL import Image
