@@ -57,4 +57,4 @@ lint: setup
 	$(BIN)/ruff check src tests
 
 clean:
-	rm -rf $(VENV) outputs multirun .pytest_cache
+	rm -rf $(VENV) outputs multirun .pytest_cache build dist

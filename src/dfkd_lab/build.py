@@ -40,7 +40,7 @@ def build_teacher(cfg: DictConfig, data: ClassificationData) -> nn.Module:
     t = cfg.teacher
     sha = t.sha256
     if t.zoo:
-        entry = zoo_entry(t.zoo)
+        entry = zoo_entry(t.zoo, cfg.paths.zoo_dir)
         if entry.dataset != data.name:
             raise TeacherError(
                 f"teacher.zoo={t.zoo} was trained on {entry.dataset}, but data={data.name}; "
