@@ -31,7 +31,7 @@ USER_CONF = {
     "method/my_kd.yaml": "# @package _global_\ndefaults:\n  - override /loss: kd\n"
                          "method:\n  name: my_kd\n  module: dfkd_lab.methods.kd.KnowledgeDistillation\n"
                          "  epochs: 7\n",
-    "experiment/x.yaml": "# @package _global_\ndefaults:\n  - override /teacher: my\n"
+    "experiment/mine.yaml": "# @package _global_\ndefaults:\n  - override /teacher: my\n"
                          "  - override /student: my_student\n  - override /data: my_digits\n"
                          "  - override /method: my_kd\nseed: 3\n",
 }
@@ -113,17 +113,19 @@ def test_runs_read_and_write_under_the_current_directory_not_the_package(tmp_pat
 
 def test_a_users_config_dir_adds_teachers_students_data_methods_and_experiments(tmp_path):
     conf = write_user_conf(tmp_path / "conf")
-    cfg = compose_config([f"hydra.searchpath=[file://{conf}]", "experiment=x"], output_dir=tmp_path / "run")
+    cfg = compose_config([f"hydra.searchpath=[file://{conf}]", "experiment=mine"], output_dir=tmp_path / "run")
     assert_user_experiment(cfg)
-    shipped = compose_config([f"hydra.searchpath=[file://{conf}]", "method=dafl"], output_dir=tmp_path / "run")
-    assert shipped.teacher.zoo == "lenet5_bn_fmnist"  # the package's own options are still there
+    (conf / "teacher" / "lenet5_bn.yaml").write_text("arch: vgg8\n")  # named like a shipped one
+    shipped = compose_config([f"hydra.searchpath=[file://{conf}]", "method=dafl", "teacher=lenet5_bn"],
+                             output_dir=tmp_path / "run")
+    assert shipped.teacher.arch == "lenet5_bn"  # the package is searched first
     GlobalHydra.instance().clear()
 
 
 def test_dfkd_train_config_dir_composes_a_users_experiment(tmp_path):
     write_user_conf(tmp_path / "conf")
     done = subprocess.run([str(Path(sys.executable).with_name("dfkd-train")), "--config-dir", "conf",
-                           "experiment=x", "--cfg", "job"],
+                           "experiment=mine", "--cfg", "job"],
                           cwd=tmp_path, env={**user_env(), "PYTHONPATH": str(PACKAGE.parent)},
                           check=False, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
@@ -201,7 +203,7 @@ def test_an_installed_wheel_runs_from_another_directory(wheel, tmp_path):
     assert 0 <= json.loads(metrics.read_text())["test/acc"] <= 1
     assert package_files() == before  # nothing written into site-packages
 
-    composed = subprocess.run([dfkd_train, "--config-dir", "conf", "experiment=x", "--cfg", "job"],
+    composed = subprocess.run([dfkd_train, "--config-dir", "conf", "experiment=mine", "--cfg", "job"],
                               cwd=elsewhere, env=user_env(), check=False, capture_output=True, text=True, timeout=300)
     assert composed.returncode == 0, composed.stderr[-3000:]
     assert "name: my_kd" in composed.stdout and "ckpt: my_teacher.pt" in composed.stdout
