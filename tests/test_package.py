@@ -150,7 +150,7 @@ def test_a_published_teacher_goes_to_the_users_zoo_and_is_found_there(tmp_path):
     assert zoo_entry("mine", zoo).path() == zoo / "mine.pt"
     used = compose_config([*FAST, "teacher.zoo=mine", f"paths.zoo_dir={zoo}"], output_dir=tmp_path / "kd")
     build_teacher(used, build_data(used))  # loads it, checking its sha256
-    with pytest.raises(ConfigError, match="method.zoo_name=mine is already a zoo entry"):
+    with pytest.raises(ConfigError, match="method.zoo_name=mine: that zoo entry already exists"):
         run(compose_config([*FAST, "method=teacher", "teacher=lenet5", "method.zoo_name=mine",
                             f"paths.zoo_dir={zoo}"], output_dir=tmp_path / "again"))
     GlobalHydra.instance().clear()

@@ -30,8 +30,8 @@ class SupervisedTraining(DistillationModule):
         if cfg.method.trains == "teacher":
             if cfg.method.zoo_name in zoo_names(cfg.paths.zoo_dir):
                 raise ConfigError(
-                    f"method.zoo_name={cfg.method.zoo_name} is already a zoo entry (shipped, or in "
-                    f"paths.zoo_dir={cfg.paths.zoo_dir}) and would be overwritten; pick another name, "
+                    f"method.zoo_name={cfg.method.zoo_name}: that zoo entry already exists (shipped, or "
+                    f"in paths.zoo_dir={cfg.paths.zoo_dir}) and would be overwritten; pick another name, "
                     "or delete that entry first to replace it (the run dir always gets its own copy)"
                 )
             module.zoo_dir = Path(cfg.paths.zoo_dir)
