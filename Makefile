@@ -9,7 +9,7 @@ CIFAR10_MAKER := ../shared/data/cifar10/make_cifar10.py
 METHOD  ?= dfq
 ARGS    ?=
 
-.PHONY: run bench test test-all setup data chromium lint clean
+.PHONY: run bench test test-all setup data chromium lint wheel clean
 
 setup: $(STAMP) data
 
@@ -56,5 +56,9 @@ test-all: setup chromium
 lint: setup
 	$(BIN)/ruff check src tests
 
+# dist/dfkd_lab-<version>-py3-none-any.whl, configs and shipped teachers inside (docs/install.md)
+wheel: $(STAMP)
+	$(BIN)/pip wheel --no-deps --no-build-isolation -q -w dist .
+
 clean:
-	rm -rf $(VENV) outputs multirun .pytest_cache
+	rm -rf $(VENV) outputs multirun .pytest_cache build dist

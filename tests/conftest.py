@@ -4,14 +4,15 @@ import os
 
 import pytest
 import pytorch_lightning as pl
-from hydra import compose, initialize_config_dir
+from hydra import compose, initialize_config_module
 from hydra.core.global_hydra import GlobalHydra
 from pytorch_lightning.callbacks import ModelCheckpoint
 
 from dfkd_lab.build import build_data, build_module, build_student, build_teacher, trainer_kwargs
-from dfkd_lab.train import CONF_DIR
+from dfkd_lab.config import register_configs
 
 os.environ.setdefault("WANDB_MODE", "disabled")
+register_configs()  # the schemas and resolvers dfkd-train registers when it starts
 
 # Overrides that shrink any run to a few steps on CPU with no logger.
 FAST = [
@@ -26,9 +27,10 @@ FAST = [
 
 
 def compose_config(overrides=(), output_dir=None):
-    """Compose conf/train.yaml as dfkd-train would, with hydra's runtime filled in."""
+    """Compose the package's conf/train.yaml as dfkd-train would (read as package resources),
+    with hydra's runtime filled in."""
     GlobalHydra.instance().clear()
-    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
+    with initialize_config_module(config_module="dfkd_lab.conf", version_base="1.3"):
         cfg = compose("train", overrides=list(overrides), return_hydra_config=True)
     from hydra.core.hydra_config import HydraConfig
     from omegaconf import open_dict

@@ -17,9 +17,9 @@ from hydra.core.global_hydra import GlobalHydra
 
 from conftest import FAST
 from dfkd_lab import train
-from dfkd_lab.zoo import CHECKPOINTS, zoo_entry
+from dfkd_lab.zoo import SHIPPED_CHECKPOINTS, zoo_entry
 
-TEACHER_PT = CHECKPOINTS / "lenet5_fmnist.pt"
+TEACHER_PT = SHIPPED_CHECKPOINTS / "lenet5_fmnist.pt"
 
 
 def cli(monkeypatch, capsys, tmp_path, *overrides):

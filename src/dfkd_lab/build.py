@@ -36,7 +36,7 @@ def teacher_entry(cfg: DictConfig) -> ZooEntry | None:
         entry = sidecar_entry(Path(t.ckpt))
         if entry is not None:
             return entry
-    return zoo_entry(t.zoo) if t.zoo else None
+    return zoo_entry(t.zoo, cfg.paths.zoo_dir) if t.zoo else None
 
 
 def _normalisation(cfg: DictConfig, entry: ZooEntry | None):

@@ -35,7 +35,7 @@ class DataConfig:
 
 @dataclass
 class TeacherConfig:
-    zoo: Optional[str] = None  # a name in checkpoints/*.json
+    zoo: Optional[str] = None  # a shipped teacher's name, or <paths.zoo_dir>/<name>.json
     arch: Optional[str] = None  # with ckpt: any registered architecture
     ckpt: Optional[str] = None  # a state-dict file; overrides the zoo entry's file
     sha256: Optional[str] = None  # checked when set (the zoo sets it)
@@ -89,7 +89,7 @@ class MethodConfig:
     students: int = 1  # DFQ: size of the student ensemble; the first one is evaluated
     quant_bits: int = 0  # DFQ: fake-quantise the evaluated student to this many bits (0 = float)
     quant_from: float = 0.5  # DFQ: fraction of the epochs trained in float before fake quantisation
-    zoo_name: Optional[str] = None  # method=teacher: also publish the result to checkpoints/
+    zoo_name: Optional[str] = None  # method=teacher: also publish the result to paths.zoo_dir
     record_metadata: bool = False  # method=teacher: record activation statistics (Lopes) in the zoo entry
 
 
@@ -132,6 +132,7 @@ class TrainerConfig:
 class PathsConfig:
     root_dir: str = "."
     data_dir: str = "${paths.root_dir}/data"
+    zoo_dir: str = "${paths.root_dir}/checkpoints"
     output_dir: str = "${hydra:runtime.output_dir}"
 
 

@@ -1,9 +1,10 @@
 """Record Lopes-style activation metadata for an existing zoo teacher, in place.
 
-    python -m dfkd_lab.record_metadata lenet5_fmnist [--data-root data]
+    python -m dfkd_lab.record_metadata lenet5_fmnist [--data-root data] [--zoo-dir checkpoints]
 
-One pass over the real training split; only ``metadata["activations"]`` of
-``checkpoints/<name>.json`` changes: the weights file and its sha256 stay as they are.
+One pass over the real training split; only ``metadata["activations"]`` of the entry's
+``<name>.json`` changes, in the folder it was found in: the weights file and its sha256 stay as
+they are.
 """
 
 import argparse
@@ -11,11 +12,11 @@ import argparse
 from .data import ClassificationData
 from .models import build_model
 from .synthesis.lopes import KEY, record_activation_stats
-from .zoo import PROJECT_ROOT, load_state, load_weights, zoo_entry
+from .zoo import load_state, load_weights, zoo_entry
 
 
-def record(name: str, data_root: str) -> dict:
-    entry = zoo_entry(name)
+def record(name: str, data_root: str, zoo_dir: str) -> dict:
+    entry = zoo_entry(name, zoo_dir)
     model = build_model(entry.arch, num_classes=entry.num_classes, in_channels=entry.in_channels)
     load_weights(model, load_state(entry.path(), entry.sha256, "teacher.ckpt"), "teacher.ckpt")
     data = ClassificationData(name=entry.dataset, root=data_root, num_classes=entry.num_classes,
@@ -23,16 +24,17 @@ def record(name: str, data_root: str) -> dict:
                               mean=entry.mean, std=entry.std)
     images, labels = data.split("train").tensors
     entry.metadata[KEY] = record_activation_stats(model, images, labels, entry.num_classes)
-    entry.save()
+    entry.save(entry.folder)
     return entry.metadata[KEY]
 
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("name", help="zoo entry (checkpoints/<name>.json)")
-    parser.add_argument("--data-root", default=str(PROJECT_ROOT / "data"))
+    parser.add_argument("name", help="zoo entry: a shipped teacher or <zoo-dir>/<name>.json")
+    parser.add_argument("--data-root", default="data", help="as data.root (default: ./data)")
+    parser.add_argument("--zoo-dir", default="checkpoints", help="as paths.zoo_dir (default: ./checkpoints)")
     args = parser.parse_args(argv)
-    stats = record(args.name, args.data_root)
+    stats = record(args.name, args.data_root, args.zoo_dir)
     print(f"{args.name}: recorded {len(stats['layers'])} layers over {sum(stats['class_counts'])} training images")
 
 

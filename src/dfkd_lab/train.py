@@ -4,6 +4,7 @@ import os
 import sys
 import time
 import warnings
+from importlib import resources
 from pathlib import Path
 
 import hydra
@@ -27,9 +28,12 @@ from .data import TrainSplitForbidden
 from .data.sources import DatasetUnavailable
 from .losses.weighting import UnknownLossWeight
 from .methods.data_free import SynthesisDiverged
-from .zoo import PROJECT_ROOT, TeacherError
+from .zoo import TeacherError
 
-CONF_DIR = str(PROJECT_ROOT / "conf")
+# The configs ship inside the package: Hydra reads them as the package's resources (CONF_PKG);
+# CONF_DIR is the same folder as a path, for code that lists it.
+CONF_PKG = "pkg://dfkd_lab.conf"
+CONF_DIR = str(resources.files("dfkd_lab") / "conf")
 
 
 def last_checkpoint(output_dir) -> Path:
@@ -128,7 +132,7 @@ def report_error(err: Exception):
 register_configs()
 
 
-@hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="train")
+@hydra.main(version_base="1.3", config_path=CONF_PKG, config_name="train")
 def main(cfg: DictConfig) -> float | None:
     try:
         metrics = run(cfg)
@@ -152,7 +156,6 @@ def main(cfg: DictConfig) -> float | None:
 # the one a resumed run must continue from, so Lightning's warning about it is noise here.
 warnings.filterwarnings("ignore", message="Using ModelCheckpoint with manual optimization")
 
-os.environ.setdefault("PROJECT_ROOT", str(PROJECT_ROOT))
 os.environ.setdefault("WANDB_MODE", "offline")
 
 if __name__ == "__main__":

@@ -1,11 +1,15 @@
 """Teacher checkpoints: each entry says what the weights are, how they were made, and their hash.
 
-An entry is ``checkpoints/<name>.json`` beside ``checkpoints/<name>.pt``.
+An entry is ``<name>.json`` beside ``<name>.pt``, in one of two folders: the teachers shipped
+inside the package (read through importlib.resources, never written) and the user's own zoo,
+``paths.zoo_dir`` (``./checkpoints`` of the current directory by default), where
+``method=teacher method.zoo_name=NAME`` publishes. A name means one entry: it may not be in both.
 """
 
 import hashlib
 import json
 from dataclasses import asdict, dataclass, field
+from importlib import resources
 from pathlib import Path
 
 import torch
@@ -13,8 +17,8 @@ from torch import nn
 
 from .atomic import atomic_write
 
-PROJECT_ROOT = Path(__file__).resolve().parents[2]
-CHECKPOINTS = PROJECT_ROOT / "checkpoints"
+# pip installs a wheel as plain files, so the package's resources are a real folder.
+SHIPPED_CHECKPOINTS = Path(str(resources.files(__package__) / "checkpoints"))
 
 
 class TeacherError(RuntimeError):
@@ -36,13 +40,15 @@ class ZooEntry:
     test_acc: float
     command: str
     metadata: dict = field(default_factory=dict)  # e.g. recorded activation statistics (Lopes)
+    folder: Path | None = field(default=None, compare=False)  # where it was read from; not saved
 
     def path(self) -> Path:
-        return CHECKPOINTS / self.file
+        return self.folder / self.file
 
-    def save(self, folder: Path = CHECKPOINTS):
-        text = json.dumps(asdict(self), indent=2) + "\n"
-        atomic_write(folder / f"{self.name}.json", lambda tmp: tmp.write_text(text), "zoo entry")
+    def save(self, folder: Path):
+        entry = {k: v for k, v in asdict(self).items() if k != "folder"}
+        text = json.dumps(entry, indent=2) + "\n"
+        atomic_write(Path(folder) / f"{self.name}.json", lambda tmp: tmp.write_text(text), "zoo entry")
 
 
 def sha256(path: Path) -> str:
@@ -53,15 +59,26 @@ def sha256(path: Path) -> str:
     return h.hexdigest()
 
 
-def zoo_names() -> list[str]:
-    return sorted(p.stem for p in CHECKPOINTS.glob("*.json"))
+def zoo_folders(user_dir=None) -> list[Path]:
+    """The shipped teachers, then ``user_dir`` (``paths.zoo_dir``) when given."""
+    return [SHIPPED_CHECKPOINTS] + ([Path(user_dir)] if user_dir is not None else [])
 
 
-def zoo_entry(name: str) -> ZooEntry:
-    path = CHECKPOINTS / f"{name}.json"
-    if not path.is_file():
-        raise TeacherError(f"teacher.zoo={name!r} is not in the zoo; known entries: {zoo_names()}")
-    return ZooEntry(**json.loads(path.read_text()))
+def zoo_names(user_dir=None) -> list[str]:
+    return sorted({p.stem for folder in zoo_folders(user_dir) for p in folder.glob("*.json")})
+
+
+def zoo_entry(name: str, user_dir=None) -> ZooEntry:
+    found = [f / f"{name}.json" for f in zoo_folders(user_dir) if (f / f"{name}.json").is_file()]
+    if not found:
+        raise TeacherError(f"teacher.zoo={name!r} is not in the zoo (the shipped teachers or "
+                           f"paths.zoo_dir={user_dir}); known entries: {zoo_names(user_dir)}")
+    if len(found) > 1:
+        raise TeacherError(f"teacher.zoo={name!r} is both a shipped teacher and {found[1]}: rename "
+                           f"the one in paths.zoo_dir (its .json name and \"name\" field)")
+    entry = ZooEntry(**json.loads(found[0].read_text()))
+    entry.folder = found[0].parent
+    return entry
 
 
 def sidecar_entry(weights: Path) -> ZooEntry | None:
@@ -71,10 +88,12 @@ def sidecar_entry(weights: Path) -> ZooEntry | None:
     if not path.is_file():
         return None
     try:
-        return ZooEntry(**json.loads(path.read_text()))
+        entry = ZooEntry(**json.loads(path.read_text()))
     except (TypeError, ValueError) as err:
         raise TeacherError(f"teacher.ckpt={weights}: {path} beside it is not a zoo entry ({err}); "
                            "remove or fix it") from err
+    entry.folder = path.parent
+    return entry
 
 
 def load_state(path: Path, expected_sha256: str | None, key: str) -> dict:

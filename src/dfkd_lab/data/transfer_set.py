@@ -28,7 +28,7 @@ def teacher_sha256(cfg) -> str | None:
     if t.ckpt:
         return sha256(Path(t.ckpt))
     if t.zoo:
-        return zoo_entry(t.zoo).sha256
+        return zoo_entry(t.zoo, cfg.paths.zoo_dir).sha256
     return None
 
 

@@ -8,7 +8,7 @@ from torch.nn import functional as F
 from ..atomic import atomic_write, save_torch
 from ..config import ConfigError
 from ..synthesis.lopes import KEY, record_activation_stats
-from ..zoo import CHECKPOINTS, ZooEntry, sha256
+from ..zoo import ZooEntry, sha256, zoo_names
 from .base import DistillationModule
 
 
@@ -28,12 +28,13 @@ class SupervisedTraining(DistillationModule):
     def from_config(cls, cfg, student, teacher, data):
         module = cls(student, cfg.method, cfg.loss, data.num_classes, teacher)
         if cfg.method.trains == "teacher":
-            if cfg.method.zoo_name and (CHECKPOINTS / f"{cfg.method.zoo_name}.json").exists():
+            if cfg.method.zoo_name in zoo_names(cfg.paths.zoo_dir):
                 raise ConfigError(
-                    f"method.zoo_name={cfg.method.zoo_name}: checkpoints/{cfg.method.zoo_name}.json "
-                    "already exists and would be overwritten; pick another name, or delete that "
-                    "entry first to replace it (the run dir always gets its own copy)"
+                    f"method.zoo_name={cfg.method.zoo_name}: that zoo entry already exists (shipped, or "
+                    f"in paths.zoo_dir={cfg.paths.zoo_dir}) and would be overwritten; pick another name, "
+                    "or delete that entry first to replace it (the run dir always gets its own copy)"
                 )
+            module.zoo_dir = Path(cfg.paths.zoo_dir)
             module.zoo_entry = {
                 "name": cfg.method.zoo_name or f"{cfg.teacher.arch}_{data.name}",
                 "arch": cfg.teacher.arch, "dataset": data.name, "num_classes": data.num_classes,
@@ -58,7 +59,7 @@ class SupervisedTraining(DistillationModule):
         return {KEY: record_activation_stats(self.student, images, labels, self.zoo_entry["num_classes"])}
 
     def on_run_end(self, output_dir, metrics):
-        """A trained teacher becomes a zoo entry in the run dir (and in checkpoints/ when
+        """A trained teacher becomes a zoo entry in the run dir (and in ``paths.zoo_dir`` when
         ``method.zoo_name`` is set)."""
         if not hasattr(self, "zoo_entry"):
             return
@@ -69,5 +70,5 @@ class SupervisedTraining(DistillationModule):
                          test_acc=round(metrics.get("test/acc", 0.0), 4), metadata=self.record_metadata())
         entry.save(Path(output_dir))
         if self.method.zoo_name:
-            atomic_write(CHECKPOINTS / weights.name, lambda tmp: shutil.copy(weights, tmp), "teacher weights")
-            entry.save(CHECKPOINTS)
+            atomic_write(self.zoo_dir / weights.name, lambda tmp: shutil.copy(weights, tmp), "teacher weights")
+            entry.save(self.zoo_dir)

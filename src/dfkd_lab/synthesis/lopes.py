@@ -71,7 +71,7 @@ class ActivationMetadata(Objective):
         if not t.zoo or t.ckpt:
             raise ConfigError("method=lopes reads activation metadata from a zoo teacher: set teacher=<zoo entry> "
                               "(with no teacher.ckpt override)")
-        self.load(zoo_entry(t.zoo).metadata.get(KEY), t.zoo)
+        self.load(zoo_entry(t.zoo, cfg.paths.zoo_dir).metadata.get(KEY), t.zoo)
 
     def load(self, metadata: dict | None, name: str = "the teacher"):
         if not metadata:
