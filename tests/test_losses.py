@@ -188,6 +188,22 @@ def test_a_term_reading_an_input_the_caller_does_not_offer_names_both():
         compute_terms(("ie",), {"ie": 1.0}, {"images": torch.zeros(1)})
 
 
+def test_a_term_parameter_with_a_default_may_go_unoffered_and_names_must_be_ordered():
+    @register_loss("test_scaled_sum")
+    def scaled_sum(images, scale=2.0):
+        return scale * images.sum()
+
+    try:
+        images = torch.ones(3)
+        assert compute_terms(("test_scaled_sum",), {"test_scaled_sum": 1}, {"images": images})["test_scaled_sum"] == 6
+        offered = {"images": images, "scale": 1.0}
+        assert compute_terms(("test_scaled_sum",), {"test_scaled_sum": 1}, offered)["test_scaled_sum"] == 3
+        with pytest.raises(TypeError, match="as a tuple"):
+            compute_terms({"test_scaled_sum"}, {"test_scaled_sum": 1}, offered)
+    finally:
+        del LOSS_TERMS["test_scaled_sum"]
+
+
 def test_unknown_and_clashing_term_names_are_refused():
     with pytest.raises(UnknownLossTerm, match=r"'nope'.*'kd'.*@register_loss\('nope'\)"):
         loss_term("nope")

@@ -1,13 +1,14 @@
 """The registry of named loss terms: ``loss.weights.NAME`` weighs the function registered as NAME.
 
 A term is a function whose parameters name the inputs it reads (``teacher_logits``,
-``student_logits``, ``temperature``, ...). Whoever computes terms (a synthesizer, the student
+``student_logits``, ``temperature``, ...; a parameter with a default may go unoffered). Whoever computes terms (a synthesizer, the student
 step) offers its inputs by name and calls ``compute_terms``: each term with a non-zero weight
 is called with the inputs it asks for, so adding a term to a method is registering a function
 and naming it in the method's ``terms``, never another ``if`` in the loop. Users register
 their own terms the same way, in their own module (docs/extending.md).
 """
 
+import functools
 import inspect
 from collections.abc import Callable, Iterable, Mapping
 
@@ -49,9 +50,17 @@ def loss_term(name: str) -> Callable[..., torch.Tensor]:
         ) from None
 
 
+@functools.cache
+def _parameters(fn) -> tuple[tuple[str, bool], ...]:
+    """(name, required) of each named parameter of ``fn``."""
+    named = (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
+    return tuple((p.name, p.default is inspect.Parameter.empty)
+                 for p in inspect.signature(fn).parameters.values() if p.kind in named)
+
+
 def term_inputs(name: str) -> tuple[str, ...]:
     """The input names term ``name`` reads: its parameters."""
-    return tuple(inspect.signature(loss_term(name)).parameters)
+    return tuple(key for key, _ in _parameters(loss_term(name)))
 
 
 def is_active(weights: Mapping, name: str) -> bool:
@@ -76,6 +85,8 @@ class Lazy:
 def compute_terms(names: Iterable[str], weights: Mapping, inputs: Mapping) -> dict[str, torch.Tensor]:
     """Every term among ``names`` with a non-zero weight, in the order of ``names`` (the order
     they are summed in), each called with the ``inputs`` its parameters name."""
+    if isinstance(names, (set, frozenset)):
+        raise TypeError(f"give the term names {sorted(names)} as a tuple: their order is the order they are summed in")
     made: dict[str, object] = {}
 
     def read(key: str, term: str):
@@ -90,5 +101,6 @@ def compute_terms(names: Iterable[str], weights: Mapping, inputs: Mapping) -> di
     terms = {}
     for name in names:
         if is_active(weights, name):
-            terms[name] = loss_term(name)(**{key: read(key, name) for key in term_inputs(name)})
+            fn = loss_term(name)
+            terms[name] = fn(**{key: read(key, name) for key, required in _parameters(fn) if required or key in inputs})
     return terms
