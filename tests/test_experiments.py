@@ -48,8 +48,8 @@ def test_preset_composes_and_resolves(preset, pair, tmp_path):
 def test_dataset_specific_weights_follow_the_paper(tmp_path):
     c10 = compose_config(["experiment=cifar10_dafl"], output_dir=tmp_path)
     c100 = compose_config(["experiment=cifar100_dafl"], output_dir=tmp_path)
-    assert dict(c10.loss.weights) == {"kd": 1.0, "oh": 0.05, "ie": 5.0, "a": 0.01, "bn": 0.0}
-    assert dict(c100.loss.weights) == {"kd": 1.0, "oh": 0.5, "ie": 20.0, "a": 0.1, "bn": 0.0}
+    assert dict(c10.loss.weights) == {"kd": 1.0, "argmax_ce": 0.05, "ie": 5.0, "activation": 0.01, "bn": 0.0}
+    assert dict(c100.loss.weights) == {"kd": 1.0, "argmax_ce": 0.5, "ie": 20.0, "activation": 0.1, "bn": 0.0}
     fast10 = compose_config(["experiment=cifar10_fastdfkd_10"], output_dir=tmp_path)
     assert (fast10.method.synthesizer.g_steps, fast10.method.warmup_epochs) == (10, 20)
 

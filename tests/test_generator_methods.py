@@ -69,7 +69,7 @@ def test_each_optimiser_moves_only_its_own_parameters(compose_cfg, method):
     assert changed(before["generator"], weights(module.synthesizer.generators))
     if method == "dfq":
         assert len(module.peers) == 1 and changed(before["peers"], weights(module.peers))
-    adversarial = {"zskt": "synth/adv", "dfad": "synth/adv_l1", "dfq": "synth/adv"}.get(method)
+    adversarial = {"zskt": "synth/adversarial_kl", "dfad": "synth/adversarial_l1", "dfq": "synth/adversarial_kl"}.get(method)
     if adversarial:
         assert trainer.callback_metrics[adversarial].item() < 0  # -distance: non-zero, T and S differ
 
@@ -119,7 +119,7 @@ def test_nan_stops_the_run_and_keeps_the_earlier_checkpoint(compose_cfg, monkeyp
     def poisoned(self, ctx):
         calls.append(1)
         terms = real(self, ctx)
-        return {**terms, "adv": torch.tensor(float("nan"))} if len(calls) > 2 else terms
+        return {**terms, "adversarial_kl": torch.tensor(float("nan"))} if len(calls) > 2 else terms
 
     monkeypatch.setattr(GeneratorSynthesizer, "synthesize", poisoned)
     with pytest.raises(SynthesisDiverged, match="non-finite"):
@@ -206,8 +206,8 @@ def test_sample_grid_callback_writes_pngs_only_for_synthesizers(compose_cfg, tmp
     assert not (Path(kd.paths.output_dir) / "samples").exists()
 
 
-def test_mixup_gives_the_student_blends_of_the_generated_batch_for_the_teacher_to_label():
-    synthesizer = GeneratorSynthesizer(nz=8, ngf=4, mixup=True)
+def test_augment_mixup_gives_the_student_blends_of_the_generated_batch_for_the_teacher_to_label():
+    synthesizer = GeneratorSynthesizer(nz=8, ngf=4, augment_mixup=True)
     teacher = build_model("lenet5", num_classes=10, in_channels=1)
     synthesizer.setup((1, 32, 32), 10, (torch.tensor([-1.0]), torch.tensor([1.0])), teacher)
     generated = torch.arange(4.0).view(4, 1, 1, 1).expand(4, 1, 32, 32).clone()

@@ -113,13 +113,13 @@ def test_bn_loss_covers_batchnorm1d_layers_too():
 
 def test_inversion_lowers_the_loss_clips_and_leaves_no_hooks():
     synth, teacher = inversion(iterations=30, lr=0.1)
-    ctx = context(teacher, {"oh": 1.0, "bn": 1.0, "tv_l2": 0.01})
+    ctx = context(teacher, {"target_ce": 1.0, "bn": 1.0, "tv_l2": 0.01})
     before = hook_count(teacher)
     with torch.no_grad():
         start_loss = nn.functional.cross_entropy(teacher(synth.start(4, "cpu")), torch.arange(4) % 3)
     terms = synth.synthesize(ctx)
-    assert set(terms) == {"oh", "bn", "tv_l2"}
-    assert terms["oh"] < start_loss
+    assert set(terms) == {"target_ce", "bn", "tv_l2"}
+    assert terms["target_ce"] < start_loss
     images = synth.pool.newest(4)
     assert images.shape == (4, 1, 6, 6) and images.min() >= -1.0 and images.max() <= 2.0
     assert hook_count(teacher) == before
@@ -134,7 +134,7 @@ def live_tensors() -> int:
 
 def test_no_hook_or_memory_growth_over_50_batches():
     synth, teacher = inversion(iterations=2)
-    ctx = context(teacher, {"oh": 1.0, "bn": 1.0, "comp": 0.5})
+    ctx = context(teacher, {"target_ce": 1.0, "bn": 1.0, "comp": 0.5})
     before = hook_count(teacher)
     counts = []
     for i in range(50):

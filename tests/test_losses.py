@@ -11,8 +11,17 @@ from dfkd_lab.losses.entropy import activation_l1, batch_entropy, instance_entro
 from dfkd_lab.losses.feature import hint_mse, match_spatial
 from dfkd_lab.losses.kd import js_divergence, kd_kl, logit_l1, soft_target_kd
 from dfkd_lab.losses.priors import l2_norm, total_variation_l1, total_variation_l2
+from dfkd_lab.losses.registry import (
+    LOSS_TERMS,
+    Lazy,
+    UnknownLossTerm,
+    compute_terms,
+    loss_term,
+    reads,
+    register_loss,
+)
 from dfkd_lab.losses.relation import fsp_loss, fsp_matrix
-from dfkd_lab.losses.weighting import UnknownLossWeight, active, check_weights, weighted_sum
+from dfkd_lab.losses.weighting import UnknownLossWeight, check_weights, weighted_sum
 
 LN3 = math.log(3.0)
 # softmax([ln 3, 0]) = [3/4, 1/4]; softmax([0, 0]) = [1/2, 1/2]
@@ -124,10 +133,110 @@ def test_entropy_terms():
 
 
 # --- weighting.py ------------------------------------------------------------------------------
-def test_weighted_sum_and_active_terms():
+def test_weighted_sum():
     terms = {"kd": torch.tensor(2.0), "ce": torch.tensor(3.0)}
     assert weighted_sum(terms, {"kd": 0.5, "ce": 2.0, "at": 7.0}).item() == pytest.approx(7.0)
-    assert active({"kd": 1.0, "hint": 0.0, "at": 2}, "kd", "hint", "at", "fsp") == ["kd", "at"]
+
+
+# --- registry.py -------------------------------------------------------------------------------
+def test_compute_terms_calls_each_weighted_term_with_the_inputs_it_names_in_order():
+    made = []
+
+    def student_forward():
+        made.append("student")
+        return t([0.0, LN3])
+
+    inputs = {"teacher_logits": t([LN3, 0.0]), "student_logits": Lazy(student_forward), "temperature": 1.0}
+    terms = compute_terms(("adversarial_kl", "argmax_ce", "ie"), {"argmax_ce": 1.0, "adversarial_kl": 2.0, "ie": 0.0},
+                          inputs)
+    assert list(terms) == ["adversarial_kl", "argmax_ce"]  # the order of the names: the order they are summed
+    assert terms["argmax_ce"].item() == pytest.approx(-math.log(0.75), rel=1e-6)
+    # KL(T || S) for p_t = (3/4, 1/4), p_s = (1/4, 3/4), negated
+    assert terms["adversarial_kl"].item() == pytest.approx(-0.5 * math.log(3), rel=1e-5)
+    assert made == ["student"]
+    assert compute_terms(("adversarial_kl",), {"adversarial_kl": 0.0}, {}) == {}  # unweighted: inputs never read
+
+
+def test_adversarial_terms_average_over_a_stacked_student_ensemble():
+    teacher = t([LN3, 0.0])
+    agreeing, disagreeing = t([LN3, 0.0]), t([0.0, LN3])
+    inputs = {"teacher_logits": teacher, "student_logits": torch.cat([agreeing, disagreeing]), "temperature": 1.0}
+    terms = compute_terms(("adversarial_kl", "adversarial_l1"), {"adversarial_kl": 1, "adversarial_l1": 1}, inputs)
+    assert terms["adversarial_kl"].item() == pytest.approx(-0.25 * math.log(3), rel=1e-5)  # (0 + 0.5 ln 3) / 2
+    assert terms["adversarial_l1"].item() == pytest.approx(-LN3 / 2, rel=1e-6)  # (0 + ln 3) / 2
+
+
+def test_bn_sums_the_layer_gaps_and_activation_rewards_strong_features():
+    inputs = {"bn_layer_losses": [torch.tensor(1.5), torch.tensor(2.0)], "teacher_feature": t([-1.0, 3.0])}
+    terms = compute_terms(("bn", "activation"), {"bn": 1, "activation": 1}, inputs)
+    assert terms["bn"].item() == pytest.approx(3.5) and terms["activation"].item() == pytest.approx(-2.0)
+
+
+def test_target_ce_is_the_cross_entropy_to_the_drawn_classes_not_the_argmax():
+    logits = t([LN3, 0.0])
+    terms = compute_terms(("target_ce",), {"target_ce": 1}, {"teacher_logits": logits, "target_classes": torch.tensor([1])})
+    assert terms["target_ce"].item() == pytest.approx(-math.log(0.25), rel=1e-6)
+
+
+def test_reads_tells_whether_a_weighted_term_needs_an_input():
+    assert reads(("kd", "at"), {"kd": 1.0, "at": 1.0}, "student_features")
+    assert not reads(("kd", "at"), {"kd": 1.0, "at": 0.0}, "student_features")
+
+
+def test_a_term_reading_an_input_the_caller_does_not_offer_names_both():
+    with pytest.raises(TypeError, match=r"'ie' reads 'teacher_logits'.*\['images'\]"):
+        compute_terms(("ie",), {"ie": 1.0}, {"images": torch.zeros(1)})
+
+
+def test_a_term_parameter_with_a_default_may_go_unoffered_and_names_must_be_ordered():
+    @register_loss("test_scaled_sum")
+    def scaled_sum(images, scale=2.0):
+        return scale * images.sum()
+
+    try:
+        images = torch.ones(3)
+        assert compute_terms(("test_scaled_sum",), {"test_scaled_sum": 1}, {"images": images})["test_scaled_sum"] == 6
+        offered = {"images": images, "scale": 1.0}
+        assert compute_terms(("test_scaled_sum",), {"test_scaled_sum": 1}, offered)["test_scaled_sum"] == 3
+        with pytest.raises(TypeError, match="as a tuple"):
+            compute_terms({"test_scaled_sum"}, {"test_scaled_sum": 1}, offered)
+    finally:
+        del LOSS_TERMS["test_scaled_sum"]
+
+
+def test_unknown_and_clashing_term_names_are_refused():
+    with pytest.raises(UnknownLossTerm, match=r"'nope'.*'kd'.*@register_loss\('nope'\)"):
+        loss_term("nope")
+
+    @register_loss("test_only_term")
+    def first(images):
+        return images.sum()
+
+    try:
+        assert loss_term("test_only_term") is first
+        with pytest.raises(ValueError, match="already registered"):
+            register_loss("test_only_term")(lambda images: images.mean())
+    finally:
+        del LOSS_TERMS["test_only_term"]
+
+
+def test_every_term_a_method_declares_is_registered():
+    from dfkd_lab.methods.data_free import DataFreeDistillation
+    from dfkd_lab.methods.kd import KnowledgeDistillation
+    from dfkd_lab.methods.supervised import SupervisedTraining
+    from dfkd_lab.synthesis.contrastive import ContrastiveSynthesizer
+    from dfkd_lab.synthesis.generator import GeneratorSynthesizer
+    from dfkd_lab.synthesis.lopes import ActivationMetadata
+    from dfkd_lab.synthesis.meta import MetaSynthesizer
+    from dfkd_lab.synthesis.objectives import ClassTargets, DirichletTargets, FeatureGaussian
+
+    declared = [DataFreeDistillation.student_terms, KnowledgeDistillation.loss_terms, SupervisedTraining.loss_terms,
+                ContrastiveSynthesizer.terms, MetaSynthesizer.terms, GeneratorSynthesizer.terms, ClassTargets.terms,
+                DirichletTargets.terms, FeatureGaussian.terms, ActivationMetadata.terms, ("tv", "tv_l2", "l2")]
+    for names in declared:
+        assert isinstance(names, tuple)  # ordered: the order terms are summed in
+        for name in names:
+            assert callable(loss_term(name))
 
 
 def test_unknown_weight_names_the_term_and_the_known_ones():

@@ -1,4 +1,5 @@
-"""Named loss terms, weighted by a flat dict from config (``loss.weights.NAME=value``)."""
+"""Named loss terms, weighted by a flat dict from config (``loss.weights.NAME=value``); the
+names are those of losses/registry.py."""
 
 import torch
 
@@ -22,7 +23,3 @@ def weighted_sum(terms: dict[str, torch.Tensor], weights: dict) -> torch.Tensor:
         total = total + float(weights[name]) * value
     return total
 
-
-def active(weights: dict, *names) -> list[str]:
-    """The names whose weight is non-zero: terms worth computing."""
-    return [n for n in names if float(weights.get(n, 0.0)) != 0.0]

@@ -12,6 +12,7 @@ from torch import nn
 from torchmetrics import MaxMetric
 from torchmetrics.classification import MulticlassAccuracy
 
+from ..losses.registry import loss_term
 from ..losses.weighting import check_weights
 from ..zoo import freeze
 
@@ -48,8 +49,8 @@ class DistillationModule(pl.LightningModule):
     that is the future teacher). The teacher, when present, stays frozen: eval mode, no
     gradients, left out of checkpoints."""
 
-    #: loss terms this method understands (names in ``loss.weights``)
-    loss_terms: frozenset = frozenset()
+    #: loss terms this method understands (names in ``loss.weights``), in the order they are summed
+    loss_terms: tuple = ()
 
     def __init__(self, student: nn.Module, method, loss, num_classes: int, teacher: nn.Module | None = None):
         super().__init__()
@@ -57,6 +58,8 @@ class DistillationModule(pl.LightningModule):
         self.teacher = freeze(teacher) if teacher is not None else None
         self.method, self.loss_cfg = method, loss
         self.weights = dict(loss.weights)
+        for name in self.known_terms():
+            loss_term(name)  # a term nobody registered fails here, before any work
         check_weights(self.weights, set(self.known_terms()), f"method={method.name}")
         self.save_hyperparameters({"method": plain(method), "loss": plain(loss)}, logger=False)
         self.val_acc = MulticlassAccuracy(num_classes, average="micro")

@@ -16,8 +16,7 @@ from torch.utils.data import DataLoader, IterableDataset
 
 from ..config import ConfigError
 from ..data.augment import adversarial_push
-from ..losses.attention import attention_loss
-from ..losses.kd import kd_kl, logit_l1, soft_target_kd
+from ..losses.registry import compute_terms, reads
 from ..losses.weighting import weighted_sum
 from ..models.taps import stage_tap
 from ..synthesis.base import CostMeter, SynthContext
@@ -48,7 +47,7 @@ class StepStream(IterableDataset):
 
 
 class DataFreeDistillation(DistillationModule):
-    student_terms = frozenset({"kd", "soft", "l1", "at"})
+    student_terms = ("kd", "soft", "l1", "at")
 
     def __init__(self, student, method, loss, num_classes, teacher, synthesizer, image_shape,
                  value_range, seed: int = 0):
@@ -64,7 +63,7 @@ class DataFreeDistillation(DistillationModule):
         self._collapsed_rounds = 0
 
     def known_terms(self):
-        return self.student_terms | self.synthesizer_terms
+        return (*self.student_terms, *self.synthesizer_terms)
 
     @classmethod
     def from_config(cls, cfg, student, teacher, data):
@@ -147,7 +146,7 @@ class DataFreeDistillation(DistillationModule):
                 self.loss_cfg.temperature, generator=self.synthesizer.rng))
             self.cost.add(teacher_forwards=1)
             t_logits = None  # the teacher labels the moved images
-        need_features = bool(self.weights.get("at"))
+        need_features = reads(self.student_terms, self.weights, "student_features")
         with torch.no_grad(), (stage_tap(self.teacher) if need_features else nullcontext()) as t_tap:
             if t_logits is None or need_features:
                 t_logits = self.teacher(images)
@@ -156,7 +155,10 @@ class DataFreeDistillation(DistillationModule):
         with (stage_tap(self.student) if need_features else nullcontext()) as s_tap:
             s_logits, t_logits = self.student_logits(images, t_logits)
             s_feats = s_tap.features if need_features else None
-        terms = self.student_loss_terms(s_logits, t_logits, batch.soft_targets, s_feats, t_feats)
+        terms = compute_terms(self.student_terms, self.weights, {
+            "student_logits": s_logits, "teacher_logits": t_logits, "soft_targets": batch.soft_targets,
+            "temperature": self.loss_cfg.temperature, "student_features": s_feats, "teacher_features": t_feats,
+        })
         loss = weighted_sum(terms, self.weights)
         self._check_finite({"student": loss}, "the student update")
         opt.zero_grad()
@@ -172,20 +174,6 @@ class DataFreeDistillation(DistillationModule):
         """Logits of the network(s) trained on this batch and the teacher logits they must match
         (a student ensemble stacks its members' logits and repeats the teacher's)."""
         return self.student(images), t_logits
-
-    def student_loss_terms(self, s_logits, t_logits, soft_targets, s_feats, t_feats):
-        w, temperature, terms = self.weights, self.loss_cfg.temperature, {}
-        if w.get("kd"):
-            terms["kd"] = kd_kl(s_logits, t_logits, temperature)
-        if w.get("soft"):
-            if soft_targets is None:
-                raise ValueError("loss.weights.soft needs a synthesizer that stores soft targets")
-            terms["soft"] = soft_target_kd(s_logits, soft_targets, temperature)
-        if w.get("l1"):
-            terms["l1"] = logit_l1(s_logits, t_logits)
-        if w.get("at"):
-            terms["at"] = attention_loss(s_feats, t_feats)
-        return terms
 
     # --- guards ---------------------------------------------------------------------------
     def _check_finite(self, terms: dict, where: str):

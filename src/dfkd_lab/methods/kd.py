@@ -2,13 +2,9 @@
 
 import torch
 from torch import nn
-from torch.nn import functional as F
 
-from ..losses.attention import attention_loss
-from ..losses.feature import hint_mse
-from ..losses.kd import kd_kl
-from ..losses.relation import fsp_loss
-from ..losses.weighting import active, weighted_sum
+from ..losses.registry import Lazy, compute_terms, reads
+from ..losses.weighting import weighted_sum
 from ..models.modes import eval_mode
 from ..models.taps import stage_tap
 from .base import DistillationModule
@@ -22,13 +18,12 @@ def stage_channels(model: nn.Module, image_shape) -> list[int]:
 
 
 class KnowledgeDistillation(DistillationModule):
-    loss_terms = frozenset({"kd", "ce", "hint", "fsp", "at"})
+    loss_terms = ("kd", "ce", "hint", "fsp", "at")
 
     def __init__(self, student, method, loss, num_classes, teacher, image_shape):
         super().__init__(student, method, loss, num_classes, teacher)
         self.temperature = loss.temperature
-        self.feature_terms = active(self.weights, "hint", "fsp", "at")
-        if active(self.weights, "hint", "fsp"):
+        if reads(self.loss_terms, self.weights, "projected_student_features"):
             s_ch, t_ch = stage_channels(student, image_shape), stage_channels(teacher, image_shape)
             if len(s_ch) != len(t_ch):
                 raise ValueError(
@@ -55,18 +50,10 @@ class KnowledgeDistillation(DistillationModule):
         with stage_tap(self.student) as s_tap:
             s_logits = self.student(x)
             s_feats = s_tap.features
-        terms = {}
-        if self.weights.get("kd"):
-            terms["kd"] = kd_kl(s_logits, t_logits, self.temperature)
-        if self.weights.get("ce"):
-            terms["ce"] = F.cross_entropy(s_logits, y)
-        if "hint" in self.feature_terms or "fsp" in self.feature_terms:
-            projected = [p(f) for p, f in zip(self.projections, s_feats)]
-            if "hint" in self.feature_terms:
-                terms["hint"] = sum(hint_mse(p, t) for p, t in zip(projected, t_feats))
-            if "fsp" in self.feature_terms:
-                terms["fsp"] = fsp_loss(projected, t_feats)
-        if "at" in self.feature_terms:
-            terms["at"] = attention_loss(s_feats, t_feats)
+        terms = compute_terms(self.loss_terms, self.weights, {
+            "student_logits": s_logits, "teacher_logits": t_logits, "labels": y, "temperature": self.temperature,
+            "student_features": s_feats, "teacher_features": t_feats,
+            "projected_student_features": Lazy(lambda: [p(f) for p, f in zip(self.projections, s_feats)]),
+        })
         self.log_dict({f"train/{k}": v for k, v in terms.items()}, prog_bar=False)
         return weighted_sum(terms, self.weights)

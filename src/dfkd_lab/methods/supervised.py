@@ -22,7 +22,7 @@ def run_command() -> str:
 
 
 class SupervisedTraining(DistillationModule):
-    loss_terms = frozenset({"ce"})
+    loss_terms = ("ce",)
 
     @classmethod
     def from_config(cls, cfg, student, teacher, data):

@@ -63,8 +63,9 @@ def is_distributed() -> bool:
 
 
 class Synthesizer(nn.Module):
-    #: names in ``loss.weights`` this synthesizer optimises
-    terms: frozenset = frozenset()
+    #: names in ``loss.weights`` this synthesizer optimises (terms registered in
+    #: losses/registry.py), in the order they are summed
+    terms: tuple = ()
 
     def __init__(self):
         super().__init__()

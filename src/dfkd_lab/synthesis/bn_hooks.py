@@ -97,7 +97,11 @@ class BNStatHooks:
         """Forget the last forward (call between two forwards inside one context)."""
         self.losses, self.inputs = [], []
 
-    def loss(self) -> torch.Tensor:
+    def layer_losses(self) -> list[torch.Tensor]:
+        """One statistics gap per BN layer of the last forward (the ``bn`` term sums them)."""
         if not self.losses:
-            raise RuntimeError("BNStatHooks.loss() before any teacher forward inside the context")
-        return torch.stack(self.losses).sum()
+            raise RuntimeError("BNStatHooks: no teacher forward inside the context yet")
+        return self.losses
+
+    def loss(self) -> torch.Tensor:
+        return torch.stack(self.layer_losses()).sum()

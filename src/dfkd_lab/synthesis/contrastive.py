@@ -2,7 +2,7 @@
 
 Each synthesis round re-initialises a generator and optimises it jointly with its latents
 for ``iterations`` steps. Besides the teacher terms of ``GeneratorInversion`` the round
-minimises ``cr``: InfoNCE between two views of each image (global: crop+flip; local: random
+minimises ``cr`` (losses/terms.py): InfoNCE between two views of each image (global: crop+flip; local: random
 resized crop), with past images from a memory bank as negatives, so every new batch is
 pushed away from what the pool already holds. An image is described by the instance means
 of the teacher's BatchNorm inputs, mapped by a small MLP head (trained with the generator)
@@ -13,7 +13,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from ..losses.contrastive import info_nce
+from ..losses.registry import Lazy
 from .bn_hooks import BNStatHooks, bn_layers
 from .generator_inversion import GeneratorInversion
 from .views import global_view, local_view
@@ -61,7 +61,7 @@ def instance_means(inputs: list[torch.Tensor]) -> torch.Tensor:
 
 
 class ContrastiveSynthesizer(GeneratorInversion):
-    terms = GeneratorInversion.terms | {"cr"}
+    terms = (*GeneratorInversion.terms, "cr")
 
     def __init__(self, iterations: int = 50, cr_temperature: float = 0.2, head_dim: int = 128,
                  lr_head: float = 1e-3, bank_size: int = 8192, negatives: int = 1024,
@@ -87,19 +87,22 @@ class ContrastiveSynthesizer(GeneratorInversion):
     def embed(self, features: torch.Tensor) -> torch.Tensor:
         return F.normalize(self.head(features), dim=1)
 
-    def step_terms(self, ctx, x, targets):
-        with BNStatHooks(ctx.teacher) as bn:
-            terms = self.teacher_terms(ctx, x, targets, bn)
-            if ctx.weights.get("cr"):
-                queries = instance_means(bn.inputs)
-                bn.reset()
-                ctx.teacher(local_view(x, self.rng, self.local_scale))
-                keys = instance_means(bn.inputs)
-                negatives = self.bank.sample(self.negatives, self.rng)
-                if negatives is not None:
-                    keys = torch.cat([keys, negatives.to(keys.device)])
-                terms["cr"] = info_nce(self.embed(queries), self.embed(keys), self.cr_temperature)
-        return terms
+    def step_inputs(self, ctx, x, targets, bn):
+        return {**super().step_inputs(ctx, x, targets, bn), "cr_temperature": self.cr_temperature,
+                "contrastive_views": Lazy(lambda: self.contrastive_views(ctx, x, bn))}
+
+    def contrastive_views(self, ctx, x, bn: BNStatHooks):
+        """Embedded (queries, keys): the global view's BN instance means (from the forward
+        already run), then a local view's, then past images' from the bank as more keys. Made
+        after the other terms read the global forward's BN statistics (it resets the hooks)."""
+        queries = instance_means(bn.inputs)
+        bn.reset()
+        ctx.teacher(local_view(x, self.rng, self.local_scale))
+        keys = instance_means(bn.inputs)
+        negatives = self.bank.sample(self.negatives, self.rng)
+        if negatives is not None:
+            keys = torch.cat([keys, negatives.to(keys.device)])
+        return self.embed(queries), self.embed(keys)
 
     def make(self, ctx):
         self.reinitialise(self.generator)

@@ -1,21 +1,21 @@
 """Generator-based synthesis (DAFL, ZSKT, DFAD, DFQ): a fresh batch from G(z) at every step.
 
-The generator loss is a weighted sum of named terms; which ones a method uses is only a
-matter of ``loss.weights``:
+The generator loss is a weighted sum of named terms (losses/terms.py); which ones a method
+uses is only a matter of ``loss.weights``:
 
-- ``oh``: cross-entropy of the teacher against its own argmax (confident samples)
+- ``argmax_ce``: cross-entropy of the teacher against its own argmax (confident samples)
 - ``ie``: minus the entropy of the batch-mean prediction (class balance)
-- ``a``: minus the mean absolute pre-logit feature of the teacher (DAFL's activation term)
+- ``activation``: minus the mean absolute pre-logit feature of the teacher (DAFL)
 - ``ent``: mean per-sample entropy (DFQ)
 - ``bn``: BatchNorm-statistics matching (DFQ)
-- ``adv``: minus KL(T || S): seek samples where the student disagrees (ZSKT, DFQ)
-- ``adv_l1``: minus the L1 distance between logits (DFAD)
+- ``adversarial_kl``: minus KL(T || S): seek samples where the student disagrees (ZSKT, DFQ)
+- ``adversarial_l1``: minus the L1 distance between logits (DFAD)
 
 ``n_generators`` > 1 trains an ensemble (DFQ); each generator makes an equal share of a batch.
-``mixup`` gives the student blends of generated images (data/augment.py) instead of the images;
-``replay`` > 0 keeps that many past generated images and fills half of each student batch from
-them, so the student does not forget what earlier generators showed it (adversarial methods
-chase the student's current weaknesses and drift).
+``augment_mixup`` gives the student blends of generated images (data/augment.py) instead of
+the images; ``replay`` > 0 keeps that many past generated images and fills half of each
+student batch from them, so the student does not forget what earlier generators showed it
+(adversarial methods chase the student's current weaknesses and drift).
 """
 
 from contextlib import nullcontext
@@ -24,8 +24,7 @@ import torch
 from torch import nn
 
 from ..data.augment import mixup
-from ..losses.entropy import activation_l1, batch_entropy, instance_entropy, one_hot_ce
-from ..losses.kd import kd_kl, logit_l1
+from ..losses.registry import Lazy, compute_terms, reads
 from ..losses.weighting import weighted_sum
 from ..models.generators import Generator
 from ..models.modes import eval_mode
@@ -36,18 +35,18 @@ from .pool import ImagePool
 
 
 class GeneratorSynthesizer(Synthesizer):
-    terms = frozenset({"oh", "ie", "a", "ent", "bn", "adv", "adv_l1"})
+    terms = ("argmax_ce", "ie", "activation", "ent", "bn", "adversarial_kl", "adversarial_l1")
 
     def __init__(self, nz: int = 100, ngf: int = 64, out: str = "tanh_bn", lr: float = 1e-3,
                  betas: tuple = (0.5, 0.999), n_generators: int = 1, reuse: int = 1,
-                 grad_clip: float = 0.0, preview_size: int = 64, mixup: bool = False, replay: int = 0):
+                 grad_clip: float = 0.0, preview_size: int = 64, augment_mixup: bool = False, replay: int = 0):
         super().__init__()
         if n_generators < 1 or reuse < 1:
             raise ValueError("synthesizer.n_generators and synthesizer.reuse must be >= 1")
         self.nz, self.ngf, self.out = nz, ngf, out
         self.lr, self.betas = lr, tuple(betas)
         self.n_generators, self.reuse, self.grad_clip = n_generators, reuse, grad_clip
-        self.preview_size, self.mixup = preview_size, mixup
+        self.preview_size, self.augment_mixup = preview_size, augment_mixup
         if replay < 0:
             raise ValueError(f"synthesizer.replay must be >= 0 (images kept), got {replay}")
         self.memory = ImagePool(replay) if replay else None
@@ -74,28 +73,17 @@ class GeneratorSynthesizer(Synthesizer):
         w = ctx.weights
         self.generators.train()
         x = self._generate(ctx.batch_size, ctx.device)
-        use_bn = bool(w.get("bn"))
+        use_bn = reads(self.terms, w, "bn_layer_losses")
         with penultimate_tap(ctx.teacher) as feat, (BNStatHooks(ctx.teacher) if use_bn else nullcontext()) as bn:
             t_logits = ctx.teacher(x)
-            terms = {}
-            if w.get("oh"):
-                terms["oh"] = one_hot_ce(t_logits)
-            if w.get("ie"):
-                terms["ie"] = -batch_entropy(t_logits)
-            if w.get("a"):
-                terms["a"] = -activation_l1(feat.features[0])
-            if w.get("ent"):
-                terms["ent"] = instance_entropy(t_logits)
-            if use_bn:
-                terms["bn"] = bn.loss()
-        if w.get("adv") or w.get("adv_l1"):
-            s_logits = ctx.student(x)
-            # a student ensemble (DFQ) stacks its members' logits: the term is their mean
-            t_ref = t_logits.repeat(s_logits.shape[0] // t_logits.shape[0], 1)
-            if w.get("adv"):
-                terms["adv"] = -kd_kl(s_logits, t_ref, ctx.temperature)
-            if w.get("adv_l1"):
-                terms["adv_l1"] = -logit_l1(s_logits, t_ref)
+            terms = compute_terms(self.terms, w, {
+                "teacher_logits": t_logits,
+                "teacher_feature": Lazy(lambda: feat.features[0]),
+                "bn_layer_losses": Lazy(lambda: bn.layer_losses()),
+                # a student ensemble (DFQ) stacks its members' logits: the terms take their mean
+                "student_logits": Lazy(lambda: ctx.student(x)),
+                "temperature": ctx.temperature,
+            })
         loss = weighted_sum(terms, w)
         for opt in ctx.optimizers:
             opt.zero_grad()
@@ -118,12 +106,12 @@ class GeneratorSynthesizer(Synthesizer):
             self._cache_uses = 0
             ctx.cost.add(images=n)
         self._cache_uses += 1
-        if self.memory is None and not self.mixup:
+        if self.memory is None and not self.augment_mixup:
             return self._cache
         images = self._cache.images
         if self.memory is not None:  # half fresh, half from earlier generators
             images = torch.cat([images[: n - n // 2], self.memory.sample(n // 2, self.rng)[0].to(images.device)])
-        if self.mixup:
+        if self.augment_mixup:
             images = mixup(images, generator=self.rng)[0]
         return SynthBatch(images)  # the teacher labels these in the student step
 

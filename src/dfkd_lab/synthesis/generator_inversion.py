@@ -1,22 +1,21 @@
 """Generator inversion into a pool (CMI, FastDFKD): a generator and its latents are optimised
 against the teacher for a few steps, and the batch they end on goes to the image pool.
 
-The loss of one inner step is a weighted sum of named terms:
+The loss of one inner step is a weighted sum of named terms (losses/terms.py):
 
-- ``oh``: cross-entropy of the teacher on the global view against the batch's target classes
+- ``target_ce``: cross-entropy of the teacher on the global view against the batch's target classes
 - ``bn``: BatchNorm-statistics matching on that forward
-- ``adv``: minus KL(T || S) at temperature 1, only where teacher and student agree on the class
-  (``loss.temperature`` is the student's KD temperature; at T=20 the T^2 factor would swamp
-  the other terms)
+- ``adversarial_kl_agreement``: minus KL(T || S) at temperature 1, only where teacher and
+  student agree on the class (``loss.temperature`` is the student's KD temperature; at T=20
+  the T^2 factor would swamp the other terms)
 """
 
 import math
 
 import torch
 from torch import nn
-from torch.nn import functional as F
 
-from ..losses.adversarial import agreement_masked_kl
+from ..losses.registry import Lazy, compute_terms
 from ..losses.weighting import weighted_sum
 from ..models.generators import Generator
 from .bn_hooks import BNStatHooks
@@ -46,7 +45,7 @@ INITIALISERS = {"default": keep_pytorch_init, "dcgan": dcgan_init}
 
 
 class GeneratorInversion(PoolSynthesizer):
-    terms = frozenset({"oh", "bn", "adv"})
+    terms = ("target_ce", "bn", "adversarial_kl_agreement")
 
     def __init__(self, nz: int = 256, ngf: int = 64, lr_g: float = 1e-3, lr_z: float = 1e-3,
                  betas: tuple = (0.5, 0.999), view_pad: int = 2, view_flip: bool = False,
@@ -89,25 +88,20 @@ class GeneratorInversion(PoolSynthesizer):
         low, high = self.value_low.to(x01.device, x01.dtype), self.value_high.to(x01.device, x01.dtype)
         return low + x01 * (high - low)
 
-    def teacher_terms(self, ctx, x, targets, bn: BNStatHooks | None) -> dict:
-        """``oh``, ``bn`` and ``adv`` on the global view of ``x`` (those with a weight)."""
-        w = ctx.weights
+    def step_inputs(self, ctx, x, targets, bn: BNStatHooks) -> dict:
+        """What the terms of one inner step read: the teacher on the global view of ``x``;
+        subclasses add theirs."""
         view = global_view(x, self.view_pad, self.view_flip, self.rng)
         t_logits = ctx.teacher(view)
         ctx.cost.add(teacher_forwards=1)
-        terms = {}
-        if w.get("oh"):
-            terms["oh"] = F.cross_entropy(t_logits.float(), targets)
-        if w.get("bn"):
-            terms["bn"] = bn.loss()
-        if w.get("adv"):
-            terms["adv"] = -agreement_masked_kl(ctx.student(view), t_logits)
-        return terms
+        return {"teacher_logits": t_logits, "target_classes": targets,
+                "bn_layer_losses": Lazy(lambda: bn.layer_losses()),
+                "student_logits": Lazy(lambda: ctx.student(view))}
 
     def step_terms(self, ctx, x, targets) -> dict:
-        """All terms of one inner step; subclasses add theirs."""
+        """The weighted terms of one inner step."""
         with self.bn_hooks(ctx) as bn:
-            return self.teacher_terms(ctx, x, targets, bn)
+            return compute_terms(self.terms, ctx.weights, self.step_inputs(ctx, x, targets, bn))
 
     def bn_hooks(self, ctx) -> BNStatHooks:
         return BNStatHooks(ctx.teacher)

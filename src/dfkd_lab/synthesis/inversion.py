@@ -6,7 +6,7 @@ jittered input, and take an Adam step on the pixels for the weighted sum of
 
 - the method's objective terms (``objective``: see ``synthesis/objectives.py``),
 - ``bn``: BatchNorm-statistics matching (DeepInversion's feature loss),
-- ``tv`` / ``tv_l2`` / ``l2``: image priors (losses/priors.py),
+- ``tv`` / ``tv_l2`` / ``l2``: image priors of the jittered view (losses/terms.py),
 
 clipping the pixels to the valid normalised range after each step. The iterate with the
 lowest loss is kept and goes to the pool. BN hooks live only for one batch. Losses are
@@ -18,12 +18,12 @@ from contextlib import ExitStack
 
 import torch
 
-from ..losses.priors import l2_norm, total_variation_l1, total_variation_l2
+from ..losses.registry import Lazy, compute_terms, reads
 from ..losses.weighting import weighted_sum
 from .bn_hooks import BNStatHooks
 from .pool import PoolSynthesizer
 
-PRIORS = {"tv": total_variation_l1, "tv_l2": total_variation_l2, "l2": l2_norm}
+PRIORS = ("tv", "tv_l2", "l2")
 
 
 class InversionSynthesizer(PoolSynthesizer):
@@ -35,7 +35,7 @@ class InversionSynthesizer(PoolSynthesizer):
         if init not in ("randn", "uniform"):
             raise ValueError(f"synthesizer.init={init!r}: choose randn (normalised space) or uniform (pixels in [0, 1])")
         self.objective = objective
-        self.terms = frozenset({"bn", *PRIORS}) | objective.terms
+        self.terms = (*objective.terms, "bn", *PRIORS)
         self.iterations, self.lr, self.betas = iterations, lr, tuple(betas)
         self.jitter, self.flip, self.init = jitter, flip, init
 
@@ -69,17 +69,16 @@ class InversionSynthesizer(PoolSynthesizer):
         opt = torch.optim.Adam([x], lr=self.lr, betas=self.betas)
         best_loss, best_x, best_terms = math.inf, None, {}
         with ExitStack() as stack:
-            bn = stack.enter_context(BNStatHooks(ctx.teacher)) if w.get("bn") else None
+            bn = stack.enter_context(BNStatHooks(ctx.teacher)) if reads(self.terms, w, "bn_layer_losses") else None
             taps = self.objective.taps(ctx, stack)
             for _ in range(self.iterations):
                 view = self.view(x)
                 if bn is not None:
                     bn.reset()
                 logits = ctx.teacher(view)
-                terms = self.objective.compute(ctx, view, logits, taps, goal)
-                if bn is not None:
-                    terms["bn"] = bn.loss()
-                terms.update({name: prior(view) for name, prior in PRIORS.items() if w.get(name)})
+                inputs = self.objective.inputs(ctx, view, logits, taps, goal)
+                terms = compute_terms(self.terms, w, {**inputs, "images": view,
+                                                      "bn_layer_losses": Lazy(lambda: bn.layer_losses())})
                 loss = weighted_sum(terms, w)
                 if loss.item() < best_loss:
                     best_loss, best_x = loss.item(), x.detach().clone()

@@ -12,6 +12,7 @@ import torch
 from torch import nn
 
 from ..config import ConfigError
+from ..losses.registry import register_loss
 from ..models.modes import eval_mode
 from ..models.taps import FeatureTap
 from ..zoo import zoo_entry
@@ -59,12 +60,21 @@ def record_activation_stats(model: nn.Module, images: torch.Tensor, labels: torc
                     "one pass over the real training split"}
 
 
-class ActivationMetadata(Objective):
-    """``meta``: per layer, the squared distance between the teacher's activations and targets
-    sampled from the recorded statistics of the image's target class, scaled by the layer's
-    mean recorded variance so every layer counts alike."""
+@register_loss("meta")
+def meta(layer_activations, activation_targets, activation_stds):
+    """Per layer, the mean squared distance between the teacher's (summarised) activations and
+    their sampled targets, over the layer's mean recorded variance so every layer counts alike."""
+    total = 0.0
+    for feature, target, std in zip(layer_activations, activation_targets, activation_stds):
+        total = total + (summarise(feature) - target).pow(2).mean() / std.pow(2).mean().clamp_min(1e-8)
+    return total
 
-    terms = frozenset({"meta"})
+
+class ActivationMetadata(Objective):
+    """``meta``: the teacher's activations against targets sampled from the recorded statistics
+    of the image's target class."""
+
+    terms = ("meta",)
 
     def bind_run(self, cfg):
         t = cfg.teacher
@@ -95,9 +105,6 @@ class ActivationMetadata(Objective):
     def taps(self, ctx, stack):
         return stack.enter_context(FeatureTap(ctx.teacher, self.layers))
 
-    def compute(self, ctx, view, logits, taps, goal):
-        total = 0.0
-        for i, (feature, target) in enumerate(zip(taps.features, goal)):
-            scale = getattr(self, f"std{i}").pow(2).mean().clamp_min(1e-8)
-            total = total + (summarise(feature) - target).pow(2).mean() / scale
-        return {"meta": total}
+    def inputs(self, ctx, view, logits, taps, goal):
+        return {"layer_activations": taps.features, "activation_targets": goal,
+                "activation_stds": [getattr(self, f"std{i}") for i in range(len(self.layers))]}

@@ -2,8 +2,8 @@
 ``InversionSynthesizer``'s one optimisation loop.
 
 An objective draws a per-batch goal (target classes, soft targets, activation samples),
-turns the teacher's output on the jittered batch into named loss terms, and says which soft
-targets (if any) are stored with the images in the pool.
+offers what its named loss terms (losses/terms.py) read from the teacher's output on the
+jittered batch, and says which soft targets (if any) are stored with the images in the pool.
 """
 
 from contextlib import ExitStack
@@ -12,8 +12,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from ..losses.entropy import activation_l1
-from ..losses.kd import js_divergence, soft_target_kd
+from ..losses.registry import Lazy
 from ..models.modes import eval_mode
 from ..models.taps import FeatureTap
 
@@ -48,8 +47,8 @@ def forked_seed(generator: torch.Generator) -> int:
 
 
 class Objective(nn.Module):
-    #: names in ``loss.weights`` this objective produces
-    terms: frozenset = frozenset()
+    #: names in ``loss.weights`` this objective produces, in the order they are summed
+    terms: tuple = ()
 
     def setup(self, synth, teacher: nn.Module):
         self.rng, self.num_classes = synth.rng, synth.num_classes
@@ -67,7 +66,8 @@ class Objective(nn.Module):
         """Enter the feature taps the terms read (hooks removed when the batch is done); None
         when the terms read only the logits."""
 
-    def compute(self, ctx, view, logits, taps, goal) -> dict:
+    def inputs(self, ctx, view, logits, taps, goal) -> dict:
+        """What this objective's terms read, by input name (``Lazy`` for what costs a forward)."""
         raise NotImplementedError
 
     def soft_targets(self, goal):
@@ -78,11 +78,11 @@ class Objective(nn.Module):
 
 
 class ClassTargets(Objective):
-    """DeepInversion: ``oh`` = cross-entropy to balanced target classes. Adaptive DeepInversion
-    adds ``comp`` = 1 - JS(T(x), S(x)) at ``comp_temperature``: images on which the frozen
-    current student disagrees with the teacher are preferred."""
+    """DeepInversion: ``target_ce`` = cross-entropy to balanced target classes. Adaptive
+    DeepInversion adds ``comp`` = 1 - JS(T(x), S(x)) at ``comp_temperature``: images on which
+    the frozen current student disagrees with the teacher are preferred."""
 
-    terms = frozenset({"oh", "comp"})
+    terms = ("target_ce", "comp")
 
     def __init__(self, comp_temperature: float = 3.0):
         super().__init__()
@@ -91,15 +91,13 @@ class ClassTargets(Objective):
     def goal(self, n, ctx):
         return balanced_classes(n, self.num_classes, self.rng).to(ctx.device)
 
-    def compute(self, ctx, view, logits, taps, goal):
-        w, terms = ctx.weights, {}
-        if w.get("oh"):
-            terms["oh"] = F.cross_entropy(logits.float(), goal)
-        if w.get("comp"):
+    def inputs(self, ctx, view, logits, taps, goal):
+        def frozen_student():
             with eval_mode(ctx.student):
-                s_logits = ctx.student(view)
-            terms["comp"] = 1 - js_divergence(logits, s_logits, self.comp_temperature)
-        return terms
+                return ctx.student(view)
+
+        return {"teacher_logits": logits, "target_classes": goal, "student_logits": Lazy(frozen_student),
+                "comp_temperature": self.comp_temperature}
 
 
 class DirichletTargets(Objective):
@@ -108,7 +106,7 @@ class DirichletTargets(Objective):
     from Dirichlet(beta * similarity[c]), an equal share of the batch for each beta. ``match``
     = KL(target || softmax(T(x)/T)) * T^2; the soft targets are stored with the images."""
 
-    terms = frozenset({"match"})
+    terms = ("match",)
 
     def __init__(self, betas: tuple = (1.0, 0.1), temperature: float = 20.0, min_concentration: float = 1e-3):
         super().__init__()
@@ -132,8 +130,8 @@ class DirichletTargets(Objective):
             targets = torch.distributions.Dirichlet(alpha).sample()
         return targets.to(ctx.device)
 
-    def compute(self, ctx, view, logits, taps, goal):
-        return {"match": soft_target_kd(logits, goal, self.temperature)}
+    def inputs(self, ctx, view, logits, taps, goal):
+        return {"teacher_logits": logits, "soft_targets": goal, "match_temperature": self.temperature}
 
     def soft_targets(self, goal):
         return goal
@@ -145,14 +143,14 @@ class FeatureGaussian(Objective):
     classifier's weight vectors, D = diag(exp(log_d)) learned by maximum likelihood of the
     coefficients of the teacher's own features on the synthesised images. Sampled features
     through the classifier give soft targets; ``match`` = KL(target || softmax(T(x))) and
-    ``act`` = -mean |last conv output| (strong activations, as in DAFL).
+    ``activation`` = -mean |last conv output| (strong activations, as in DAFL).
 
     ``oversample`` > 1 (not in the paper) draws that many times more features than needed and
     keeps a class-balanced share by the targets' argmax: the learned scales drift towards the
     classes the images already look like, and a class the targets stop naming is one the
     student forgets. 1 samples as the paper does."""
 
-    terms = frozenset({"match", "act"})
+    terms = ("match", "activation")
 
     def __init__(self, lr_d: float = 0.05, d_steps: int = 5, oversample: int = 1):
         super().__init__()
@@ -191,13 +189,9 @@ class FeatureGaussian(Objective):
     def taps(self, ctx, stack):
         return stack.enter_context(FeatureTap(ctx.teacher, [self.last_conv]))
 
-    def compute(self, ctx, view, logits, taps, goal):
-        w, terms = ctx.weights, {}
-        if w.get("match"):
-            terms["match"] = soft_target_kd(logits, goal)
-        if w.get("act"):
-            terms["act"] = -activation_l1(taps.features[0])
-        return terms
+    def inputs(self, ctx, view, logits, taps, goal):
+        return {"teacher_logits": logits, "soft_targets": goal, "match_temperature": 1.0,
+                "teacher_feature": Lazy(lambda: taps.features[0])}
 
     def soft_targets(self, goal):
         return goal
