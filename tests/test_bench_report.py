@@ -310,3 +310,13 @@ def test_bench_runs_under_joblib_and_a_second_start_skips_everything(tmp_path):
     assert (tmp_path / "report.html").is_file()
     assert "2 finished before, 0 to run" in run_bench(tmp_path, *args)
 
+
+
+@pytest.mark.slow
+def test_a_failing_cell_is_reported_and_the_bench_exits_1(tmp_path):
+    done = subprocess.run([sys.executable, "-m", "dfkd_lab.bench", f"hydra.sweep.dir={tmp_path}", "methods=[kd]",
+                           "seeds=[0]", 'overrides=["data.batchsize=8"]'],  # a typo: Hydra stops dfkd-train, exit 1
+                          check=False, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 1, done.stdout + done.stderr
+    assert "dfkd-train exit 1" in done.stderr and "batchsize" in (tmp_path / "default/kd/seed0/bench_job.log").read_text()
+    assert "- failed without metrics: " in (tmp_path / "benchmark.md").read_text()

@@ -160,30 +160,35 @@ def sweep(config: DictConfig, config_loader, launcher, arguments: list[str]) -> 
         todo = cells(config)
     except ConfigError as err:
         sys.exit(f"dfkd-bench: {err}")
-    jobs, finished = [], 0
+    jobs, run_dirs, finished = [], [], 0
     for setting, method, seed in todo:
         overrides = [*arguments, f"cell.setting={setting}", f"cell.method={method}", f"cell.seed={seed}"]
         job = config_loader.load_sweep_config(config, overrides)
-        if is_finished(Path(job.hydra.sweep.dir) / job.hydra.sweep.subdir):
+        run_dir = Path(job.hydra.sweep.dir) / job.hydra.sweep.subdir
+        if is_finished(run_dir):
             finished += 1
         else:
             jobs.append(overrides)
+            run_dirs.append(run_dir)
     sweep_dir.mkdir(parents=True, exist_ok=True)
     OmegaConf.save(config, sweep_dir / "multirun.yaml")
     (sweep_dir / "command.txt").write_text(command_line(config, arguments) + "\n")
     print(f"dfkd-bench: {len(todo)} runs in {sweep_dir}: {finished} finished before, {len(jobs)} to run",
           flush=True)
     returns = launcher.launch(jobs, initial_job_idx=0) if jobs else []
-    failed = []
-    for overrides, ret in zip(jobs, returns):
-        cell = " ".join(overrides[-3:])
+    failed, missing = [], []
+    for run_dir, ret in zip(run_dirs, returns):
         if ret.status != JobStatus.COMPLETED:
-            failed.append(f"{cell}: {ret._return_value!r}")
+            failed.append(f"{run_dir}: {ret._return_value!r}")
         elif ret.return_value["exit"] != 0:
-            failed.append(f"{cell}: dfkd-train exit {ret.return_value['exit']}, see "
-                          f"{Path(ret.return_value['dir']) / 'bench_job.log'}")
+            failed.append(f"{run_dir}: dfkd-train exit {ret.return_value['exit']}, see {run_dir / 'bench_job.log'}")
+        else:
+            continue
+        if not (run_dir / "metrics.json").is_file():
+            missing.append(failed[-1])
     if not config.dry_run:
-        _, table = write_report([sweep_dir], sweep_dir, stem="benchmark", title="dfkd-lab benchmark")
+        _, table = write_report([sweep_dir], sweep_dir, stem="benchmark", title="dfkd-lab benchmark",
+                                missing=missing)
         print("\n" + table + f"\nbenchmark: {sweep_dir / 'benchmark.md'}, {sweep_dir / 'report.html'}")
     for line in failed:
         print(f"dfkd-bench: failed: {line}", file=sys.stderr)

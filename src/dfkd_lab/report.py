@@ -263,7 +263,7 @@ def markdown_table(columns, cells: list[list[str]]) -> str:
     return "\n".join(lines + ["| " + " | ".join(c) + " |" for c in cells]) + "\n"
 
 
-def header(runs: list[Run], dirs) -> dict:
+def header(runs: list[Run], dirs, missing=()) -> dict:
     """Machine, commit and command: what a reader needs to compare the table with another."""
     def distinct(key):
         return sorted({str(r.metrics[key]) for r in runs if r.metrics.get(key) is not None})
@@ -275,13 +275,15 @@ def header(runs: list[Run], dirs) -> dict:
                        if (Path(d) / "command.txt").is_file()})
     return {"date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
             "machine": machines or ["not recorded"], "commit": distinct("run/commit") or ["not recorded"],
-            "command": commands, "runs": len(runs), "finished": sum(r.finished for r in runs)}
+            "command": commands, "runs": len(runs), "finished": sum(r.finished for r in runs),
+            "no_metrics": list(missing)}
 
 
 def header_lines(head: dict) -> list[str]:
     lines = [f"- machine: {'; '.join(head['machine'])}", f"- commit: {', '.join(head['commit'])}",
              f"- runs: {head['runs']} ({head['finished']} finished), report made {head['date']}"]
-    return lines + [f"- command: `{c}`" for c in head["command"]]
+    lines += [f"- command: `{c}`" for c in head["command"]]
+    return lines + [f"- failed without metrics: {m}" for m in head.get("no_metrics", [])]
 
 
 NOTE = ("Mean ± sample std over the seeds of the finished runs (not finished runs are counted in "
@@ -417,9 +419,10 @@ img{{max-width:100%;border:1px solid #ccc}}</style></head>
     (out_dir / "report.html").write_text(page)
 
 
-def write_report(paths, out_dir: Path, stem: str = "report", title: str = "dfkd-lab report"):
+def write_report(paths, out_dir: Path, stem: str = "report", title: str = "dfkd-lab report", missing=()):
     """Tables (``<stem>.md/.json/.csv``), figures and ``report.html`` for the runs under ``paths``;
-    returns the aggregated rows and their markdown table."""
+    ``missing`` names runs that failed before writing metrics (listed in the header). Returns
+    the aggregated rows and their markdown table."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     runs = [load_run(p) for p in find_runs(paths)]
@@ -428,7 +431,7 @@ def write_report(paths, out_dir: Path, stem: str = "report", title: str = "dfkd-
     rows = [aggregate(g, d) for g, d in zip(groups, differ)]
     labels = [f"{g[0].method} {d}".strip() for g, d in zip(groups, differ)]
     run_rows = [{**run_row(r, out_dir.resolve()), "differs": d} for g, d in zip(groups, differ) for r in g]
-    head = header(runs, paths)
+    head = header(runs, paths, missing)
     table = write_tables(rows, run_rows, head, out_dir, stem, title)
     images = {}
     if plot_bands(groups, labels, TIME_AXIS, "wall time (s)", out_dir / "accuracy_vs_time.png"):
