@@ -333,20 +333,23 @@ def seed_band(runs: list[Run], axis: str) -> tuple[list, list, list] | None:
 
 
 def plot_bands(groups: list[list[Run]], labels: list[str], axis: str, xlabel: str, path: Path) -> bool:
-    """Accuracy against ``axis``: one line per row (mean over seeds), a band of +- one std."""
+    """Accuracy against ``axis``: one line per row (mean over its finished seeds), a band of
+    +- one std; the full row names are in the tables, long ones are cut in the legend."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    bands = [(label, seed_band([r for r in g if r.curve], axis)) for g, label in zip(groups, labels)]
-    bands = [(label, band) for label, band in bands if band]
+    bands = [(i, label, seed_band([r for r in g if r.curve and r.finished], axis))
+             for i, (g, label) in enumerate(zip(groups, labels))]
+    bands = [(i, label, band) for i, label, band in bands if band]
     if not bands:
         return False
     fig, ax = plt.subplots(figsize=(9.6, 5.6), dpi=100)
-    for i, (label, (xs, means, stds)) in enumerate(bands):
-        color = f"C{i % 10}"
-        ax.plot(xs, means, marker="o", markersize=3, color=color, label=label,
+    for i, label, (xs, means, stds) in bands:
+        color = f"C{i % 10}"  # by row, so a row has one colour in every figure
+        short = label if len(label) <= 40 else label[:39] + "…"
+        ax.plot(xs, means, marker="o", markersize=3, color=color, label=short,
                 linestyle="-" if i < 10 else "--")
         ax.fill_between(xs, [m - s for m, s in zip(means, stds)], [m + s for m, s in zip(means, stds)],
                         color=color, alpha=0.2, linewidth=0)
@@ -356,7 +359,7 @@ def plot_bands(groups: list[list[Run]], labels: list[str], axis: str, xlabel: st
     ax.grid(alpha=0.3)
     ax.legend(loc="center left", bbox_to_anchor=(1.01, 0.5), fontsize="small")
     ax.set_title(f"student test accuracy vs {xlabel} (mean ± std over seeds)")
-    fig.tight_layout()
+    fig.subplots_adjust(left=0.08, right=0.66, top=0.92, bottom=0.1)  # room for the legend
     fig.savefig(path)
     plt.close(fig)
     return True
