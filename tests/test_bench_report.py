@@ -277,6 +277,8 @@ def test_bench_skips_finished_cells(tmp_path, launcher):
     cells get a command; a finished run is skipped, a stopped one (no final metrics) runs again."""
     fake_run(tmp_path / "default/dafl/seed0", "dafl", {"test/acc": 0.7, "time/total_s": 3.0})
     fake_run(tmp_path / "default/kd/seed1", "kd", {"test/acc": 0.2})  # stopped: no total time
+    (tmp_path / "default/kd/seed1/checkpoints").mkdir()
+    (tmp_path / "default/kd/seed1/checkpoints/last.ckpt").write_bytes(b"")  # ... with a checkpoint
     out = run_bench(tmp_path, "methods=[dafl,kd]", "seeds=[0,1]", "budget_s=30", "dry_run=true",
                     *launcher.split())
     assert "4 runs" in out and "1 finished before, 3 to run" in out
@@ -284,6 +286,7 @@ def test_bench_skips_finished_cells(tmp_path, launcher):
     for cell in ("dafl/seed1", "kd/seed0", "kd/seed1"):
         command = (tmp_path / "default" / cell / "command.txt").read_text()
         assert f"method={cell.split('/')[0]} seed={cell[-1]}" in command and "trainer.max_time=00:00:00:30" in command
+        assert command.rstrip().endswith("resume=last") == (cell == "kd/seed1")  # the stopped run continues
     assert (tmp_path / "command.txt").read_text().startswith("dfkd-bench 'methods=[dafl,kd]'")
 
 
