@@ -1,28 +1,39 @@
-"""dfkd-report on fabricated run dirs (fast), the bench's helpers, and dfkd-bench end to end (slow)."""
+"""dfkd-report on fabricated run dirs (fast), dfkd-bench's cells, skipping and launchers."""
 
 import json
+import math
 import shutil
 import subprocess
 import sys
+from types import SimpleNamespace
 
 import pytest
+import torch
 import yaml
-from hydra import initialize_config_dir
+from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
-from omegaconf import OmegaConf
 from PIL import Image
 
 from dfkd_lab import bench, report
+from dfkd_lab.callbacks.budget import TeacherPassBudget
 from dfkd_lab.config import ConfigError
+from dfkd_lab.provenance import provenance
 from dfkd_lab.train import CONF_DIR
 
+MACHINE = {"machine/cpu": "Test CPU 9000", "machine/cpus": 2, "machine/threads": 1, "machine/gpu": None,
+           "run/commit": "abc123def456"}
 
-def fake_run(path, method, metrics, curve=(), samples=False, uses_teacher=True):
+
+def fake_run(path, method, metrics, curve=(), samples=False, uses_teacher=True, seed=0, overrides=(),
+             max_time=None):
     (path / ".hydra").mkdir(parents=True)
     config = {"method": {"name": method, "uses_teacher": uses_teacher}, "data": {"name": "fashion_mnist"},
-              "teacher": {"zoo": "lenet5_fmnist", "arch": None}, "student": {"arch": "lenet5_half"}}
+              "teacher": {"zoo": "lenet5_fmnist", "arch": None}, "student": {"arch": "lenet5_half"},
+              "seed": seed, "trainer": {"max_time": max_time}}
     (path / ".hydra" / "config.yaml").write_text(yaml.safe_dump(config))
-    (path / "metrics.json").write_text(json.dumps(metrics))
+    (path / ".hydra" / "overrides.yaml").write_text(
+        yaml.safe_dump([f"method={method}", f"seed={seed}", "task_name=bench-x", *overrides]))
+    (path / "metrics.json").write_text(json.dumps({**MACHINE, **metrics}))
     (path / "curve.jsonl").write_text("".join(json.dumps(row) + "\n" for row in curve))
     if samples:
         (path / "samples").mkdir()
@@ -30,56 +41,115 @@ def fake_run(path, method, metrics, curve=(), samples=False, uses_teacher=True):
     return path
 
 
+def curve(*points):
+    return [{"time_s": t, "val/acc": a, "cost/teacher_forwards": 10 * t} for t, a in points]
+
+
 @pytest.fixture
 def runs(tmp_path):
+    """dafl over three seeds (plus a stopped fourth), dafl with another setting, scratch."""
     root = tmp_path / "runs"
-    fake_run(root / "00_dafl", "dafl",
-             {"teacher/acc": 0.9, "test/acc": 0.72, "test/acc_best": 0.75, "cost/synthesis_s": 40.0,
-              "cost/kd_s": 10.0, "cost/images": 2000.0, "cost/images_per_s": 50.0, "mem/peak_mb": 900.0,
-              "time/total_s": 55.0},
-             curve=[{"epoch": 0, "step": 5, "time_s": 10.0, "val/acc": 0.5},
-                    {"epoch": 1, "step": 10, "time_s": 20.0, "val/acc": 0.72}], samples=True)
-    fake_run(root / "01_scratch", "scratch", {"test/acc": 0.88, "test/acc_best": 0.89, "time/total_s": 30.0},
-             curve=[{"epoch": 0, "step": 5, "time_s": 15.0, "val/acc": 0.88}], uses_teacher=False)
+    for seed, acc in enumerate([0.70, 0.72, 0.77]):
+        fake_run(root / f"dafl/seed{seed}", "dafl",
+                 {"teacher/acc": 0.9, "test/acc": acc, "test/acc_best": acc + 0.01, "cost/synthesis_s": 40.0 + seed,
+                  "cost/kd_s": 10.0, "cost/images": 2000.0, "cost/teacher_forwards": 300.0,
+                  "mem/peak_mb": 900.0 + 10 * seed, "time/total_s": 55.0},
+                 curve=curve((10, 0.3 + seed / 10), (20, 0.5), (30, 0.6), (60, acc), (90, acc)),
+                 seed=seed, max_time="00:00:01:40", samples=seed == 0)
+    fake_run(root / "dafl/seed3", "dafl", {"test/acc": 0.1}, curve=curve((10, 0.1)), seed=3)  # killed
+    fake_run(root / "dafl_oh/seed0", "dafl", {"test/acc": 0.5, "time/total_s": 50.0, "status": "finished"},
+             curve=curve((10, 0.4), (20, 0.5)), overrides=["loss.weights.oh=0.5"])
+    fake_run(root / "scratch/seed0", "scratch", {"test/acc": 0.88, "test/acc_best": 0.89, "time/total_s": 30.0},
+             curve=[{"time_s": 15.0, "val/acc": 0.88}], uses_teacher=False)
     return root
 
 
-def test_table_has_every_column_and_the_numbers(runs, tmp_path):
+def by_differs(rows, method):
+    return {r["differs"]: r for r in rows if r["method"] == method}
+
+
+def test_seed_aggregation_matches_hand_computed_mean_and_std(runs, tmp_path):
     rows, table = report.write_report([runs], tmp_path / "out", stem="benchmark")
-    header = table.splitlines()[0]
-    for _, name in report.COLUMNS:
-        assert f" {name} |" in header
-    dafl, scratch = rows
-    assert dafl["method"] == "dafl" and dafl["run"] == str(runs / "00_dafl")
-    assert dafl["pct_teacher"] == pytest.approx(80.0)
-    assert dafl["acc_best"] == pytest.approx(75.0)
-    assert "| dafl | fashion_mnist | lenet5_fmnist | lenet5_half | 90.00 | 72.00 | 75.00 | 80.0 | 40.0 | 10.0 | 2000 |" in table
-    assert scratch["teacher"] is None and "pct_teacher" not in scratch  # no teacher: no ratio
-    saved = json.loads((tmp_path / "out" / "benchmark.json").read_text())
-    assert [r["method"] for r in saved["rows"]] == ["dafl", "scratch"]
-    assert (tmp_path / "out" / "benchmark.md").read_text().startswith(header)
+    dafl = by_differs(rows, "dafl")
+    plain, oh = dafl[""], dafl["loss.weights.oh=0.5"]
+    assert plain["seeds"] == "0,1,2" and plain["n"] == 3  # the killed seed 3 is not averaged
+    assert plain["status"] == "3 finished, 1 stopped (no final metrics)"
+    # 70, 72, 77: mean 73, deviations -3, -1, 4 -> sample variance 26 / 2 = 13
+    assert plain["acc_mean"] == pytest.approx(73.0)
+    assert plain["acc_std"] == pytest.approx(math.sqrt(13))
+    assert plain["acc_best_mean"] == pytest.approx(74.0)
+    assert plain["synthesis_s_mean"] == pytest.approx(41.0) and plain["synthesis_s_std"] == pytest.approx(1.0)
+    assert plain["peak_mb_mean"] == pytest.approx(910.0) and plain["teacher_passes_mean"] == 300
+    # budget 100 s: a quarter is 25 s (last evaluation at 20 s), a half 50 s (at 30 s)
+    assert plain["acc_q1_mean"] == pytest.approx(50.0) and plain["acc_q1_std"] == pytest.approx(0.0)
+    assert plain["acc_q2_mean"] == pytest.approx(60.0)
+    assert oh["n"] == 1 and oh["acc_mean"] == pytest.approx(50.0) and oh["acc_std"] is None
+    assert by_differs(rows, "scratch")[""]["teacher_acc_mean"] is None
+    assert "| dafl | fashion_mnist | lenet5_fmnist | lenet5_half | - | 0,1,2 | 73.00 ± 3.61 | 74.00 ± 3.61 |" in table
+    assert "| dafl | fashion_mnist | lenet5_fmnist | lenet5_half | loss.weights.oh=0.5 | 0 | 50.00 |" in table
 
 
-def test_report_writes_plots_and_html(runs, tmp_path):
+def test_tables_on_disk_carry_header_runs_and_status(runs, tmp_path):
+    out = tmp_path / "out"
+    report.write_report([runs], out, stem="benchmark")
+    text = (out / "benchmark.md").read_text()
+    assert "- machine: Test CPU 9000 (2 CPUs, 1 threads), GPU: none" in text
+    assert "- commit: abc123def456" in text and "- runs: 6 (5 finished)" in text
+    assert "| stopped (no final metrics) |" in text  # the killed run is listed as such
+    saved = json.loads((out / "benchmark.json").read_text())
+    assert saved["header"]["commit"] == ["abc123def456"] and len(saved["rows"]) == 3 and len(saved["runs"]) == 6
+    lines = (out / "benchmark.csv").read_text().splitlines()
+    assert lines[0].startswith("method,data,teacher,student,differs,seeds,n,status,acc_mean,acc_std")
+    assert len(lines) == 4 and lines[1].startswith('dafl,fashion_mnist,lenet5_fmnist,lenet5_half,,"0,1,2",3,')
+
+
+def test_status_field_wins_over_the_old_rule():
+    assert report.run_status({"status": "failed: SynthesisDiverged"}) == "failed: SynthesisDiverged"
+    assert report.run_status({"status": "finished"}) == "finished"
+    assert report.run_status({"test/acc": 0.5, "time/total_s": 3.0}) == "finished"  # before the field
+    assert report.run_status({"test/acc": 0.5}).startswith("stopped")
+
+
+def test_budget_axis_and_accuracy_reached():
+    run = report.Run(None, {"trainer": {"max_time": "00:00:02:00"}}, {}, curve=curve((10, 0.2), (70, 0.4)))
+    assert report.budget(run) == ("time_s", 120.0)
+    assert report.accuracy_by(run.curve, "time_s", 30) == pytest.approx(20.0)
+    assert report.accuracy_by(run.curve, "time_s", 5) is None  # no evaluation yet
+    run.config["callbacks"] = {"teacher_pass_budget": {"max_passes": 800}}
+    assert report.budget(run) == ("cost/teacher_forwards", 800.0)
+    assert report.accuracy_by(run.curve, "cost/teacher_forwards", 400) == pytest.approx(20.0)
+    assert report.max_time_s({"minutes": 2, "seconds": 3}) == 123
+
+
+def test_report_draws_banded_curves_and_html(runs, tmp_path):
     out = tmp_path / "out"
     report.main([str(runs), "--out", str(out)])
-    curves = Image.open(out / "accuracy_vs_time.png")
-    assert curves.size == (960, 560)
-    # a drawn line: pixels of the first run's colour exist inside the plot
-    rgb = tuple(int(report.PALETTE[0][i:i + 2], 16) for i in (1, 3, 5))
-    assert rgb in {c for _, c in curves.convert("RGB").getcolors(1 << 20)}
+    for name in ("accuracy_vs_time.png", "accuracy_vs_teacher_passes.png"):
+        png = Image.open(out / name).convert("RGB")
+        assert png.size == (960, 560)
+        colors = {c for _, c in png.getcolors(1 << 20)}
+        assert (31, 119, 180) in colors  # matplotlib's first colour: the dafl mean line
     assert Image.open(out / "samples.png").width > 0
     page = (out / "report.html").read_text()
-    assert '<table id="results">' in page and page.count("<tr>") == 3
-    assert 'src="accuracy_vs_time.png"' in page and 'src="samples.png"' in page
-    assert (out / "report.md").is_file() and (out / "report.json").is_file()
+    assert '<table id="results">' in page and '<table id="runs">' in page
+    assert 'src="accuracy_vs_time.png"' in page and 'src="accuracy_vs_teacher_passes.png"' in page
+    assert "Test CPU 9000" in page and "abc123def456" in page
+    assert (out / "report.md").is_file() and (out / "report.csv").is_file()
+
+
+def test_seed_band_is_mean_and_std_of_the_accuracy_reached():
+    runs = [report.Run(None, {}, {}, curve=curve((10, 0.2), (20, 0.4))),
+            report.Run(None, {}, {}, curve=curve((15, 0.6), (30, 0.8)))]
+    xs, means, stds = report.seed_band(runs, "time_s")
+    assert xs == [15, 20]  # where both runs have been evaluated
+    assert means == pytest.approx([40.0, 50.0]) and stds[0] == pytest.approx(math.sqrt(2) * 20)
 
 
 def test_report_without_curves_or_samples(tmp_path):
-    fake_run(tmp_path / "r", "kd", {"test/acc": 0.5})
+    fake_run(tmp_path / "r", "kd", {"test/acc": 0.5, "time/total_s": 1.0})
     (tmp_path / "r" / "curve.jsonl").unlink()
     rows, _ = report.write_report([tmp_path], tmp_path)
-    assert rows[0]["acc"] == pytest.approx(50.0)
+    assert rows[0]["acc_mean"] == pytest.approx(50.0)
     assert not (tmp_path / "accuracy_vs_time.png").exists() and not (tmp_path / "samples.png").exists()
     assert "No accuracy curves" in (tmp_path / "report.html").read_text()
 
@@ -90,24 +160,6 @@ def test_report_rejects_dirs_without_runs(tmp_path, capsys):
     assert "no run" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         report.main([str(tmp_path / "missing")])
-
-
-def test_budget_becomes_lightning_max_time():
-    assert bench.max_time(120) == "00:00:02:00"
-    assert bench.max_time(90061) == "01:01:01:01"
-    with pytest.raises(ConfigError, match="budget_s"):
-        bench.max_time(0)
-
-
-def test_default_methods_are_the_data_free_configs_then_references():
-    GlobalHydra.instance().clear()
-    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
-        methods = bench.default_methods(["kd", "scratch"], exclude=["fastdfkd"])
-    GlobalHydra.instance().clear()
-    assert "dafl" in methods and methods[-2:] == ["kd", "scratch"]
-    assert "teacher" not in methods and "fastdfkd" not in methods and methods.count("kd") == 1
-    with pytest.raises(ConfigError, match="no_such_method"):
-        bench.check_methods(["dafl", "no_such_method"])
 
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
@@ -126,35 +178,148 @@ def test_report_html_renders_in_headless_chromium(runs, tmp_path):
                    check=True, capture_output=True, timeout=60)
     colors = Image.open(shot).convert("RGB").getcolors(1 << 24)
     assert len(colors) > 20  # not a blank page: text, table borders and the plots were drawn
-    assert (255, 0, 0) in {c for _, c in colors}  # the red sample grid loaded by relative path
+    assert (31, 119, 180) in {c for _, c in colors}  # the accuracy figure loaded by relative path
+
+
+# --- provenance and the pass budget ----------------------------------------------------------
+def test_provenance_names_machine_and_commit():
+    info = provenance()
+    assert info["machine/cpu"] and info["machine/cpus"] >= 1 and info["machine/threads"] >= 1
+    assert info["machine/gpu"] is None or "x " in info["machine/gpu"]
+    commit = info["run/commit"]
+    assert commit is None or len(commit.removesuffix("-dirty")) == 12
+
+
+def test_teacher_pass_budget_stops_at_the_count():
+    budget = TeacherPassBudget(max_passes=5)
+    trainer = SimpleNamespace(should_stop=False)
+    module = SimpleNamespace(cost=SimpleNamespace(teacher_forwards=torch.tensor(4.0)))
+    budget.on_train_batch_end(trainer, module, None, None, 0)
+    assert trainer.should_stop is False
+    module.cost.teacher_forwards += 1
+    budget.on_train_batch_end(trainer, module, None, None, 0)
+    assert trainer.should_stop is True
+    budget.on_train_batch_end(trainer, SimpleNamespace(), None, None, 0)  # no meter (kd): no effect
+    with pytest.raises(ConfigError, match="max_passes"):
+        TeacherPassBudget(0)
+
+
+# --- dfkd-bench --------------------------------------------------------------------------------
+def test_budget_becomes_lightning_max_time():
+    assert bench.max_time(120) == "00:00:02:00"
+    assert bench.max_time(90061) == "01:01:01:01"
+    with pytest.raises(ConfigError, match="budget_s"):
+        bench.max_time(0)
+
+
+@pytest.fixture
+def bench_hydra():
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
+        yield
+    GlobalHydra.instance().clear()
+
+
+def test_default_methods_are_the_data_free_configs_then_references(bench_hydra):
+    methods = bench.default_methods(["kd", "scratch"], exclude=["fastdfkd"])
+    assert "dafl" in methods and methods[-2:] == ["kd", "scratch"]
+    assert "teacher" not in methods and "fastdfkd" not in methods and methods.count("kd") == 1
+    with pytest.raises(ConfigError, match="no_such_method"):
+        bench.check_methods(["dafl", "no_such_method"])
+
+
+def test_cells_cross_settings_methods_and_seeds_and_check_first(bench_hydra):
+    cfg = compose("bench", overrides=["methods=[dafl,kd]", "seeds=[0,1]", '+settings.small=["data.batch_size=8"]',
+                                      '+settings.big=["data.batch_size=64"]'])
+    cells = bench.cells(cfg)
+    assert len(cells) == 8 and cells[0] == ("small", "dafl", 0) and cells[-1] == ("big", "kd", 1)
+    for bad, message in (("seeds=[]", "seeds"), ("budget_s=-1", "budget_s"), ("budget_passes=0", "budget_passes"),
+                         ("methods=[dafl,nope]", "nope")):
+        with pytest.raises(ConfigError, match=message):
+            bench.cells(compose("bench", overrides=["methods=[dafl]", bad]))
+
+
+def test_cell_overrides_carry_equal_budgets_and_the_setting(bench_hydra):
+    cfg = compose("bench", overrides=["budget_s=90", "budget_passes=500", 'overrides=["data=mnist"]',
+                                      '+settings.small=["data.batch_size=8"]', "cell.setting=small",
+                                      "cell.method=dafl", "cell.seed=2"])
+    assert bench.train_overrides(cfg, "bench-x") == [
+        "method=dafl", "seed=2", "task_name=bench-x", "trainer.max_time=00:00:01:30",
+        "+callbacks.teacher_pass_budget={_target_:dfkd_lab.callbacks.budget.TeacherPassBudget,max_passes:500}",
+        "data=mnist", "data.batch_size=8"]
+    # the override composes into dfkd-train's config and instantiates the callback
+    train = compose("train", overrides=bench.train_overrides(cfg, "g")[:5])
+    assert isinstance(bench.hydra.utils.instantiate(train.callbacks.teacher_pass_budget), TeacherPassBudget)
+
+
+def test_bench_composes_under_the_submitit_slurm_launcher(bench_hydra):
+    """The same benchmark definition on SLURM: only the launcher changes (no cluster needed)."""
+    for launcher, target in (("submitit_slurm", "SlurmLauncher"), ("slurm", "SlurmLauncher"),
+                             ("joblib", "JoblibLauncher")):
+        cfg = compose("bench", overrides=["methods=[dafl]", "name=b", "cell.method=dafl", "cell.seed=1",
+                                          f"hydra/launcher={launcher}"], return_hydra_config=True)
+        assert cfg.hydra.launcher._target_.endswith(target)
+        assert cfg.hydra.sweeper._target_.endswith("bench_sweeper.BenchSweeper")
+        assert cfg.hydra.sweep.dir.endswith("outputs/bench/b") and cfg.hydra.sweep.subdir == "default/dafl/seed1"
+
+
+def run_bench(tmp_path, *args, timeout=600):
+    done = subprocess.run([sys.executable, "-m", "dfkd_lab.bench", f"hydra.sweep.dir={tmp_path}", *args],
+                          check=False, capture_output=True, text=True, timeout=timeout)
+    assert done.returncode == 0, done.stdout + done.stderr
+    return done.stdout
+
+
+@pytest.mark.parametrize("launcher", ["hydra/launcher=basic", pytest.param(
+    "hydra/launcher=joblib hydra.launcher.n_jobs=2", marks=pytest.mark.slow)])  # ~50 s of imports
+def test_bench_skips_finished_cells(tmp_path, launcher):
+    """A dry run (each cell writes its dfkd-train command instead of running it): only unfinished
+    cells get a command; a finished run is skipped, a stopped one (no final metrics) runs again."""
+    fake_run(tmp_path / "default/dafl/seed0", "dafl", {"test/acc": 0.7, "time/total_s": 3.0})
+    fake_run(tmp_path / "default/kd/seed1", "kd", {"test/acc": 0.2})  # stopped: no total time
+    (tmp_path / "default/kd/seed1/checkpoints").mkdir()
+    (tmp_path / "default/kd/seed1/checkpoints/last.ckpt").write_bytes(b"")  # ... with a checkpoint
+    out = run_bench(tmp_path, "methods=[dafl,kd]", "seeds=[0,1]", "budget_s=30", "dry_run=true",
+                    *launcher.split())
+    assert "4 runs" in out and "1 finished before, 3 to run" in out
+    assert not (tmp_path / "default/dafl/seed0/command.txt").exists()
+    for cell in ("dafl/seed1", "kd/seed0", "kd/seed1"):
+        command = (tmp_path / "default" / cell / "command.txt").read_text()
+        assert f"method={cell.split('/')[0]} seed={cell[-1]}" in command and "trainer.max_time=00:00:00:30" in command
+        assert command.rstrip().endswith("resume=last") == (cell == "kd/seed1")  # the stopped run continues
+    assert (tmp_path / "command.txt").read_text().startswith("dfkd-bench 'methods=[dafl,kd]'")
+
+
+TINY = '["trainer.max_epochs=1","trainer.limit_train_batches=2","trainer.limit_val_batches=1",' \
+       '"trainer.limit_test_batches=1","trainer.enable_progress_bar=false","logger=none"]'
 
 
 @pytest.mark.slow
-def test_bench_runs_two_methods_and_writes_the_table(tmp_path):
-    out = tmp_path / "bench"
-    tiny = '["trainer=cpu","trainer.max_epochs=1","trainer.limit_train_batches=2","trainer.limit_val_batches=1",' \
-           '"trainer.limit_test_batches=1","trainer.enable_progress_bar=false","logger=none"]'
-    done = subprocess.run([sys.executable, "-m", "dfkd_lab.bench", "methods=[scratch,dafl]", "budget_s=60",
-                           f"overrides={tiny}", f"hydra.run.dir={out}"],
-                          check=False, capture_output=True, text=True, timeout=600)
-    assert done.returncode == 0, done.stdout + done.stderr
-    saved = json.loads((out / "benchmark.json").read_text())
-    assert [r["method"] for r in saved["rows"]] == ["scratch", "dafl"]
-    assert saved["columns"] == [k for k, _ in report.COLUMNS]
-    dafl = saved["rows"][1]
-    for key in ("teacher_acc", "acc", "acc_best", "pct_teacher", "synthesis_s", "kd_s", "images", "peak_mb"):
+def test_bench_runs_under_joblib_and_a_second_start_skips_everything(tmp_path):
+    args = ["methods=[scratch,dafl]", "seeds=[0]", "budget_s=60", "budget_passes=6", "threads=1",
+            f"overrides={TINY}", "hydra/launcher=joblib", "hydra.launcher.n_jobs=2"]
+    out = run_bench(tmp_path, *args)
+    assert "0 finished before, 2 to run" in out and "| dafl |" in out
+    saved = json.loads((tmp_path / "benchmark.json").read_text())
+    assert sorted(r["method"] for r in saved["rows"]) == ["dafl", "scratch"]
+    dafl = next(r for r in saved["rows"] if r["method"] == "dafl")
+    assert dafl["status"] == "1 finished" and 6 <= dafl["teacher_passes_mean"] < 12  # stopped by the budget
+    for key in ("acc_mean", "acc_best_mean", "synthesis_s_mean", "kd_s_mean", "images_mean", "peak_mb_mean"):
         assert dafl[key] >= 0, key
-    assert "| dafl |" in (out / "benchmark.md").read_text() and "| dafl |" in done.stdout
-    assert (out / "report.html").is_file()
-    config = yaml.safe_load((out / "01_dafl" / ".hydra" / "config.yaml").read_text())
-    assert config["trainer"]["max_time"] == "00:00:01:00" and config["task_name"] == "bench-bench"
+    config = yaml.safe_load((tmp_path / "default/dafl/seed0/.hydra/config.yaml").read_text())
+    assert config["trainer"]["max_time"] == "00:00:01:00" and config["seed"] == 0
+    metrics = json.loads((tmp_path / "default/dafl/seed0/metrics.json").read_text())
+    assert metrics["machine/threads"] == 1 and "run/commit" in metrics
+    assert (tmp_path / "report.html").is_file()
+    assert "2 finished before, 0 to run" in run_bench(tmp_path, *args)
 
 
-def test_job_command_carries_budget_group_and_setting(tmp_path):
-    cfg = OmegaConf.structured(bench.BenchConfig(budget_s=90, overrides=["data=mnist"]))
-    cmd = bench.job_command("dafl", tmp_path / "00_dafl", cfg, "bench-x")
-    assert cmd[1:3] == ["-m", "dfkd_lab.train"]
-    assert cmd[3:] == ["method=dafl", "task_name=bench-x", f"hydra.run.dir={tmp_path / '00_dafl'}",
-                       "trainer.max_time=00:00:01:30", "data=mnist"]
-    cfg.budget_s = None
-    assert not any(c.startswith("trainer.max_time") for c in bench.job_command("kd", tmp_path, cfg, "g"))
+
+@pytest.mark.slow
+def test_a_failing_cell_is_reported_and_the_bench_exits_1(tmp_path):
+    done = subprocess.run([sys.executable, "-m", "dfkd_lab.bench", f"hydra.sweep.dir={tmp_path}", "methods=[kd]",
+                           "seeds=[0]", 'overrides=["data.batchsize=8"]'],  # a typo: Hydra stops dfkd-train, exit 1
+                          check=False, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 1, done.stdout + done.stderr
+    assert "dfkd-train exit 1" in done.stderr and "batchsize" in (tmp_path / "default/kd/seed0/bench_job.log").read_text()
+    assert "- failed without metrics: " in (tmp_path / "benchmark.md").read_text()

@@ -12,8 +12,6 @@ from omegaconf import OmegaConf
 from dfkd_lab.train import CONF_DIR
 
 CONF = Path(CONF_DIR)
-# groups whose files need a Hydra plugin that may not be installed
-PLUGINS = {"hparams_search": "hydra_plugins.hydra_optuna_sweeper"}
 GROUPS = ["data", "teacher", "student", "method", "loss", "trainer", "logger", "callbacks", "debug",
           "experiment", "hparams_search"]
 
@@ -36,9 +34,6 @@ def group_options():
     for group in GROUPS:
         for path in sorted((CONF / group).glob("*.yaml")):
             marks = [] if f"{group}={path.stem}" in FAST else [pytest.mark.slow]
-            plugin = PLUGINS.get(group)
-            if plugin and not installed(plugin):
-                marks.append(pytest.mark.skip(reason=f"{group} needs the {plugin} plugin"))
             yield pytest.param(group, path.stem, marks=marks, id=f"{group}={path.stem}")
 
 

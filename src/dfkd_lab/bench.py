@@ -1,10 +1,21 @@
-"""``dfkd-bench``: run many methods on one setting and tabulate them (``benchmark.md/.json``).
+"""``dfkd-bench``: one benchmark is one Hydra multirun over (setting x) method x seed.
 
-Each method is a separate ``dfkd-train`` process writing into ``<output dir>/NN_<method>``,
-run one after the other. Separate processes (rather than one Hydra multirun) keep the
-per-run peak memory honest and let one crashed method leave the others standing.
+    dfkd-bench "methods=[dafl,kd]" "seeds=[0,1,2]" budget_s=300 hydra/launcher=joblib name=mine
+    dfkd-report outputs/bench/mine
+
+The sweep (``hydra/sweeper=dfkd_bench``, ``hydra_plugins/dfkd_lab_sweepers``) lists the cells,
+leaves out those whose run dir holds a finished ``metrics.json`` (so the same command started
+again continues a stopped benchmark) and hands the rest to whichever Hydra launcher is chosen:
+``basic`` (one by one), ``joblib`` (local processes in parallel), ``submitit_slurm`` or the
+project's ``slurm`` (a SLURM array job). Each cell runs ``dfkd-train`` in a fresh process of its
+own: its peak memory (max RSS) is that run's alone, and a crashing method leaves the others
+standing. A stopped cell resumes from its last checkpoint. At the end the table, figures and
+``report.html`` are written into the benchmark dir (``dfkd_lab.report``).
 """
 
+import json
+import os
+import shlex
 import subprocess
 import sys
 from dataclasses import dataclass, field
@@ -13,13 +24,24 @@ from pathlib import Path
 import hydra
 from hydra.core.config_store import ConfigStore
 from hydra.core.hydra_config import HydraConfig
-from omegaconf import DictConfig
+from hydra.core.utils import JobStatus
+from omegaconf import DictConfig, OmegaConf
 
 from .config import ConfigError
-from .report import write_report
+from .report import run_status, write_report
 from .train import CONF_DIR
 
 METHOD_DIR = Path(CONF_DIR) / "method"
+DEFAULT_SETTING = "default"
+
+
+@dataclass
+class CellConfig:
+    """One run of the benchmark; set by the sweeper for each job."""
+
+    method: str | None = None
+    seed: int | None = None
+    setting: str = DEFAULT_SETTING
 
 
 @dataclass
@@ -27,15 +49,22 @@ class BenchConfig:
     methods: list[str] | None = None
     reference: list[str] = field(default_factory=lambda: ["kd", "scratch"])
     exclude: list[str] = field(default_factory=list)
+    seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
     budget_s: float | None = None
+    budget_passes: int | None = None
+    threads: int | None = None
     overrides: list[str] = field(default_factory=list)
+    settings: dict[str, list[str]] = field(default_factory=dict)
+    name: str = "${now:%Y-%m-%d_%H-%M-%S}"
     group: str | None = None
     dry_run: bool = False
+    cell: CellConfig = field(default_factory=CellConfig)
 
 
 ConfigStore.instance().store(name="bench_schema", node=BenchConfig)
 
 
+# --- the cells -----------------------------------------------------------------------------------
 def is_data_free(method: str) -> bool:
     """Compose ``method=<name>`` (the bench runs inside Hydra, so compose sees conf/)."""
     cfg = hydra.compose("train", overrides=[f"method={method}"])
@@ -63,51 +92,112 @@ def max_time(budget_s: float) -> str:
     return f"{seconds // 86400:02d}:{seconds // 3600 % 24:02d}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
 
 
-def job_command(method: str, run_dir: Path, cfg: DictConfig, group: str) -> list[str]:
-    cmd = [sys.executable, "-m", "dfkd_lab.train", f"method={method}", f"task_name={group}",
-           f"hydra.run.dir={run_dir}"]
-    if cfg.budget_s is not None:
-        cmd.append(f"trainer.max_time={max_time(cfg.budget_s)}")
-    return cmd + list(cfg.overrides)
-
-
-def run_jobs(cfg: DictConfig, out: Path) -> tuple[list[Path], list[dict]]:
-    """Run every method; returns the finished run dirs and a row for each failed one."""
+def cells(cfg: DictConfig) -> list[tuple[str, str, int]]:
+    """(setting, method, seed) for every run of the benchmark, checked before any starts."""
     methods = list(cfg.methods) if cfg.methods else default_methods(cfg.reference, cfg.exclude)
     check_methods(methods)
-    group = cfg.group or f"bench-{out.name}"
-    done, failed = [], []
-    for i, method in enumerate(methods):
-        run_dir = out / f"{i:02d}_{method}"
-        if cfg.dry_run:
-            print(" ".join(job_command(method, run_dir, cfg, group)))
-            continue
-        run_dir.mkdir(parents=True, exist_ok=True)
-        log = run_dir / "job.log"
-        print(f"[{i + 1}/{len(methods)}] {method} -> {run_dir}", flush=True)
-        with open(log, "w") as f:
-            code = subprocess.call(job_command(method, run_dir, cfg, group), stdout=f, stderr=subprocess.STDOUT)
-        if code == 0 and (run_dir / "metrics.json").is_file():
-            done.append(run_dir)
+    if not cfg.seeds:
+        raise ConfigError("seeds=[]: give at least one seed, e.g. seeds=[0,1,2]")
+    if cfg.budget_s is not None:
+        max_time(cfg.budget_s)
+    if cfg.budget_passes is not None and cfg.budget_passes <= 0:
+        raise ConfigError(f"budget_passes={cfg.budget_passes}: give a positive number of teacher passes")
+    settings = list(cfg.settings) or [DEFAULT_SETTING]
+    return [(s, m, int(seed)) for s in settings for m in methods for seed in cfg.seeds]
+
+
+def train_overrides(cfg: DictConfig, group: str) -> list[str]:
+    """The ``dfkd-train`` overrides of the cell ``cfg.cell``: equal budgets, then the setting."""
+    cell = cfg.cell
+    out = [f"method={cell.method}", f"seed={cell.seed}", f"task_name={group}"]
+    if cfg.budget_s is not None:
+        out.append(f"trainer.max_time={max_time(cfg.budget_s)}")
+    if cfg.budget_passes is not None:
+        out.append("+callbacks.teacher_pass_budget={_target_:dfkd_lab.callbacks.budget.TeacherPassBudget,"
+                   f"max_passes:{cfg.budget_passes}}}")
+    setting = list(cfg.settings[cell.setting]) if cfg.settings else []
+    return out + list(cfg.overrides) + setting
+
+
+def is_finished(run_dir: Path) -> bool:
+    """True when the run dir holds the metrics of a run that finished."""
+    path = run_dir / "metrics.json"
+    return path.is_file() and run_status(json.loads(path.read_text())) == "finished"
+
+
+# --- one cell (the task function every launcher runs) ---------------------------------------
+def run_cell(cfg: DictConfig) -> dict:
+    """Run ``dfkd-train`` for this job's cell in a fresh process, into this job's output dir."""
+    if cfg.cell.method is None:
+        raise ConfigError("dfkd-bench runs as a multirun (hydra.mode=MULTIRUN, hydra/sweeper=dfkd_bench)")
+    out = Path(HydraConfig.get().runtime.output_dir)
+    group = cfg.group or f"bench-{Path(HydraConfig.get().sweep.dir).name}"
+    overrides = [*train_overrides(cfg, group), f"hydra.run.dir={out}"]
+    if (out / "checkpoints" / "last.ckpt").is_file():
+        overrides.append("resume=last")  # a stopped cell continues; Lightning's timer resumes too
+    command = [sys.executable, "-m", "dfkd_lab.train", *overrides]
+    if cfg.dry_run:
+        (out / "command.txt").write_text(shlex.join(command) + "\n")
+        return {"dir": str(out), "exit": 0, "dry_run": True}
+    env = dict(os.environ)
+    if cfg.threads:
+        env.update(OMP_NUM_THREADS=str(cfg.threads), MKL_NUM_THREADS=str(cfg.threads))
+    with open(out / "bench_job.log", "a") as log:
+        code = subprocess.call(command, stdout=log, stderr=subprocess.STDOUT, env=env)
+    return {"dir": str(out), "exit": code}
+
+
+# --- the sweep (called by the dfkd_bench sweeper plugin) --------------------------------------
+def command_line(config: DictConfig, arguments) -> str:
+    hydra_overrides = list(config.hydra.overrides.hydra)
+    return shlex.join(["dfkd-bench", *arguments, *hydra_overrides])
+
+
+def sweep(config: DictConfig, config_loader, launcher, arguments: list[str]) -> list[str]:
+    """Launch every unfinished cell, then write the report; returns the cells that failed."""
+    sweep_dir = Path(config.hydra.sweep.dir)
+    try:
+        todo = cells(config)
+    except ConfigError as err:
+        sys.exit(f"dfkd-bench: {err}")
+    jobs, run_dirs, finished = [], [], 0
+    for setting, method, seed in todo:
+        overrides = [*arguments, f"cell.setting={setting}", f"cell.method={method}", f"cell.seed={seed}"]
+        job = config_loader.load_sweep_config(config, overrides)
+        run_dir = Path(job.hydra.sweep.dir) / job.hydra.sweep.subdir
+        if is_finished(run_dir):
+            finished += 1
         else:
-            print(f"  {method} failed (exit {code}); see {log}", flush=True)
-            failed.append({"method": method, "status": f"failed (exit {code})", "run": run_dir.name})
-    return done, failed
+            jobs.append(overrides)
+            run_dirs.append(run_dir)
+    sweep_dir.mkdir(parents=True, exist_ok=True)
+    OmegaConf.save(config, sweep_dir / "multirun.yaml")
+    (sweep_dir / "command.txt").write_text(command_line(config, arguments) + "\n")
+    print(f"dfkd-bench: {len(todo)} runs in {sweep_dir}: {finished} finished before, {len(jobs)} to run",
+          flush=True)
+    returns = launcher.launch(jobs, initial_job_idx=0) if jobs else []
+    failed, missing = [], []
+    for run_dir, ret in zip(run_dirs, returns):
+        if ret.status != JobStatus.COMPLETED:
+            failed.append(f"{run_dir}: {ret._return_value!r}")
+        elif ret.return_value["exit"] != 0:
+            failed.append(f"{run_dir}: dfkd-train exit {ret.return_value['exit']}, see {run_dir / 'bench_job.log'}")
+        else:
+            continue
+        if not (run_dir / "metrics.json").is_file():
+            missing.append(failed[-1])
+    if not config.dry_run:
+        _, table = write_report([sweep_dir], sweep_dir, stem="benchmark", title="dfkd-lab benchmark",
+                                missing=missing)
+        print("\n" + table + f"\nbenchmark: {sweep_dir / 'benchmark.md'}, {sweep_dir / 'report.html'}")
+    for line in failed:
+        print(f"dfkd-bench: failed: {line}", file=sys.stderr)
+    return failed
 
 
 @hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="bench")
-def main(cfg: DictConfig):
-    out = Path(HydraConfig.get().runtime.output_dir)
-    try:
-        done, failed = run_jobs(cfg, out)
-    except ConfigError as err:
-        sys.exit(f"dfkd-bench: {err}")
-    if cfg.dry_run:
-        return
-    _, table = write_report(done, out, stem="benchmark", extra_rows=failed, title="dfkd-lab benchmark")
-    print("\n" + table + f"\nbenchmark: {out / 'benchmark.md'}, {out / 'benchmark.json'}, {out / 'report.html'}")
-    if failed:
-        sys.exit(1)
+def main(cfg: DictConfig) -> dict:
+    return run_cell(cfg)
 
 
 if __name__ == "__main__":

@@ -1,39 +1,24 @@
-"""``dfkd-report DIR...``: runs on disk -> one results table, plots and a static HTML page.
+"""``dfkd-report DIR...``: runs on disk -> one seed-aggregated results table, curves, a static page.
 
-Any folder holding ``metrics.json`` is a run (single runs, multiruns and ``dfkd-bench``
-output dirs alike). The table is written as markdown and JSON; the plots are drawn with
-PIL (no plotting dependency); ``report.html`` links them by relative path, so the folder
-opens in a browser with no server and can be copied anywhere.
+Any folder holding ``metrics.json`` is a run (single runs, multiruns, ``dfkd-bench`` dirs
+alike). Runs of one method that differ only in their seed form one row: mean +- std over the
+seeds of every figure. Runs of one method that differ in other overrides are separate rows, and
+the ``differs`` column names those overrides. Outputs: ``<stem>.md``, ``<stem>.json``,
+``<stem>.csv``, matplotlib figures, and ``report.html``, which links the figures by relative
+path so the folder opens in a browser with no server and can be copied anywhere.
 """
 
 import argparse
+import csv
 import html
 import json
+import statistics
 from dataclasses import dataclass, field
+from datetime import datetime, timezone
 from pathlib import Path
 
 import yaml
 from PIL import Image, ImageDraw, ImageFont
-
-# (key in a row, markdown header); rows hold raw numbers, formatting happens on output.
-COLUMNS = [
-    ("method", "method"),
-    ("data", "data"),
-    ("teacher", "teacher"),
-    ("student", "student"),
-    ("teacher_acc", "teacher acc %"),
-    ("acc", "student acc % (final)"),
-    ("acc_best", "student acc % (best)"),
-    ("pct_teacher", "% of teacher"),
-    ("synthesis_s", "synthesis s"),
-    ("kd_s", "KD s"),
-    ("images", "images made"),
-    ("images_per_s", "images/s"),
-    ("peak_mb", "peak MB"),
-    ("total_s", "total s"),
-    ("status", "status"),
-    ("run", "run dir"),
-]
 
 # metrics.json key -> row key, and the factor that turns it into the unit the table shows
 METRICS = {
@@ -43,16 +28,48 @@ METRICS = {
     "cost/synthesis_s": ("synthesis_s", 1),
     "cost/kd_s": ("kd_s", 1),
     "cost/images": ("images", 1),
-    "cost/images_per_s": ("images_per_s", 1),
+    "cost/teacher_forwards": ("teacher_passes", 1),
     "mem/peak_mb": ("peak_mb", 1),
     "time/total_s": ("total_s", 1),
 }
 
-DECIMALS = {"teacher_acc": 2, "acc": 2, "acc_best": 2, "pct_teacher": 1, "synthesis_s": 1, "kd_s": 1,
-            "images": 0, "images_per_s": 1, "peak_mb": 0, "total_s": 0}
+# the figures averaged over seeds: (row key, header, decimals)
+FIGURES = [
+    ("acc", "final acc %", 2),
+    ("acc_best", "best acc %", 2),
+    ("acc_q1", "acc % at 1/4 budget", 2),
+    ("acc_q2", "acc % at 1/2 budget", 2),
+    ("synthesis_s", "synthesis s", 0),
+    ("kd_s", "KD s", 0),
+    ("images", "images made", 0),
+    ("teacher_passes", "teacher passes", 0),
+    ("peak_mb", "peak MB", 0),
+    ("total_s", "total s", 0),
+    ("teacher_acc", "teacher acc %", 2),
+]
+# what names a row
+LABELS = [("method", "method"), ("data", "data"), ("teacher", "teacher"), ("student", "student"),
+          ("differs", "differs")]
+RUN_COLUMNS = [*LABELS, ("seed", "seed"), *[(k, h) for k, h, _ in FIGURES], ("status", "status"),
+               ("run", "run dir")]
+ROW_COLUMNS = [*LABELS, ("seeds", "seeds"), *[(k, h) for k, h, _ in FIGURES], ("status", "status")]
+DECIMALS = {k: d for k, _, d in FIGURES}
 
-PALETTE = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f",
-           "#bcbd22", "#17becf", "#000000", "#aec7e8", "#ffbb78", "#98df8a", "#ff9896", "#c5b0d5"]
+# overrides that never distinguish one row from another: the seed (averaged over), the method
+# (its own column), and where or how a run was launched and logged
+NOT_A_SETTING = {"seed", "method", "task_name", "resume", "trainer.enable_progress_bar"}
+NOT_A_SETTING_PREFIXES = ("hydra.", "logger", "paths.")
+
+# evaluation axes a budget is counted in: curve.jsonl key -> axis label
+TIME_AXIS, PASS_AXIS = "time_s", "cost/teacher_forwards"
+
+
+def run_status(metrics: dict) -> str:
+    """``finished``, ``stopped`` or ``failed: ...`` as the run recorded it; runs written before
+    the status field count as finished when they wrote their final metrics (the total time)."""
+    if "status" in metrics:
+        return str(metrics["status"])
+    return "finished" if "time/total_s" in metrics else "stopped (no final metrics)"
 
 
 @dataclass
@@ -60,12 +77,30 @@ class Run:
     dir: Path
     config: dict
     metrics: dict
+    overrides: list = field(default_factory=list)
     curve: list = field(default_factory=list)
     samples: Path | None = None
 
     @property
     def method(self) -> str:
         return (self.config.get("method") or {}).get("name") or self.dir.name
+
+    @property
+    def status(self) -> str:
+        return run_status(self.metrics)
+
+    @property
+    def finished(self) -> bool:
+        return self.status == "finished"
+
+    @property
+    def setting(self) -> tuple:
+        """The run's overrides that are not its seed, method or launch details."""
+        def key(override: str) -> str:
+            return override.lstrip("+~").split("=", 1)[0]
+
+        return tuple(sorted(o for o in self.overrides
+                            if key(o) not in NOT_A_SETTING and not key(o).startswith(NOT_A_SETTING_PREFIXES)))
 
 
 def find_runs(paths) -> list[Path]:
@@ -78,66 +113,258 @@ def find_runs(paths) -> list[Path]:
     return sorted(set(found))
 
 
+def _yaml(path: Path):
+    return yaml.safe_load(path.read_text()) if path.is_file() else None
+
+
 def load_run(path: Path) -> Run:
-    config_file = path / ".hydra" / "config.yaml"
-    config = yaml.safe_load(config_file.read_text()) if config_file.is_file() else {}
+    config = _yaml(path / ".hydra" / "config.yaml") or {}
+    overrides = _yaml(path / ".hydra" / "overrides.yaml") or []
     metrics = json.loads((path / "metrics.json").read_text())
     curve_file = path / "curve.jsonl"
     curve = [json.loads(line) for line in curve_file.read_text().splitlines() if line.strip()] \
         if curve_file.is_file() else []
     samples = path / "samples" / "latest.png"
-    return Run(path, config or {}, metrics, curve, samples if samples.is_file() else None)
+    return Run(path, config, metrics, overrides, curve, samples if samples.is_file() else None)
 
 
+# --- budgets and the curve ---------------------------------------------------------------------
+def max_time_s(value) -> float | None:
+    """Lightning's ``trainer.max_time`` (``DD:HH:MM:SS`` or a dict) in seconds."""
+    if not value:
+        return None
+    if isinstance(value, dict):
+        return sum(value.get(k, 0) * s for k, s in (("days", 86400), ("hours", 3600),
+                                                     ("minutes", 60), ("seconds", 1)))
+    days, hours, minutes, seconds = (int(p) for p in str(value).split(":"))
+    return float(((days * 24 + hours) * 60 + minutes) * 60 + seconds)
+
+
+def budget(run: Run) -> tuple[str, float] | None:
+    """The axis and amount of the run's budget: teacher passes when it had a pass budget, else
+    its wall-clock budget (``trainer.max_time``), else the time it trained for."""
+    passes = ((run.config.get("callbacks") or {}).get("teacher_pass_budget") or {}).get("max_passes")
+    if passes:
+        return PASS_AXIS, float(passes)
+    seconds = max_time_s((run.config.get("trainer") or {}).get("max_time"))
+    if seconds:
+        return TIME_AXIS, seconds
+    times = [p[TIME_AXIS] for p in run.curve if TIME_AXIS in p]
+    return (TIME_AXIS, max(times)) if times else None
+
+
+def accuracy_by(curve: list, axis: str, amount: float) -> float | None:
+    """Test accuracy (%) of the last evaluation made by ``amount`` on ``axis``; None if none was."""
+    reached = [p for p in curve if axis in p and "val/acc" in p and p[axis] <= amount]
+    return 100 * max(reached, key=lambda p: p[axis])["val/acc"] if reached else None
+
+
+# --- rows ----------------------------------------------------------------------------------------
 def _network_name(spec: dict | None) -> str | None:
     spec = spec or {}
     return spec.get("zoo") or spec.get("arch")
 
 
-def row(run: Run, root: Path | None = None) -> dict:
+def run_row(run: Run, root: Path | None = None) -> dict:
+    """One run's figures in the table's units."""
     out = {"method": run.method, "data": (run.config.get("data") or {}).get("name"),
            "teacher": _network_name(run.config.get("teacher")),
-           "student": _network_name(run.config.get("student")), "status": "ok",
+           "student": _network_name(run.config.get("student")), "seed": run.config.get("seed"),
+           "status": run.status,
            "run": str(run.dir.relative_to(root)) if root and run.dir.is_relative_to(root) else str(run.dir)}
     if (run.config.get("method") or {}).get("uses_teacher") is False:
         out["teacher"] = None
     for key, (name, scale) in METRICS.items():
-        if key in run.metrics:
+        if isinstance(run.metrics.get(key), (int, float)):
             out[name] = run.metrics[key] * scale
-    if out.get("acc") is not None and out.get("teacher_acc"):
-        out["pct_teacher"] = 100 * out["acc"] / out["teacher_acc"]
+    spent = budget(run)
+    if spent:
+        axis, amount = spent
+        out["acc_q1"] = accuracy_by(run.curve, axis, amount / 4)
+        out["acc_q2"] = accuracy_by(run.curve, axis, amount / 2)
     return out
 
 
+def group_runs(runs: list[Run]) -> list[list[Run]]:
+    """Runs of one method, data, teacher, student and setting (seeds apart), in first-seen order."""
+    groups: dict[tuple, list[Run]] = {}
+    for run in runs:
+        r = run_row(run)
+        groups.setdefault((r["method"], r["data"], r["teacher"], r["student"], run.setting), []).append(run)
+    return list(groups.values())
+
+
+def differs(groups: list[list[Run]]) -> list[str]:
+    """For each group, the overrides that set it apart from the other rows of its method."""
+    by_method: dict[str, list[set]] = {}
+    for g in groups:
+        by_method.setdefault(g[0].method, []).append(set(g[0].setting))
+    out = []
+    for g in groups:
+        settings = by_method[g[0].method]
+        shared = set.intersection(*settings)
+        out.append(" ".join(o for o in g[0].setting if o not in shared) if len(settings) > 1 else "")
+    return out
+
+
+def mean_std(values: list[float]) -> tuple[float | None, float | None]:
+    """Mean and sample standard deviation (n - 1); no std from a single value."""
+    values = [v for v in values if v is not None]
+    if not values:
+        return None, None
+    return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else None
+
+
+def status_summary(runs: list[Run]) -> str:
+    counts: dict[str, int] = {}
+    for run in runs:
+        counts[run.status] = counts.get(run.status, 0) + 1
+    return ", ".join(f"{n} {status}" for status, n in counts.items())
+
+
+def aggregate(group: list[Run], differ: str) -> dict:
+    """One table row: mean and std over the finished runs of the group; others only counted."""
+    rows = [run_row(r) for r in group]
+    finished = [row for row, run in zip(rows, group) if run.finished]
+    out = {k: rows[0][k] for k, _ in LABELS if k != "differs"}
+    out["differs"] = differ
+    out["seeds"] = ",".join(str(r["seed"]) for r in finished)
+    out["n"] = len(finished)
+    out["status"] = status_summary(group)
+    for key, _, _ in FIGURES:
+        out[f"{key}_mean"], out[f"{key}_std"] = mean_std([r.get(key) for r in finished])
+    return out
+
+
+# --- the table ---------------------------------------------------------------------------------
 def _cell(key: str, value) -> str:
-    if value is None:
+    if value is None or value == "":
         return "-"
     if key in DECIMALS:
         return f"{value:.{DECIMALS[key]}f}"
     return str(value).replace("|", "\\|")
 
 
-def markdown(rows: list[dict]) -> str:
-    lines = ["| " + " | ".join(h for _, h in COLUMNS) + " |",
-             "|" + "|".join("---" if k in {"method", "data", "teacher", "student", "status", "run"} else "---:"
-                            for k, _ in COLUMNS) + "|"]
-    lines += ["| " + " | ".join(_cell(k, r.get(k)) for k, _ in COLUMNS) + " |" for r in rows]
-    return "\n".join(lines) + "\n"
+def _figure(row: dict, key: str) -> str:
+    mean, std = row.get(f"{key}_mean"), row.get(f"{key}_std")
+    if mean is None:
+        return "-"
+    return _cell(key, mean) + (f" ± {std:.{DECIMALS[key]}f}" if std is not None else "")
 
 
-def write_table(rows: list[dict], out_dir: Path, stem: str) -> str:
-    """``<stem>.md`` and ``<stem>.json``; returns the markdown."""
-    table = markdown(rows)
-    note = ("\nAccuracies on the real test set. final: last evaluation; best: best evaluation "
-            "(what reference code reports). Synthesis and KD seconds, images made and images/s "
-            "are data-free costs; peak MB is the run's peak host memory (max RSS).\n")
-    (out_dir / f"{stem}.md").write_text(table + note)
-    (out_dir / f"{stem}.json").write_text(json.dumps({"columns": [k for k, _ in COLUMNS], "rows": rows},
+def row_cells(row: dict) -> list[str]:
+    return [_figure(row, k) if k in DECIMALS else _cell(k, row.get(k)) for k, _ in ROW_COLUMNS]
+
+
+def markdown_table(columns, cells: list[list[str]]) -> str:
+    text_keys = {"method", "data", "teacher", "student", "differs", "seeds", "seed", "status", "run"}
+    lines = ["| " + " | ".join(h for _, h in columns) + " |",
+             "|" + "|".join("---" if k in text_keys else "---:" for k, _ in columns) + "|"]
+    return "\n".join(lines + ["| " + " | ".join(c) + " |" for c in cells]) + "\n"
+
+
+def header(runs: list[Run], dirs, missing=()) -> dict:
+    """Machine, commit and command: what a reader needs to compare the table with another."""
+    def distinct(key):
+        return sorted({str(r.metrics[key]) for r in runs if r.metrics.get(key) is not None})
+
+    machines = sorted({f"{r.metrics['machine/cpu']} ({r.metrics.get('machine/cpus')} CPUs, "
+                       f"{r.metrics.get('machine/threads')} threads), GPU: {r.metrics.get('machine/gpu') or 'none'}"
+                       for r in runs if r.metrics.get("machine/cpu")})
+    commands = sorted({(Path(d) / "command.txt").read_text().strip() for d in dirs
+                       if (Path(d) / "command.txt").is_file()})
+    return {"date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+            "machine": machines or ["not recorded"], "commit": distinct("run/commit") or ["not recorded"],
+            "command": commands, "runs": len(runs), "finished": sum(r.finished for r in runs),
+            "no_metrics": list(missing)}
+
+
+def header_lines(head: dict) -> list[str]:
+    lines = [f"- machine: {'; '.join(head['machine'])}", f"- commit: {', '.join(head['commit'])}",
+             f"- runs: {head['runs']} ({head['finished']} finished), report made {head['date']}"]
+    lines += [f"- command: `{c}`" for c in head["command"]]
+    return lines + [f"- failed without metrics: {m}" for m in head.get("no_metrics", [])]
+
+
+NOTE = ("Mean ± sample std over the seeds of the finished runs (not finished runs are counted in "
+        "`status` and left out of the figures). Accuracies on the real test set: final is the last "
+        "evaluation, best the best one (what reference code reports); at 1/4 and 1/2 budget is the "
+        "last evaluation made by then (of the wall-clock budget, or of the teacher-pass budget when "
+        "the run had one). Teacher passes count the teacher's forward (and backward, where "
+        "synthesis differentiates through it) calls on a batch. Peak MB is the run's peak host "
+        "memory (max RSS of its own process). `differs` names the overrides that set a row apart "
+        "from the other rows of its method.")
+
+
+def write_tables(rows: list[dict], run_rows: list[dict], head: dict, out_dir: Path, stem: str,
+                 title: str) -> str:
+    """``<stem>.md``, ``<stem>.json`` and ``<stem>.csv``; returns the markdown table of rows."""
+    table = markdown_table(ROW_COLUMNS, [row_cells(r) for r in rows])
+    runs_table = markdown_table(RUN_COLUMNS, [[_cell(k, r.get(k)) for k, _ in RUN_COLUMNS] for r in run_rows])
+    text = "\n".join([f"# {title}", "", *header_lines(head), "", table, NOTE, "", "## Runs", "", runs_table])
+    (out_dir / f"{stem}.md").write_text(text)
+    (out_dir / f"{stem}.json").write_text(json.dumps({"header": head, "rows": rows, "runs": run_rows},
                                                      indent=2) + "\n")
+    fields = [k for k, _ in LABELS] + ["seeds", "n", "status"] + \
+        [f"{k}_{s}" for k, _, _ in FIGURES for s in ("mean", "std")]
+    with open(out_dir / f"{stem}.csv", "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=fields, extrasaction="ignore")
+        writer.writeheader()
+        writer.writerows(rows)
     return table
 
 
-# --- plots (PIL) -------------------------------------------------------------------------
+# --- figures (matplotlib) -----------------------------------------------------------------------
+def seed_band(runs: list[Run], axis: str) -> tuple[list, list, list] | None:
+    """Mean and std over seeds of the accuracy reached by each evaluation point on ``axis``,
+    where every run has been evaluated (from the latest first evaluation to the earliest last)."""
+    curves = [[(p[axis], 100 * p["val/acc"]) for p in r.curve if axis in p and "val/acc" in p] for r in runs]
+    curves = [sorted(c) for c in curves if c]
+    if not curves:
+        return None
+    low, high = max(c[0][0] for c in curves), min(c[-1][0] for c in curves)
+    grid = sorted({x for c in curves for x, _ in c if low <= x <= high})
+    means, stds = [], []
+    for x in grid:
+        mean, std = mean_std([max((p for p in c if p[0] <= x), key=lambda p: p[0])[1] for c in curves])
+        means.append(mean)
+        stds.append(std or 0.0)
+    return grid, means, stds
+
+
+def plot_bands(groups: list[list[Run]], labels: list[str], axis: str, xlabel: str, path: Path) -> bool:
+    """Accuracy against ``axis``: one line per row (mean over its finished seeds), a band of
+    +- one std; the full row names are in the tables, long ones are cut in the legend."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    bands = [(i, label, seed_band([r for r in g if r.curve and r.finished], axis))
+             for i, (g, label) in enumerate(zip(groups, labels))]
+    bands = [(i, label, band) for i, label, band in bands if band]
+    if not bands:
+        return False
+    fig, ax = plt.subplots(figsize=(9.6, 5.6), dpi=100)
+    for i, label, (xs, means, stds) in bands:
+        color = f"C{i % 10}"  # by row, so a row has one colour in every figure
+        short = label if len(label) <= 40 else label[:39] + "…"
+        ax.plot(xs, means, marker="o", markersize=3, color=color, label=short,
+                linestyle="-" if i < 10 else "--")
+        ax.fill_between(xs, [m - s for m, s in zip(means, stds)], [m + s for m, s in zip(means, stds)],
+                        color=color, alpha=0.2, linewidth=0)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel("student test accuracy (%)")
+    ax.set_ylim(0, 100)
+    ax.grid(alpha=0.3)
+    ax.legend(loc="center left", bbox_to_anchor=(1.01, 0.5), fontsize="small")
+    ax.set_title(f"student test accuracy vs {xlabel} (mean ± std over seeds)")
+    fig.subplots_adjust(left=0.08, right=0.66, top=0.92, bottom=0.1)  # room for the legend
+    fig.savefig(path)
+    plt.close(fig)
+    return True
+
+
 def _font(size: int):
     try:
         return ImageFont.load_default(size=size)
@@ -145,64 +372,10 @@ def _font(size: int):
         return ImageFont.load_default()
 
 
-def _labels(runs: list[Run]) -> list[str]:
-    """Method names, numbered where one method appears more than once."""
-    names = [r.method for r in runs]
-    return [f"{n} #{names[:i].count(n) + 1}" if names.count(n) > 1 else n for i, n in enumerate(names)]
-
-
-def _ticks(high: float, count: int = 5) -> list[float]:
-    """Round tick values from 0 to at least ``high``."""
-    raw = max(high, 1e-9) / count
-    step = min(m * 10 ** e for e in range(-3, 8) for m in (1, 2, 5) if m * 10 ** e >= raw)
-    return [i * step for i in range(int(high / step) + 2) if i * step <= high + step]
-
-
-def plot_curves(runs: list[Run], path: Path) -> bool:
-    """Student test accuracy against wall time, one line per run; False when no run has a curve."""
-    series = [(label, [(p["time_s"], 100 * p["val/acc"]) for p in r.curve if "val/acc" in p and "time_s" in p])
-              for label, r in zip(_labels(runs), runs)]
-    series = [(label, pts) for label, pts in series if pts]
-    if not series:
-        return False
-    width, height, left, right, top, bottom = 960, 560, 70, 210, 40, 60
-    img = Image.new("RGB", (width, height), "white")
-    draw, font = ImageDraw.Draw(img), _font(14)
-    xticks = _ticks(max(t for _, pts in series for t, _ in pts))
-    yticks = list(range(0, 101, 20))
-    x_max, plot_w, plot_h = xticks[-1], width - left - right, height - top - bottom
-
-    def xy(t, acc):
-        return left + plot_w * t / x_max, top + plot_h * (1 - acc / 100)
-
-    for t in xticks:
-        x, _ = xy(t, 0)
-        draw.line([(x, top), (x, top + plot_h)], fill="#e5e5e5")
-        draw.text((x, top + plot_h + 6), f"{t:g}", fill="black", font=font, anchor="mt")
-    for acc in yticks:
-        _, y = xy(0, acc)
-        draw.line([(left, y), (left + plot_w, y)], fill="#e5e5e5")
-        draw.text((left - 6, y), f"{acc}", fill="black", font=font, anchor="rm")
-    draw.rectangle([left, top, left + plot_w, top + plot_h], outline="black")
-    draw.text((left + plot_w / 2, height - 18), "wall time (s)", fill="black", font=font, anchor="mm")
-    draw.text((left, 14), "student test accuracy (%) vs wall time", fill="black", font=font, anchor="lm")
-    for i, (label, pts) in enumerate(series):
-        color = PALETTE[i % len(PALETTE)]
-        xys = [xy(t, acc) for t, acc in sorted(pts)]
-        if len(xys) > 1:
-            draw.line(xys, fill=color, width=2)
-        for x, y in xys:
-            draw.ellipse([x - 3, y - 3, x + 3, y + 3], fill=color)
-        ly = top + 10 + 22 * i
-        draw.line([(width - right + 15, ly), (width - right + 40, ly)], fill=color, width=3)
-        draw.text((width - right + 48, ly), label, fill="black", font=font, anchor="lm")
-    img.save(path)
-    return True
-
-
-def sample_page(runs: list[Run], path: Path, tile: int = 256) -> bool:
-    """Each run's latest sample grid, side by side with its label; False when none has one."""
-    tiles = [(label, r.samples) for label, r in zip(_labels(runs), runs) if r.samples]
+def sample_page(groups: list[list[Run]], labels: list[str], path: Path, tile: int = 256) -> bool:
+    """Each row's latest sample grid (its first run with one), side by side; False if none has."""
+    tiles = [(label, next((r.samples for r in g if r.samples), None)) for g, label in zip(groups, labels)]
+    tiles = [(label, file) for label, file in tiles if file]
     if not tiles:
         return False
     cols, label_h, pad = min(4, len(tiles)), 24, 10
@@ -220,41 +393,57 @@ def sample_page(runs: list[Run], path: Path, tile: int = 256) -> bool:
     return True
 
 
-# --- HTML --------------------------------------------------------------------------------
-def write_html(rows: list[dict], out_dir: Path, title: str, images: dict[str, str]):
-    """A static page: the table and the plots by relative path (opens from disk)."""
-    head = "".join(f"<th>{html.escape(h)}</th>" for _, h in COLUMNS)
-    body = "".join("<tr>" + "".join(f"<td>{html.escape(_cell(k, r.get(k)))}</td>" for k, _ in COLUMNS)
-                   + "</tr>\n" for r in rows)
+# --- HTML --------------------------------------------------------------------------------------
+def _html_table(table_id: str, columns, cells: list[list[str]]) -> str:
+    head = "".join(f"<th>{html.escape(h)}</th>" for _, h in columns)
+    body = "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in row) + "</tr>\n" for row in cells)
+    return f'<table id="{table_id}"><thead><tr>{head}</tr></thead><tbody>\n{body}</tbody></table>\n'
+
+
+def write_html(rows: list[dict], run_rows: list[dict], head: dict, out_dir: Path, title: str,
+               images: dict[str, str]):
+    """A static page: header, the table, the figures by relative path (opens from disk), the runs."""
+    facts = "".join(f"<li>{html.escape(line[2:])}</li>" for line in header_lines(head))
     figures = "".join(f'<h2>{html.escape(caption)}</h2>\n<img src="{html.escape(name)}" alt="{html.escape(caption)}">\n'
                       for caption, name in images.items()) or "<p>No accuracy curves or sample grids found.</p>"
+    runs = [[_cell(k, r.get(k)) for k, _ in RUN_COLUMNS] for r in run_rows]
     page = f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}</title>
-<style>body{{font-family:sans-serif;margin:2em}} table{{border-collapse:collapse}}
-td,th{{border:1px solid #999;padding:4px 8px;text-align:right}} td:nth-child(-n+4),td:nth-last-child(-n+2){{text-align:left}}
+<style>body{{font-family:sans-serif;margin:2em}} table{{border-collapse:collapse;margin-bottom:1em}}
+td,th{{border:1px solid #999;padding:4px 8px;text-align:right}} td:nth-child(-n+5){{text-align:left}}
 img{{max-width:100%;border:1px solid #ccc}}</style></head>
 <body><h1>{html.escape(title)}</h1>
-<table id="results"><thead><tr>{head}</tr></thead><tbody>
-{body}</tbody></table>
-<p>Accuracies on the real test set (final: last evaluation; best: best evaluation). Costs are data-free synthesis and KD seconds.</p>
-{figures}</body></html>
+<ul>{facts}</ul>
+{_html_table("results", ROW_COLUMNS, [row_cells(r) for r in rows])}
+<p>{html.escape(NOTE)}</p>
+{figures}<h2>Runs</h2>
+{_html_table("runs", RUN_COLUMNS, runs)}</body></html>
 """
     (out_dir / "report.html").write_text(page)
 
 
-def write_report(paths, out_dir: Path, stem: str = "report", extra_rows=(), title: str = "dfkd-lab report"):
-    """Table (``<stem>.md/.json``), plots and ``report.html`` for the runs under ``paths``."""
+def write_report(paths, out_dir: Path, stem: str = "report", title: str = "dfkd-lab report", missing=()):
+    """Tables (``<stem>.md/.json/.csv``), figures and ``report.html`` for the runs under ``paths``;
+    ``missing`` names runs that failed before writing metrics (listed in the header). Returns
+    the aggregated rows and their markdown table."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     runs = [load_run(p) for p in find_runs(paths)]
-    rows = [row(r, out_dir.resolve()) for r in runs] + list(extra_rows)
-    table = write_table(rows, out_dir, stem)
+    groups = group_runs(runs)
+    differ = differs(groups)
+    rows = [aggregate(g, d) for g, d in zip(groups, differ)]
+    labels = [f"{g[0].method} {d}".strip() for g, d in zip(groups, differ)]
+    run_rows = [{**run_row(r, out_dir.resolve()), "differs": d} for g, d in zip(groups, differ) for r in g]
+    head = header(runs, paths, missing)
+    table = write_tables(rows, run_rows, head, out_dir, stem, title)
     images = {}
-    if plot_curves(runs, out_dir / "accuracy_vs_time.png"):
+    if plot_bands(groups, labels, TIME_AXIS, "wall time (s)", out_dir / "accuracy_vs_time.png"):
         images["Student accuracy vs wall time"] = "accuracy_vs_time.png"
-    if sample_page(runs, out_dir / "samples.png"):
-        images["Synthetic samples (latest grid per run)"] = "samples.png"
-    write_html(rows, out_dir, title, images)
+    if plot_bands(groups, labels, PASS_AXIS, "teacher passes", out_dir / "accuracy_vs_teacher_passes.png"):
+        images["Student accuracy vs teacher passes"] = "accuracy_vs_teacher_passes.png"
+    if sample_page(groups, labels, out_dir / "samples.png"):
+        images["Synthetic samples (latest grid per row)"] = "samples.png"
+    write_html(rows, run_rows, head, out_dir, title, images)
     return rows, table
 
 
@@ -262,6 +451,8 @@ def main(argv=None):
     parser = argparse.ArgumentParser(prog="dfkd-report", description=__doc__.splitlines()[0])
     parser.add_argument("dirs", nargs="+", type=Path, help="run, multirun or benchmark dirs")
     parser.add_argument("-o", "--out", type=Path, help="where to write the report (default: the first dir)")
+    parser.add_argument("--stem", default="report", help="file name of the tables (default: report)")
+    parser.add_argument("--title", default="dfkd-lab report")
     args = parser.parse_args(argv)
     try:
         runs = find_runs(args.dirs)
@@ -270,8 +461,8 @@ def main(argv=None):
     if not runs:
         parser.error(f"no run (a dir with metrics.json) under {', '.join(map(str, args.dirs))}")
     out = args.out or args.dirs[0]
-    _, table = write_report([p.resolve() for p in args.dirs], out.resolve())
-    print(table + f"\nreport: {out / 'report.html'}")
+    _, table = write_report([p.resolve() for p in args.dirs], out.resolve(), args.stem, args.title)
+    print(table + f"\nreport: {out / (args.stem + '.md')}, {out / 'report.html'}")
 
 
 if __name__ == "__main__":

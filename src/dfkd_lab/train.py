@@ -28,6 +28,7 @@ from .data import TrainSplitForbidden
 from .data.sources import DatasetUnavailable
 from .losses.weighting import UnknownLossWeight
 from .methods.data_free import SynthesisDiverged
+from .provenance import provenance
 from .zoo import TeacherError
 
 # The configs ship inside the package: Hydra reads them as the package's resources (CONF_PKG);
@@ -87,6 +88,7 @@ def run(cfg: DictConfig) -> dict:
         metrics["test/acc_best"] = metrics["val/acc_best"]  # validation runs on the real test split
     metrics["time/total_s"] = time.perf_counter() - start
     metrics.update(peak_memory())
+    metrics.update(provenance())
     if trainer.is_global_zero:
         module.on_run_end(output_dir, metrics)
         save_json(output_dir / "metrics.json", metrics, "metrics file")

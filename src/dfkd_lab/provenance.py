@@ -1,0 +1,51 @@
+"""Where a result was measured: the machine and the project's commit, saved with every run.
+
+Times in a table are only comparable on one machine, and accuracies only at one commit, so
+each run's ``metrics.json`` names both and ``dfkd-report`` prints them in the table's header.
+"""
+
+import os
+import platform
+import subprocess
+from pathlib import Path
+
+import torch
+
+
+
+def cpu_model() -> str:
+    """The CPU's marketing name (``/proc/cpuinfo`` on Linux), else what ``platform`` knows."""
+    cpuinfo = Path("/proc/cpuinfo")
+    if cpuinfo.is_file():
+        for line in cpuinfo.read_text(errors="replace").splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    return platform.processor() or platform.machine()
+
+
+def gpu_name() -> str | None:
+    if torch.cuda.is_available():
+        return f"{torch.cuda.device_count()}x {torch.cuda.get_device_name(0)}"
+    return None
+
+
+def project_commit(root: Path = Path(__file__).resolve().parent) -> str | None:
+    """``git describe``-like: the commit hash of the checkout this package is imported from,
+    ``-dirty`` when tracked files were changed; None outside a git checkout (an installed package)."""
+    def git(*args):
+        return subprocess.run(["git", "-C", str(root), *args], capture_output=True, text=True,
+                              timeout=10, check=True).stdout.strip()
+
+    try:
+        commit = git("rev-parse", "--short=12", "HEAD")
+        dirty = git("status", "--porcelain", "--untracked-files=no")
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return commit + ("-dirty" if dirty else "")
+
+
+def provenance() -> dict:
+    """Flat ``metrics.json`` entries: machine (CPU model, threads, GPU) and project commit."""
+    return {"machine/cpu": cpu_model(), "machine/cpus": os.cpu_count(),
+            "machine/threads": torch.get_num_threads(), "machine/gpu": gpu_name(),
+            "run/commit": project_commit()}
