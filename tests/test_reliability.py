@@ -60,7 +60,7 @@ BAD_INPUT = {
     "missing image folder": (
         ["method=scratch", "data=image_folder", "data.root=/nonexistent/images", "data.num_classes=2"],
         "DatasetUnavailable", "data.root=/nonexistent/images has no 'train' folder"),
-    "resume without checkpoint": (["resume=last"], "FileNotFoundError", "no checkpoint at"),
+    "resume of a folder that is no run dir": (["resume=last"], "ConfigError", "is not a run dir"),
     "non-finite loss": (
         ["method=dafl", "loss.weights.kd=nan", "method.steps_per_epoch=2", "method.batch_size=8",
          "method.synthesizer.ngf=4"],
@@ -209,7 +209,7 @@ def test_a_failed_checkpoint_write_keeps_the_previous_checkpoint(tmp_path, monke
     io, path = AtomicCheckpointIO(), tmp_path / "last.ckpt"
     io.save_checkpoint({"global_step": 1}, path)
     disk_full_on(monkeypatch, "last.ckpt")
-    with pytest.raises(DiskWriteError, match="No space left on device.*intact.*resume=last"):
+    with pytest.raises(DiskWriteError, match="No space left on device.*intact.*dfkd-train resume="):
         io.save_checkpoint({"global_step": 2}, path)
     assert torch.load(path, weights_only=False) == {"global_step": 1}
     assert sorted(p.name for p in tmp_path.iterdir()) == ["last.ckpt"]  # no partial temporary file
