@@ -1,7 +1,8 @@
 """``dfkd-report DIR...``: runs on disk -> one results table, plots and a static HTML page.
 
-Any folder holding ``metrics.json`` is a run (single runs, multiruns and ``dfkd-bench``
-output dirs alike). The table is written as markdown and JSON; the plots are drawn with
+Any folder holding ``metrics.json`` (written when a run ends, with its status) or
+``progress.json`` (written during a run: one without metrics.json never ended) is a run
+(single runs, multiruns and ``dfkd-bench`` output dirs alike). The table is written as markdown and JSON; the plots are drawn with
 PIL (no plotting dependency); ``report.html`` links them by relative path, so the folder
 opens in a browser with no server and can be copied anywhere.
 """
@@ -55,6 +56,10 @@ PALETTE = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e
            "#bcbd22", "#17becf", "#000000", "#aec7e8", "#ffbb78", "#98df8a", "#ff9896", "#c5b0d5"]
 
 
+# A run with progress but no end record: killed (SIGKILL, out of memory, node lost) or still running.
+UNFINISHED = "unfinished (killed, or still running)"
+
+
 @dataclass
 class Run:
     dir: Path
@@ -69,19 +74,21 @@ class Run:
 
 
 def find_runs(paths) -> list[Path]:
-    """Every run dir under ``paths`` (a dir with metrics.json), in a stable order."""
+    """Every run dir under ``paths`` (a dir with metrics.json or progress.json), in a stable order."""
     found = []
     for path in map(Path, paths):
         if not path.is_dir():
             raise FileNotFoundError(f"{path} is not a directory of runs")
-        found += [p.parent for p in path.rglob("metrics.json")]
+        found += [p.parent for name in ("metrics.json", "progress.json") for p in path.rglob(name)]
     return sorted(set(found))
 
 
 def load_run(path: Path) -> Run:
     config_file = path / ".hydra" / "config.yaml"
     config = yaml.safe_load(config_file.read_text()) if config_file.is_file() else {}
-    metrics = json.loads((path / "metrics.json").read_text())
+    ended = path / "metrics.json"
+    metrics = json.loads(ended.read_text()) if ended.is_file() else \
+        {**json.loads((path / "progress.json").read_text()), "status": UNFINISHED}
     curve_file = path / "curve.jsonl"
     curve = [json.loads(line) for line in curve_file.read_text().splitlines() if line.strip()] \
         if curve_file.is_file() else []
@@ -97,7 +104,8 @@ def _network_name(spec: dict | None) -> str | None:
 def row(run: Run, root: Path | None = None) -> dict:
     out = {"method": run.method, "data": (run.config.get("data") or {}).get("name"),
            "teacher": _network_name(run.config.get("teacher")),
-           "student": _network_name(run.config.get("student")), "status": "ok",
+           "student": _network_name(run.config.get("student")),
+           "status": run.metrics.get("status", "finished"),
            "run": str(run.dir.relative_to(root)) if root and run.dir.is_relative_to(root) else str(run.dir)}
     if (run.config.get("method") or {}).get("uses_teacher") is False:
         out["teacher"] = None
@@ -268,7 +276,7 @@ def main(argv=None):
     except FileNotFoundError as err:
         parser.error(str(err))
     if not runs:
-        parser.error(f"no run (a dir with metrics.json) under {', '.join(map(str, args.dirs))}")
+        parser.error(f"no run (a dir with metrics.json or progress.json) under {', '.join(map(str, args.dirs))}")
     out = args.out or args.dirs[0]
     _, table = write_report([p.resolve() for p in args.dirs], out.resolve())
     print(table + f"\nreport: {out / 'report.html'}")
