@@ -19,6 +19,9 @@ NOISE = [
     r"Your `IterableDataset` has `__len__` defined",
     # a resumed run writes into the checkpoint folder of its first segment, as it should
     r"Checkpoint directory .* exists and is not empty",
+    # under DDP each rank tests a shard of the test split and the accuracy is reduced over
+    # ranks, which equals a single process's (tests/test_ddp.py)
+    r"Using `DistributedSampler` with the dataloaders. During `trainer.test\(\)`",
 ]
 
 # Lightning's information lines (GPU/TPU availability, product tips, "Trainer.fit stopped: ...",

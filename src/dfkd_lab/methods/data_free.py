@@ -138,7 +138,7 @@ class DataFreeDistillation(DistillationModule):
     def _context(self, synth_opts):
         return SynthContext(
             teacher=self.teacher, student=self.student, weights=self.weights,
-            backward=self.manual_backward, optimizers=[UncountedOptimizer(o, self) for o in synth_opts],
+            backward=self.manual_backward, optimizers=[UncountedOptimizer(o.optimizer, self) for o in synth_opts],
             cost=self.cost,
             device=self.device, batch_size=self.method.batch_size,
             temperature=self.loss_cfg.temperature,
@@ -274,7 +274,7 @@ class DataFreeDistillation(DistillationModule):
     # --- reporting ------------------------------------------------------------------------
     def on_validation_epoch_end(self):
         super().on_validation_epoch_end()
-        self.log_dict(self.cost.as_dict())
+        self.log_dict(self.cost.as_dict(), sync_dist=True)
 
     def on_run_end(self, output_dir, metrics):
         metrics.update(self.cost.as_dict())
