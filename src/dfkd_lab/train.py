@@ -108,6 +108,8 @@ def run(cfg: DictConfig, clock: WallClock | None = None) -> dict:
     data.setup("fit")
     if stop.requested():
         raise SIGTERMException  # stopped while setting up: nothing trained yet
+    if trainer.is_global_zero:
+        append_log(output_dir, f"training method={cfg.method.name}" + (f", resumed from {ckpt_path}" if ckpt_path else ""))
     trainer.fit(module, train_dataloaders=module.train_dataloader_from(data),
                 val_dataloaders=data.val_dataloader(), ckpt_path=ckpt_path)
     metrics = flat_metrics(trainer.callback_metrics)
