@@ -181,10 +181,10 @@ def end_unfinished(cfg: DictConfig, err: BaseException, clock: WallClock) -> int
             isinstance(err, SystemExit) and signum is not None):
         signum = signum or signal.SIGINT
         code, status = stop.exit_code(signum), "stopped"
-        saved = (f"the state after the last finished step is in {checkpoint}" if checkpoint.is_file()
-                 else "no checkpoint was written yet")
-        message = (f"dfkd-train: stopped by {signal.Signals(signum).name}; {saved}. "
-                   f"Continue with: {continue_command(output_dir)}\n")
+        then = (f"the state after the last finished step is in {checkpoint}. "
+                f"Continue with: {continue_command(output_dir)}" if checkpoint.is_file()
+                else "it stopped before its first checkpoint; start it again")
+        message = f"dfkd-train: stopped by {signal.Signals(signum).name}; {then}\n"
         traceback_text = ""
     else:
         code = 2 if isinstance(err, USER_ERRORS) else 1
@@ -192,8 +192,11 @@ def end_unfinished(cfg: DictConfig, err: BaseException, clock: WallClock) -> int
         message = None
         traceback_text = "".join(traceback.format_exception(err))
     if rank_zero_only.rank == 0:
-        append_log(output_dir, f"run {status} (exit {code})\n{traceback_text}".rstrip())
-        write_final_metrics(output_dir, {**last_progress(output_dir), "time/total_s": clock.elapsed()}, status)
+        try:
+            append_log(output_dir, f"run {status} (exit {code})\n{traceback_text}".rstrip())
+            write_final_metrics(output_dir, {**last_progress(output_dir), "time/total_s": clock.elapsed()}, status)
+        except OSError as write_error:  # a full disk or a read-only run dir: the message still goes out
+            sys.stderr.write(f"dfkd-train: could not record the end of the run in {output_dir}: {write_error}\n")
         if message:
             sys.stderr.write(message)
         elif not debugging():
