@@ -69,11 +69,10 @@ def resume_args(args: list[str]) -> list[str]:
     extra = []
     for arg in args:
         key, value = _split(arg)
-        if arg.startswith("-") or "=" not in arg or key in ("resume", "hydra.run.dir", "hydra.output_subdir"):
-            if arg.startswith("-"):
-                extra.append(arg)
-            continue
-        if key.split(".")[0] in MEANING:
+        if key in ("resume", "hydra.run.dir", "hydra.output_subdir"):
+            continue  # set below
+        # Hydra's own flags (-m, --cfg job) pass through
+        if not arg.startswith("-") and key.split(".")[0] in MEANING:
             if saved_values.get(key) == value:
                 continue
             was = f"{key}={saved_values[key]}" if key in saved_values else f"{key} at its default"

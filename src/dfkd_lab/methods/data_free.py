@@ -186,18 +186,27 @@ class DataFreeDistillation(DistillationModule):
             self._restore(before)
             raise SIGTERMException from None
 
-    def _snapshot(self) -> dict:
-        synth_opts = as_list(self.optimizers())[1:]
-        return copy.deepcopy({
-            "module": {k: v for k, v in self.state_dict().items() if not k.startswith("teacher.")},
-            "optimizers": [o.optimizer.state_dict() for o in synth_opts],
-            "rng": torch.get_rng_state(),
-        })
+    def _tensors(self):
+        """Weights and buffers a round may change (generators, the student's BatchNorm statistics,
+        the cost counters); the frozen teacher's never change. Pools are not among them: a pool
+        grows only once a round is complete."""
+        return [(k, v) for k, v in [*self.named_parameters(), *self.named_buffers()] if not k.startswith("teacher.")]
 
+    def _snapshot(self) -> dict:
+        return {
+            "tensors": {k: v.detach().clone() for k, v in self._tensors()},
+            "optimizers": [copy.deepcopy(o.optimizer.state_dict()) for o in as_list(self.optimizers())[1:]],
+            "synthesizer_rng": self.synthesizer.rng.get_state(),
+            "rng": torch.get_rng_state(),
+        }
+
+    @torch.no_grad()
     def _restore(self, snapshot: dict):
-        self.load_state_dict(snapshot["module"], strict=False)
+        for name, value in self._tensors():
+            value.copy_(snapshot["tensors"][name])
         for opt, state in zip(as_list(self.optimizers())[1:], snapshot["optimizers"]):
             opt.optimizer.load_state_dict(state)
+        self.synthesizer.rng.set_state(snapshot["synthesizer_rng"])
         torch.set_rng_state(snapshot["rng"])
 
     def _student_step(self, opt, ctx):
