@@ -52,7 +52,7 @@ def wandb_exit_code(run_dir: Path) -> int:
     """The exit code in the latest W&B offline run file (a LevelDB-style log of protobuf records)."""
     from wandb.proto import wandb_internal_pb2
 
-    path = sorted(run_dir.glob("wandb/offline-run-*/run-*.wandb"))[-1]  # each segment writes its own file
+    path = max(run_dir.glob("wandb/offline-run-*/run-*.wandb"))  # each segment writes its own file
     data, pos, payload, codes = path.read_bytes(), 7, b"", []
     while pos + 7 <= len(data):
         if 32768 - pos % 32768 < 7:  # a block's tail too short for a record header is padding
@@ -119,7 +119,9 @@ def test_a_resume_from_the_run_dir_alone_matches_the_uninterrupted_run(tmp_path,
     assert "resume=last" in (run_dir / ".hydra" / "segment_2" / "overrides.yaml").read_text()
     rows_before = csv_rows(csv_before)  # logged history kept (columns may be added), rows appended
     assert csv_rows((run_dir / "csv" / "metrics.csv").read_text())[:len(rows_before)] == rows_before
-    times = [json.loads(line)["time_s"] for line in (run_dir / "curve.jsonl").read_text().splitlines()]
+    curve = [json.loads(line) for line in (run_dir / "curve.jsonl").read_text().splitlines()]
+    assert len(curve) == 2 and curve[0]["step"] < curve[1]["step"]  # one row per evaluation, none repeated
+    times = [r["time_s"] for r in curve]
     assert times == sorted(times) and metrics["time/total_s"] > elapsed  # wall time carried over
     assert wandb_exit_code(run_dir) == 0
 

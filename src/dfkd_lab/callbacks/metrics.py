@@ -13,7 +13,7 @@ from pathlib import Path
 import pytorch_lightning as pl
 import torch
 
-from ..atomic import save_json
+from ..atomic import atomic_write, save_json
 
 
 def flat_metrics(metrics: dict) -> dict:
@@ -58,6 +58,16 @@ class MetricsWriter(pl.Callback):
         self.progress = Path(path).with_name("progress.json")
         self.curve = self.progress.with_name("curve.jsonl")
         self._clock = WallClock()  # when the trainer has none
+
+    def on_train_start(self, trainer, pl_module):
+        """A resumed run redoes what came after its checkpoint (a SIGKILL can land after an
+        evaluation's row but before its checkpoint): drop those rows, so none is listed twice."""
+        if trainer.ckpt_path is None or not trainer.is_global_zero or not self.curve.is_file():
+            return
+        lines = self.curve.read_text().splitlines(keepends=True)
+        kept = [line for line in lines if line.strip() and json.loads(line)["step"] <= trainer.global_step]
+        if len(kept) < len(lines):
+            atomic_write(self.curve, lambda tmp: tmp.write_text("".join(kept)), "accuracy curve")
 
     def on_validation_end(self, trainer, pl_module):
         if trainer.sanity_checking or not trainer.is_global_zero:
