@@ -114,7 +114,7 @@ def test_ddp_sim_synthesises_per_rank_and_reduces_metrics_over_ranks(compose_cfg
 # --- process-group lifetime -------------------------------------------------------------------
 class _TinyEval(DistillationModule):
     def __init__(self):
-        super().__init__(torch.nn.Linear(4, 2), OmegaConf.create({"name": "tiny"}),
+        super().__init__(torch.nn.Linear(4, 2), OmegaConf.create({"name": "tiny", "channels_last": False}),
                          OmegaConf.create({"weights": {}}), num_classes=2)
 
 
