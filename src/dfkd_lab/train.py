@@ -166,6 +166,7 @@ def debugging() -> bool:
 
 def append_log(output_dir, text: str):
     """A line (and a traceback) in the run dir's own log, train.log, which every segment appends to."""
+    Path(output_dir).mkdir(parents=True, exist_ok=True)  # run() called without Hydra makes no run dir
     with open(Path(output_dir) / "train.log", "a") as f:
         f.write(f"[{time.strftime('%Y-%m-%d %H:%M:%S')}] {text}\n")
 
