@@ -60,7 +60,7 @@ BAD_INPUT = {
     "missing image folder": (
         ["method=scratch", "data=image_folder", "data.root=/nonexistent/images", "data.num_classes=2"],
         "DatasetUnavailable", "data.root=/nonexistent/images has no 'train' folder"),
-    "resume without checkpoint": (["resume=last"], "FileNotFoundError", "no checkpoint at"),
+    "resume of a folder that is no run dir": (["resume=last"], "ConfigError", "is not a run dir"),
     "non-finite loss": (
         ["method=dafl", "loss.weights.kd=nan", "method.steps_per_epoch=2", "method.batch_size=8",
          "method.synthesizer.ngf=4"],
@@ -116,10 +116,17 @@ TINY_RUN = ["method.batch_size=16", "method.student_steps=1", "method.steps_per_
             "callbacks.step_checkpoint.every_n_train_steps=10"]
 
 
-def dfkd_train(run_dir, *overrides):
-    cmd = [str(Path(sys.executable).with_name("dfkd-train")), *TINY_RUN, f"hydra.run.dir={run_dir}", *overrides]
-    env = {**os.environ, "WANDB_MODE": "disabled", "OMP_NUM_THREADS": "1"}
+def dfkd_train(run_dir, *overrides, wandb="disabled"):
+    """`dfkd-train` in a subprocess: the tiny run in ``run_dir``, or with ``run_dir=None`` only ``overrides``."""
+    args = [*TINY_RUN, f"hydra.run.dir={run_dir}"] if run_dir is not None else []
+    cmd = [str(Path(sys.executable).with_name("dfkd-train")), *args, *overrides]
+    env = {**os.environ, "WANDB_MODE": wandb, "OMP_NUM_THREADS": "1"}
     return subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+
+
+def hydra_record(run_dir: Path) -> dict:
+    """The first segment's saved config, file by file."""
+    return {p.name: p.read_bytes() for p in sorted((run_dir / ".hydra").glob("*.yaml"))}
 
 
 def fit_progress(ckpt: Path) -> int:
@@ -143,14 +150,20 @@ def test_killed_run_resumes_from_its_last_checkpoint_and_finishes(tmp_path, fami
     assert 0 < killed_at < 120
     if sig == "SIGTERM":  # stopped between two steps, saved there, and said how to continue
         assert proc.returncode == 143, err[-2000:]
-        assert "stopped by SIGTERM" in err and "resume=last" in err
-    assert not (run_dir / "metrics.json").is_file() or family == "kd"  # kd validates before it ends
+        assert "stopped by SIGTERM" in err and f"Continue with: dfkd-train resume={run_dir.resolve()}" in err
+        assert json.loads((run_dir / "metrics.json").read_text())["status"] == "stopped"
+    else:  # metrics.json is written only when a run ends
+        assert not (run_dir / "metrics.json").is_file()
+    first_segment = hydra_record(run_dir)
 
-    resumed = dfkd_train(run_dir, *FAMILIES[family], "resume=last")
+    resumed = dfkd_train(None, f"resume={run_dir}")  # nothing but the run dir
     _, err = resumed.communicate(timeout=300)
     assert resumed.returncode == 0, err[-2000:]
     assert fit_progress(last) == 120
-    assert 0 <= json.loads((run_dir / "metrics.json").read_text())["test/acc"] <= 1
+    assert hydra_record(run_dir) == first_segment
+    assert (run_dir / ".hydra" / "segment_2" / "overrides.yaml").is_file()
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert metrics["status"] == "finished" and 0 <= metrics["test/acc"] <= 1
 
 
 class SigtermAt(pl.Callback):
@@ -209,7 +222,7 @@ def test_a_failed_checkpoint_write_keeps_the_previous_checkpoint(tmp_path, monke
     io, path = AtomicCheckpointIO(), tmp_path / "last.ckpt"
     io.save_checkpoint({"global_step": 1}, path)
     disk_full_on(monkeypatch, "last.ckpt")
-    with pytest.raises(DiskWriteError, match="No space left on device.*intact.*resume=last"):
+    with pytest.raises(DiskWriteError, match="No space left on device.*intact.*dfkd-train resume="):
         io.save_checkpoint({"global_step": 2}, path)
     assert torch.load(path, weights_only=False) == {"global_step": 1}
     assert sorted(p.name for p in tmp_path.iterdir()) == ["last.ckpt"]  # no partial temporary file

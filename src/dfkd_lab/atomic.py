@@ -29,7 +29,7 @@ def atomic_write(path, write: Callable[[Path], None], what: str):
         raise DiskWriteError(
             f"could not write the {what} {path} ({err}); the files already in {path.parent} are intact. "
             "Free disk space (or make the folder writable), then continue with "
-            "hydra.run.dir=<this run dir> resume=last"
+            "dfkd-train resume=<the run dir>"
         ) from err
 
 

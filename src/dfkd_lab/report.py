@@ -1,7 +1,8 @@
 """``dfkd-report DIR...``: runs on disk -> one seed-aggregated results table, curves, a static page.
 
-Any folder holding ``metrics.json`` is a run (single runs, multiruns, ``dfkd-bench`` dirs
-alike). Runs of one method that differ only in their seed form one row: mean +- std over the
+Any folder holding ``metrics.json`` (written when a run ends, with its status) or
+``progress.json`` (written during a run: one without metrics.json never ended) is a run
+(single runs, multiruns, ``dfkd-bench`` dirs alike). Runs of one method that differ only in their seed form one row: mean +- std over the
 seeds of every figure. Runs of one method that differ in other overrides are separate rows, and
 the ``differs`` column names those overrides. Outputs: ``<stem>.md``, ``<stem>.json``,
 ``<stem>.csv``, matplotlib figures, and ``report.html``, which links the figures by relative
@@ -64,6 +65,10 @@ NOT_A_SETTING_PREFIXES = ("hydra.", "logger", "paths.")
 TIME_AXIS, PASS_AXIS = "time_s", "cost/teacher_forwards"
 
 
+# A run with progress but no end record: killed (SIGKILL, out of memory, node lost) or still running.
+UNFINISHED = "unfinished (killed, or still running)"
+
+
 def run_status(metrics: dict) -> str:
     """``finished``, ``stopped`` or ``failed: ...`` as the run recorded it; runs written before
     the status field count as finished when they wrote their final metrics (the total time)."""
@@ -104,12 +109,12 @@ class Run:
 
 
 def find_runs(paths) -> list[Path]:
-    """Every run dir under ``paths`` (a dir with metrics.json), in a stable order."""
+    """Every run dir under ``paths`` (a dir with metrics.json or progress.json), in a stable order."""
     found = []
     for path in map(Path, paths):
         if not path.is_dir():
             raise FileNotFoundError(f"{path} is not a directory of runs")
-        found += [p.parent for p in path.rglob("metrics.json")]
+        found += [p.parent for name in ("metrics.json", "progress.json") for p in path.rglob(name)]
     return sorted(set(found))
 
 
@@ -120,7 +125,9 @@ def _yaml(path: Path):
 def load_run(path: Path) -> Run:
     config = _yaml(path / ".hydra" / "config.yaml") or {}
     overrides = _yaml(path / ".hydra" / "overrides.yaml") or []
-    metrics = json.loads((path / "metrics.json").read_text())
+    ended = path / "metrics.json"
+    metrics = json.loads(ended.read_text()) if ended.is_file() else \
+        {**json.loads((path / "progress.json").read_text()), "status": UNFINISHED}
     curve_file = path / "curve.jsonl"
     curve = [json.loads(line) for line in curve_file.read_text().splitlines() if line.strip()] \
         if curve_file.is_file() else []
@@ -459,7 +466,7 @@ def main(argv=None):
     except FileNotFoundError as err:
         parser.error(str(err))
     if not runs:
-        parser.error(f"no run (a dir with metrics.json) under {', '.join(map(str, args.dirs))}")
+        parser.error(f"no run (a dir with metrics.json or progress.json) under {', '.join(map(str, args.dirs))}")
     out = args.out or args.dirs[0]
     _, table = write_report([p.resolve() for p in args.dirs], out.resolve(), args.stem, args.title)
     print(table + f"\nreport: {out / (args.stem + '.md')}, {out / 'report.html'}")

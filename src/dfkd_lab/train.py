@@ -1,18 +1,27 @@
-"""``dfkd-train``: compose the config, seed, build, fit, test, write metrics, return the metric."""
+"""``dfkd-train``: compose the config, validate it, seed, build, fit, test, write metrics, return the metric.
+
+A run that does not finish says so everywhere it is recorded: the exit code (1, 2, or 128 + the
+signal), the W&B run's exit code, ``metrics.json``'s ``status`` and the run dir's ``train.log``
+(which keeps the traceback; the terminal gets one paragraph).
+"""
 
 import os
+import signal
 import sys
 import time
-import warnings
+import traceback
 from importlib import resources
 from pathlib import Path
 
 import hydra
 import pytorch_lightning as pl
+import torch
 from omegaconf import DictConfig
+from pytorch_lightning.utilities import rank_zero_only
 from pytorch_lightning.utilities.exceptions import SIGTERMException
 
-from .atomic import DiskWriteError, save_json
+from . import stop
+from .atomic import DiskWriteError
 from .build import (
     build_callbacks,
     build_data,
@@ -22,13 +31,24 @@ from .build import (
     build_teacher,
     trainer_kwargs,
 )
-from .callbacks.metrics import flat_metrics, log_summary, peak_memory
+from .callbacks.metrics import (
+    EvaluationLines,
+    WallClock,
+    flat_metrics,
+    last_progress,
+    log_summary,
+    peak_memory,
+    write_final_metrics,
+)
 from .config import ConfigError, register_configs
 from .data import TrainSplitForbidden
 from .data.sources import DatasetUnavailable
 from .losses.weighting import UnknownLossWeight
 from .methods.data_free import SynthesisDiverged
 from .provenance import provenance
+from .quiet import silence_known_noise
+from .resume import continue_command, resume_args
+from .validate import check_writable, validate
 from .zoo import TeacherError
 
 # The configs ship inside the package: Hydra reads them as the package's resources (CONF_PKG);
@@ -42,14 +62,21 @@ def last_checkpoint(output_dir) -> Path:
     return Path(output_dir) / "checkpoints" / "last.ckpt"
 
 
-def resume_checkpoint(cfg: DictConfig, output_dir: Path) -> str | None:
+def resume_checkpoint(cfg: DictConfig, output_dir: Path, clock: WallClock) -> str | None:
+    """The checkpoint to continue from, refused when it holds another method's module; the
+    clock takes the time of the earlier segments from it."""
     if not cfg.resume:
         return None
     path = last_checkpoint(output_dir) if cfg.resume == "last" else Path(cfg.resume)
     if not path.is_file():
-        raise FileNotFoundError(
-            f"resume={cfg.resume}: no checkpoint at {path}; run with hydra.run.dir=<the old run dir> resume=last"
-        )
+        raise FileNotFoundError(f"resume={cfg.resume}: no checkpoint at {path}; give resume=<the run dir>")
+    state = torch.load(path, map_location="cpu", weights_only=False, mmap=True)
+    saved = (state.get("hyper_parameters") or {}).get("method") or {}
+    if saved.get("module", cfg.method.module) != cfg.method.module:
+        raise ConfigError(
+            f"resume={cfg.resume}: {path} holds a method={saved.get('name')} run ({saved.get('module')}), "
+            f"not method={cfg.method.name}; resume it with its own method, or start a new run")
+    clock.load_state_dict((state.get("callbacks") or {}).get("WallClock", clock.state_dict()))
     return str(path)
 
 
@@ -66,34 +93,44 @@ def wandb_run_id(output_dir: Path) -> str:
     return run_id
 
 
-def run(cfg: DictConfig) -> dict:
-    start = time.perf_counter()
+def run(cfg: DictConfig, clock: WallClock | None = None) -> dict:
+    """One run (or one segment of a resumed run); ``metrics.json`` says ``finished`` at the end."""
+    clock = clock or WallClock()
     output_dir = Path(cfg.paths.output_dir)
+    validate(cfg)
+    ckpt_path = resume_checkpoint(cfg, output_dir, clock)
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
     data = build_data(cfg)
     teacher = build_teacher(cfg, data) if cfg.method.uses_teacher else None
     student = build_student(cfg, data, teacher)
     module = build_module(cfg, student, teacher, data)
-    ckpt_path = resume_checkpoint(cfg, output_dir)
     loggers = build_loggers(cfg, wandb_run_id(output_dir) if cfg.logger and "wandb" in cfg.logger else None)
-    trainer = pl.Trainer(**trainer_kwargs(cfg), logger=loggers or False, callbacks=build_callbacks(cfg))
+    kwargs, callbacks = trainer_kwargs(cfg), [*build_callbacks(cfg), clock]
+    if kwargs.get("enable_progress_bar", True) and not sys.stdout.isatty():
+        kwargs["enable_progress_bar"] = False  # a redrawn bar fills a log file: one line per evaluation instead
+        callbacks.append(EvaluationLines())
+    trainer = pl.Trainer(**kwargs, logger=loggers or False, callbacks=callbacks)
     data.setup("fit")
+    if stop.requested():
+        raise SIGTERMException  # stopped while setting up: nothing trained yet
+    if trainer.is_global_zero:
+        append_log(output_dir, f"training method={cfg.method.name}" + (f", resumed from {ckpt_path}" if ckpt_path else ""))
     trainer.fit(module, train_dataloaders=module.train_dataloader_from(data),
                 val_dataloaders=data.val_dataloader(), ckpt_path=ckpt_path)
     metrics = flat_metrics(trainer.callback_metrics)
     if cfg.test:
         trainer.test(module, dataloaders=data.test_dataloader(), verbose=False)
         metrics.update(flat_metrics(trainer.callback_metrics))
+    metrics.pop("step", None)  # the loggers' x-axis, not a result
     if "val/acc_best" in metrics:
         metrics["test/acc_best"] = metrics["val/acc_best"]  # validation runs on the real test split
-    metrics["time/total_s"] = time.perf_counter() - start
+    metrics["time/total_s"] = clock.elapsed()
     metrics.update(peak_memory())
     metrics.update(provenance())
     if trainer.is_global_zero:
         module.on_run_end(output_dir, metrics)
-        save_json(output_dir / "metrics.json", metrics, "metrics file")
+        write_final_metrics(output_dir, metrics, "finished")
         log_summary(trainer.loggers, metrics)
-        print(summary(cfg, metrics, output_dir))
     return metrics
 
 
@@ -109,55 +146,115 @@ def summary(cfg: DictConfig, metrics: dict, output_dir: Path) -> str:
     return " | ".join(parts)
 
 
-def finish_wandb():
-    """Close the W&B run so the next multirun job starts a new one."""
+def finish_wandb(exit_code: int):
+    """Close the W&B run with the run's real exit code (a failed run must not sync as finished),
+    so the next multirun job starts a new one."""
     wandb = sys.modules.get("wandb")
     if wandb is not None and wandb.run is not None:
-        wandb.finish()
+        wandb.finish(exit_code=exit_code)
 
 
-# Errors whose message already names the cause and the fix: shown without a traceback.
+# Errors whose message already names the cause and the fix: shown without a traceback, exit 2.
 USER_ERRORS = (ConfigError, TeacherError, DatasetUnavailable, TrainSplitForbidden, UnknownLossWeight,
                SynthesisDiverged, FileNotFoundError, DiskWriteError)
 
-# Exit status of a run stopped by SIGTERM (128 + 15, what a shell reports), after its checkpoint.
-SIGTERM_EXIT = 143
 
-
-def report_error(err: Exception):
+def report_error(err: BaseException, log: Path | None = None):
     """One paragraph on stderr instead of a traceback (DFKD_DEBUG=1 or HYDRA_FULL_ERROR=1 keeps it)."""
     message = err.args[0] if len(err.args) == 1 else str(err)  # KeyError's str() adds quotes
-    sys.stderr.write(f"dfkd-train: {type(err).__name__}: {message}\n"
-                     "(set DFKD_DEBUG=1 to see the traceback)\n")
+    where = f"the traceback is in {log}" if log else "set DFKD_DEBUG=1 to see the traceback"
+    sys.stderr.write(f"dfkd-train: {type(err).__name__}: {message}\n({where})\n")
+
+
+def debugging() -> bool:
+    return os.environ.get("DFKD_DEBUG") == "1" or os.environ.get("HYDRA_FULL_ERROR") == "1"
+
+
+def append_log(output_dir, text: str):
+    """A line (and a traceback) in the run dir's own log, train.log, which every segment appends to."""
+    Path(output_dir).mkdir(parents=True, exist_ok=True)  # run() called without Hydra makes no run dir
+    with open(Path(output_dir) / "train.log", "a") as f:
+        f.write(f"[{time.strftime('%Y-%m-%d %H:%M:%S')}] {text}\n")
+
+
+def end_unfinished(cfg: DictConfig, err: BaseException, clock: WallClock) -> int:
+    """Record a run that did not finish (metrics.json status, the run's log file, a message
+    with the command that continues it); returns the exit code."""
+    output_dir = Path(cfg.paths.output_dir)
+    log = output_dir / "train.log"
+    checkpoint = last_checkpoint(output_dir)
+    signum = stop.requested()
+    if isinstance(err, (SIGTERMException, KeyboardInterrupt, stop.StopRequested)) or (
+            isinstance(err, SystemExit) and signum is not None):
+        signum = signum or signal.SIGINT
+        code, status = stop.exit_code(signum), "stopped"
+        then = (f"the state after the last finished step is in {checkpoint}. "
+                f"Continue with: {continue_command(output_dir)}" if checkpoint.is_file()
+                else "it stopped before its first checkpoint; start it again")
+        message = f"dfkd-train: stopped by {signal.Signals(signum).name}; {then}\n"
+        traceback_text = ""
+    else:
+        code = 2 if isinstance(err, USER_ERRORS) else 1
+        status = f"failed: {type(err).__name__}: {err}"
+        message = None
+        traceback_text = "".join(traceback.format_exception(err))
+    if rank_zero_only.rank == 0:
+        try:
+            append_log(output_dir, f"run {status} (exit {code})\n{traceback_text}".rstrip())
+            write_final_metrics(output_dir, {**last_progress(output_dir), "time/total_s": clock.elapsed()}, status)
+        except OSError as write_error:  # a full disk or a read-only run dir: the message still goes out
+            sys.stderr.write(f"dfkd-train: could not record the end of the run in {output_dir}: {write_error}\n")
+        if message:
+            sys.stderr.write(message)
+        elif not debugging():
+            report_error(err, None if code == 2 else log)
+            if isinstance(err, DiskWriteError) and checkpoint.is_file():
+                sys.stderr.write(f"Continue with: {continue_command(output_dir)}\n")
+    return code
 
 
 register_configs()
 
 
 @hydra.main(version_base="1.3", config_path=CONF_PKG, config_name="train")
-def main(cfg: DictConfig) -> float | None:
+def hydra_main(cfg: DictConfig) -> float | None:
+    clock, code = WallClock(), 0
     try:
-        metrics = run(cfg)
-    except USER_ERRORS as err:
-        if os.environ.get("DFKD_DEBUG") == "1" or os.environ.get("HYDRA_FULL_ERROR") == "1":
+        with stop.on_signals():
+            metrics = run(cfg, clock)
+    except BaseException as err:
+        if isinstance(err, SystemExit) and stop.requested() is None:
             raise
-        report_error(err)
-        sys.exit(2)
-    except SIGTERMException:
-        sys.stderr.write(
-            f"dfkd-train: stopped by SIGTERM; the state after the last finished step is in "
-            f"{last_checkpoint(cfg.paths.output_dir)}. Continue with "
-            f"hydra.run.dir={cfg.paths.output_dir} resume=last\n")
-        sys.exit(SIGTERM_EXIT)
+        code = end_unfinished(cfg, err, clock)
+        if debugging() and code in (1, 2):
+            raise
+        sys.exit(code)
     finally:
-        finish_wandb()
+        finish_wandb(code)
+    if rank_zero_only.rank == 0:
+        line = summary(cfg, metrics, Path(cfg.paths.output_dir))
+        append_log(cfg.paths.output_dir, f"run finished: {line}")
+        print(line, flush=True)
     return metrics.get(cfg.optimized_metric)
 
 
-# Data-free methods optimise manually and checkpoint every N steps: the state after the step is
-# the one a resumed run must continue from, so Lightning's warning about it is noise here.
-warnings.filterwarnings("ignore", message="Using ModelCheckpoint with manual optimization")
+def main():
+    """``dfkd-train``: a ``resume=<run dir>`` brings back the run's own overrides, and the run dir
+    must be writable, both checked before Hydra writes anything."""
+    try:
+        args = resume_args(sys.argv[1:])
+        given = dict(a.split("=", 1) for a in args if "=" in a and not a.startswith("-"))
+        multirun = any(a in ("-m", "--multirun") for a in args)
+        default = Path(os.environ.get("PROJECT_ROOT", ".")) / "outputs"  # conf/paths/default.yaml
+        check_writable(given.get("hydra.sweep.dir" if multirun else "hydra.run.dir", default))
+    except ConfigError as err:
+        report_error(err)
+        sys.exit(2)
+    sys.argv = [sys.argv[0], *args]
+    hydra_main()
 
+
+silence_known_noise()
 os.environ.setdefault("WANDB_MODE", "offline")
 
 if __name__ == "__main__":

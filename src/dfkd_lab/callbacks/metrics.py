@@ -1,6 +1,8 @@
-"""Metrics on disk: a flat ``metrics.json`` and an accuracy-vs-time curve (``curve.jsonl``).
-
-Both are rewritten at every evaluation, so an interrupted run keeps what it measured.
+"""Metrics on disk. During a run, every evaluation rewrites ``progress.json`` (the latest
+metrics) and appends to ``curve.jsonl`` (accuracy vs wall time), so an interrupted run keeps
+what it measured. ``metrics.json`` is written once, when the run ends, with its ``status``
+(``finished``, ``stopped``, ``failed: <error>``): a run without one did not end (it was killed).
+Wall time counts every segment of a resumed run (``WallClock``).
 """
 
 import json
@@ -11,7 +13,7 @@ from pathlib import Path
 import pytorch_lightning as pl
 import torch
 
-from ..atomic import save_json
+from ..atomic import atomic_write, save_json
 
 
 def flat_metrics(metrics: dict) -> dict:
@@ -26,25 +28,87 @@ def flat_metrics(metrics: dict) -> dict:
     return out
 
 
-class MetricsWriter(pl.Callback):
-    def __init__(self, path: str):
-        self.path = Path(path)
-        self.curve = self.path.with_name("curve.jsonl")
-        self._start = None
+class WallClock(pl.Callback):
+    """Seconds since the run started, over all its segments: the time so far travels in every
+    checkpoint and a resumed run continues from it, so time axes never go back."""
 
-    def on_fit_start(self, trainer, pl_module):
-        self._start = time.perf_counter()
+    def __init__(self):
+        self.start = time.time()  # wall time, not perf_counter: DDP spawn reads it in other processes
+        self.before = 0.0  # seconds of the earlier segments, up to the checkpoint resumed from
+
+    def elapsed(self) -> float:
+        return self.before + time.time() - self.start
+
+    def state_dict(self) -> dict:
+        return {"elapsed_s": self.elapsed()}
+
+    def load_state_dict(self, state_dict: dict):
+        self.before = state_dict["elapsed_s"]
+
+    @staticmethod
+    def of(trainer) -> "WallClock | None":
+        return next((c for c in trainer.callbacks if isinstance(c, WallClock)), None)
+
+
+class MetricsWriter(pl.Callback):
+    """``progress.json`` and ``curve.jsonl`` at every evaluation (``path`` names the folder's
+    ``metrics.json``, which the run writes itself when it ends)."""
+
+    def __init__(self, path: str):
+        self.progress = Path(path).with_name("progress.json")
+        self.curve = self.progress.with_name("curve.jsonl")
+        self._clock = WallClock()  # when the trainer has none
+
+    def on_train_start(self, trainer, pl_module):
+        """A resumed run redoes what came after its checkpoint (a SIGKILL can land after an
+        evaluation's row but before its checkpoint): drop those rows, so none is listed twice."""
+        if trainer.ckpt_path is None or not trainer.is_global_zero or not self.curve.is_file():
+            return
+        lines = self.curve.read_text().splitlines(keepends=True)
+        kept = [line for line in lines if line.strip() and json.loads(line)["step"] <= trainer.global_step]
+        if len(kept) < len(lines):
+            atomic_write(self.curve, lambda tmp: tmp.write_text("".join(kept)), "accuracy curve")
 
     def on_validation_end(self, trainer, pl_module):
         if trainer.sanity_checking or not trainer.is_global_zero:
             return
         metrics = flat_metrics(trainer.callback_metrics)
-        row = {"epoch": trainer.current_epoch, "step": trainer.global_step,
-               "time_s": time.perf_counter() - (self._start or time.perf_counter()), **metrics}
+        metrics.pop("step", None)  # the logged x-axis; the row has its own
+        clock = WallClock.of(trainer) or self._clock
+        row = {"epoch": trainer.current_epoch, "step": trainer.global_step, "time_s": clock.elapsed(), **metrics}
         self.curve.parent.mkdir(parents=True, exist_ok=True)
         with open(self.curve, "a") as f:
             f.write(json.dumps(row) + "\n")
-        save_json(self.path, metrics, "metrics file")
+        save_json(self.progress, {**metrics, "epoch": trainer.current_epoch, "step": trainer.global_step,
+                                  "time/total_s": row["time_s"]}, "progress file")
+
+
+class EvaluationLines(pl.Callback):
+    """One line per evaluation on stdout, for runs whose output goes to a file or a pipe
+    (where Lightning's redrawn progress bar writes kilobytes of carriage returns)."""
+
+    def on_validation_end(self, trainer, pl_module):
+        if trainer.sanity_checking or not trainer.is_global_zero:
+            return
+        metrics = flat_metrics(trainer.callback_metrics)
+        clock = WallClock.of(trainer)
+        parts = [f"epoch {trainer.current_epoch + 1}/{trainer.max_epochs}", f"step {trainer.global_step}"]
+        if "val/acc" in metrics:
+            parts.append(f"val acc {100 * metrics['val/acc']:.2f}%")
+        if clock is not None:
+            parts.append(f"{clock.elapsed():.0f} s")
+        print(" | ".join(parts), flush=True)
+
+
+def write_final_metrics(output_dir, metrics: dict, status: str):
+    """``metrics.json``, once, as the run ends: its metrics and how it ended."""
+    save_json(Path(output_dir) / "metrics.json", {**metrics, "status": status}, "metrics file")
+
+
+def last_progress(output_dir) -> dict:
+    """The metrics of the last evaluation, or {} when there was none."""
+    path = Path(output_dir) / "progress.json"
+    return json.loads(path.read_text()) if path.is_file() else {}
 
 
 def peak_memory() -> dict:

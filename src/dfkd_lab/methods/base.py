@@ -14,6 +14,7 @@ from torchmetrics.classification import MulticlassAccuracy
 
 from ..losses.registry import loss_term
 from ..losses.weighting import check_weights
+from ..quiet import silence_known_noise
 from ..zoo import freeze
 
 
@@ -80,6 +81,7 @@ class DistillationModule(pl.LightningModule):
         return self.loss_terms
 
     def setup(self, stage=None):
+        silence_known_noise()  # also in DDP-spawned processes, which never import dfkd_lab.train
         # Lightning destroys an NCCL process group at exit but not a gloo one (CPU DDP): its
         # threads are then torn down with the interpreter and abort the process ("terminate
         # called without an active exception") in about one trainer.test of five.
@@ -109,6 +111,16 @@ class DistillationModule(pl.LightningModule):
         if "torch_rng" in checkpoint:
             torch.set_rng_state(checkpoint["torch_rng"])
 
+    # --- one meaning of "step" -----------------------------------------------------------
+    def log_step(self, **kwargs):
+        """Log ``global_step`` (student updates) as "step": Lightning then uses it as every
+        logger's x-axis instead of its count of training batches, so the CSV, W&B and
+        curve.jsonl agree with each other and with ``trainer.max_steps``."""
+        self.log("step", float(self.global_step), **kwargs)
+
+    def on_train_batch_end(self, outputs, batch, batch_idx):
+        self.log_step()
+
     # --- evaluation on the real test split ------------------------------------------------
     def validation_step(self, batch, batch_idx):
         x, y = batch
@@ -120,6 +132,7 @@ class DistillationModule(pl.LightningModule):
         self.val_best.update(acc)
         self.log("val/acc", acc, prog_bar=True, sync_dist=True)
         self.log("val/acc_best", self.val_best.compute(), sync_dist=True)
+        self.log_step(sync_dist=True)
 
     def test_step(self, batch, batch_idx):
         x, y = batch
@@ -133,6 +146,7 @@ class DistillationModule(pl.LightningModule):
         if self.teacher is not None:
             self.log("teacher/acc", self.teacher_acc.compute(), sync_dist=True)
             self.teacher_acc.reset()
+        self.log_step(sync_dist=True)
 
     # --- the student's optimiser ----------------------------------------------------------
     def student_parameters(self):

@@ -1,25 +1,31 @@
 """DataFreeDistillation: the one training loop shared by every data-free method.
 
-Per training step: the synthesizer improves itself against the frozen teacher (and the
-student), every ``synth_every`` steps; then the student takes ``student_steps`` updates on
+Per training batch: the synthesizer improves itself against the frozen teacher (and the
+student), every ``synth_every`` batches; then the student takes ``student_steps`` updates on
 synthetic batches. Each optimiser updates only its own parameters (manual optimisation).
 The real training split is never built; evaluation uses the real test split.
+
+A "step" (``trainer.global_step``, ``trainer.max_steps``, every logged step) is one student
+update: the synthesizer's optimisers step through the strategy without being counted.
 """
 
+import copy
 import math
 import time
-from contextlib import nullcontext
+from contextlib import contextmanager, nullcontext
 
 import hydra
 import torch
+from pytorch_lightning.utilities.exceptions import SIGTERMException
 from torch.utils.data import DataLoader, IterableDataset
 
+from .. import stop
 from ..config import ConfigError
 from ..data.augment import adversarial_push
 from ..losses.registry import compute_terms, reads
 from ..losses.weighting import weighted_sum
 from ..models.taps import stage_tap
-from ..synthesis.base import CostMeter, SynthContext
+from ..synthesis.base import CostMeter, SynthContext, is_distributed
 from .base import DistillationModule, build_optimizer, build_schedule
 
 
@@ -30,6 +36,25 @@ def as_list(items) -> list:
 
 class SynthesisDiverged(RuntimeError):
     """NaN/inf in a loss or a collapsed generator: stop before the checkpoints are spoiled."""
+
+
+class UncountedOptimizer:
+    """A synthesizer's optimiser, stepped through the strategy (so mixed precision's loss
+    scaling still applies) but not counted as a training step: steps are student updates."""
+
+    def __init__(self, optimizer, module):
+        self.optimizer, self.module = optimizer, module
+
+    def step(self, closure=None):
+        return self.module.trainer.strategy.optimizer_step(self.optimizer, closure or (lambda: None), self.module)
+
+    def __getattr__(self, name):
+        return getattr(self.optimizer, name)
+
+
+# A synthesis round that took longer than this may be stopped half-way by SIGTERM/SIGINT: the
+# state from before it is kept in memory and put back before the checkpoint is written.
+ABORTABLE_AFTER_S = 1.0
 
 
 class StepStream(IterableDataset):
@@ -61,6 +86,7 @@ class DataFreeDistillation(DistillationModule):
         self.seed = seed
         self.automatic_optimization = False
         self._collapsed_rounds = 0
+        self._last_round_s = None  # seconds of the last synthesis round
 
     def known_terms(self):
         return (*self.student_terms, *self.synthesizer_terms)
@@ -97,18 +123,22 @@ class DataFreeDistillation(DistillationModule):
         return [student_opt, *synth_opts], [build_schedule(opt, self.method, steps) for opt in scheduled]
 
     def total_student_steps(self) -> int:
-        batches = self.trainer.estimated_stepping_batches
+        batches = self.trainer.estimated_stepping_batches  # training batches, at most max_steps
         epochs = max(1, self.trainer.max_epochs or 1)
         if not math.isfinite(batches):
             batches = self.method.steps_per_epoch * epochs
         trained = batches * max(0, epochs - self.method.warmup_epochs) / epochs
-        return max(1, int(trained * self.method.student_steps))
+        steps = int(trained * self.method.student_steps)
+        if self.trainer.max_steps not in (None, -1):
+            steps = min(steps, self.trainer.max_steps)  # max_steps counts student updates too
+        return max(1, steps)
 
     # --- the loop -------------------------------------------------------------------------
     def _context(self, synth_opts):
         return SynthContext(
             teacher=self.teacher, student=self.student, weights=self.weights,
-            backward=self.manual_backward, optimizers=synth_opts, cost=self.cost,
+            backward=self.manual_backward, optimizers=[UncountedOptimizer(o.optimizer, self) for o in synth_opts],
+            cost=self.cost,
             device=self.device, batch_size=self.method.batch_size,
             temperature=self.loss_cfg.temperature,
         )
@@ -122,9 +152,11 @@ class DataFreeDistillation(DistillationModule):
         ctx = self._context(synth_opts)
         if batch_idx % self.method.synth_every == 0:
             start = time.perf_counter()
-            terms = self.synthesizer.synthesize(ctx)
+            with self._stoppable_round():
+                terms = self.synthesizer.synthesize(ctx)
             self._sync()
-            self.cost.add(synthesis_s=time.perf_counter() - start)
+            self._last_round_s = time.perf_counter() - start
+            self.cost.add(synthesis_s=self._last_round_s)
             self._check_finite(terms, "synthesis")
             self.log_dict({f"synth/{k}": v for k, v in terms.items()})
         if self.current_epoch < self.method.warmup_epochs:
@@ -136,6 +168,45 @@ class DataFreeDistillation(DistillationModule):
         self.cost.add(kd_s=time.perf_counter() - start)
         self._check_collapse(t_logits)
         self.log_dict({f"train/{k}": v for k, v in terms.items()}, prog_bar=True)
+
+    @contextmanager
+    def _stoppable_round(self):
+        """A long synthesis round stops within one inner iteration of a stop signal: the state
+        from before the round is put back and the run stops as Lightning does between two steps
+        (saving last.ckpt). Not under DDP, where every rank must stop at the same point."""
+        if is_distributed() or (self._last_round_s is not None and self._last_round_s < ABORTABLE_AFTER_S):
+            yield
+            return
+        before = self._snapshot()
+        try:
+            with stop.abortable():
+                yield
+        except stop.StopRequested:
+            self._restore(before)
+            raise SIGTERMException from None
+
+    def _tensors(self):
+        """Weights and buffers a round may change (generators, the student's BatchNorm statistics,
+        the cost counters); the frozen teacher's never change. Pools are not among them: a pool
+        grows only once a round is complete."""
+        return [(k, v) for k, v in [*self.named_parameters(), *self.named_buffers()] if not k.startswith("teacher.")]
+
+    def _snapshot(self) -> dict:
+        return {
+            "tensors": {k: v.detach().clone() for k, v in self._tensors()},
+            "optimizers": [copy.deepcopy(o.optimizer.state_dict()) for o in as_list(self.optimizers())[1:]],
+            "synthesizer_rng": self.synthesizer.rng.get_state(),
+            "rng": torch.get_rng_state(),
+        }
+
+    @torch.no_grad()
+    def _restore(self, snapshot: dict):
+        for name, value in self._tensors():
+            value.copy_(snapshot["tensors"][name])
+        for opt, state in zip(as_list(self.optimizers())[1:], snapshot["optimizers"]):
+            opt.optimizer.load_state_dict(state)
+        self.synthesizer.rng.set_state(snapshot["synthesizer_rng"])
+        torch.set_rng_state(snapshot["rng"])
 
     def _student_step(self, opt, ctx):
         batch = self.synthesizer.batch(self.method.batch_size, ctx)
@@ -200,7 +271,7 @@ class DataFreeDistillation(DistillationModule):
     # --- reporting ------------------------------------------------------------------------
     def on_validation_epoch_end(self):
         super().on_validation_epoch_end()
-        self.log_dict(self.cost.as_dict())
+        self.log_dict(self.cost.as_dict(), sync_dist=True)
 
     def on_run_end(self, output_dir, metrics):
         metrics.update(self.cost.as_dict())

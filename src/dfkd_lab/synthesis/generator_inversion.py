@@ -15,6 +15,7 @@ import math
 import torch
 from torch import nn
 
+from .. import stop
 from ..losses.registry import Lazy, compute_terms
 from ..losses.weighting import weighted_sum
 from ..models.generators import Generator
@@ -110,6 +111,7 @@ class GeneratorInversion(PoolSynthesizer):
         """Run ``steps`` inner steps; return the lowest-loss batch (detached) and its terms."""
         best_loss, best_images, best_terms = math.inf, None, {}
         for _ in range(steps):
+            stop.check()  # honour SIGTERM/SIGINT within one inner step, not at the end of the round
             x = self.to_pixels(generator(z))
             terms = self.step_terms(ctx, x, targets)
             loss = weighted_sum(terms, ctx.weights)

@@ -18,6 +18,7 @@ from contextlib import ExitStack
 
 import torch
 
+from .. import stop
 from ..losses.registry import Lazy, compute_terms, reads
 from ..losses.weighting import weighted_sum
 from .bn_hooks import BNStatHooks
@@ -72,6 +73,7 @@ class InversionSynthesizer(PoolSynthesizer):
             bn = stack.enter_context(BNStatHooks(ctx.teacher)) if reads(self.terms, w, "bn_layer_losses") else None
             taps = self.objective.taps(ctx, stack)
             for _ in range(self.iterations):
+                stop.check()  # a batch takes minutes: honour SIGTERM/SIGINT within one iteration
                 view = self.view(x)
                 if bn is not None:
                     bn.reset()

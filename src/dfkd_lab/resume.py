@@ -1,0 +1,86 @@
+"""A run dir is self-contained: ``dfkd-train resume=<run dir>`` continues the run from it alone.
+
+The command line is rewritten before Hydra composes anything: the first segment's overrides
+(``.hydra/overrides.yaml``) come back, overrides that would change what the run is (its
+method, data, teacher or student) are refused naming the saved value, and the new segment's
+own config goes to ``.hydra/segment_<n>/`` so the first segment's record is never
+overwritten. ``hydra.run.dir=<run dir> resume=last`` is the same thing spelled the old way.
+"""
+
+from pathlib import Path
+
+import yaml
+
+from .config import ConfigError
+
+# Groups that make a run what it is; on resume their overrides must match the saved ones.
+MEANING = ("method", "data", "teacher", "student")
+
+
+def continue_command(run_dir) -> str:
+    """The exact command that continues the run in ``run_dir``."""
+    return f"dfkd-train resume={Path(run_dir).resolve()}"
+
+
+def _split(override: str) -> tuple[str, str]:
+    key, _, value = override.partition("=")
+    return key.lstrip("+~"), value
+
+
+def _run_dir(args: list[str]) -> Path | None:
+    """The run dir a ``resume=`` argument names, or None when it names a checkpoint file or nothing."""
+    values = dict(_split(a) for a in args if "=" in a and not a.startswith("-"))
+    resume = values.get("resume")
+    if resume in (None, "", "null"):
+        return None
+    if resume == "last":
+        if "hydra.run.dir" not in values:
+            raise ConfigError("resume=last needs the run dir: give resume=<run dir> "
+                              "(or hydra.run.dir=<run dir> resume=last)")
+        return Path(values["hydra.run.dir"])
+    path = Path(resume)
+    if path.is_dir():
+        return path
+    if not path.is_file():
+        raise ConfigError(f"resume={resume}: no such run dir or checkpoint file")
+    return None
+
+
+def segment_dirs(run_dir: Path) -> list[Path]:
+    """The config records of the segments after the first, oldest first."""
+    return sorted((run_dir / ".hydra").glob("segment_*"), key=lambda p: int(p.name.split("_")[1]))
+
+
+def resume_args(args: list[str]) -> list[str]:
+    """``args`` (the command line after the program name) with a ``resume=`` of a run dir expanded
+    into that run's saved overrides; other command lines come back unchanged."""
+    run_dir = _run_dir(args)
+    if run_dir is None:
+        return args
+    saved_file = run_dir / ".hydra" / "overrides.yaml"
+    if not saved_file.is_file():
+        raise ConfigError(f"resume: {run_dir} is not a run dir (it has no .hydra/overrides.yaml)")
+    if not (run_dir / "checkpoints" / "last.ckpt").is_file():
+        raise ConfigError(f"resume: {run_dir} has no checkpoints/last.ckpt to continue from "
+                          "(the run stopped before its first checkpoint); start it again")
+    saved = [o for o in yaml.safe_load(saved_file.read_text()) or []
+             if _split(o)[0] not in ("resume", "hydra.run.dir")]
+    saved_values = dict(_split(o) for o in saved)
+    extra = []
+    for arg in args:
+        key, value = _split(arg)
+        if key in ("resume", "hydra.run.dir", "hydra.output_subdir"):
+            continue  # set below
+        # Hydra's own flags (-m, --cfg job) pass through
+        if not arg.startswith("-") and key.split(".")[0] in MEANING:
+            if saved_values.get(key) == value:
+                continue
+            was = f"{key}={saved_values[key]}" if key in saved_values else f"{key} at its default"
+            raise ConfigError(
+                f"resume: {arg} would change what the run in {run_dir} is; it was started with {was} "
+                f"({saved_file}). Continue it without that override, or start a new run dir")
+        extra.append(arg)
+    given = {_split(a)[0] for a in extra}
+    segment = len(segment_dirs(run_dir)) + 2
+    return [*(o for o in saved if _split(o)[0] not in given), *extra, f"hydra.run.dir={run_dir}", "resume=last",
+            f"hydra.output_subdir=.hydra/segment_{segment}"]

@@ -1,0 +1,313 @@
+"""Runs that fail, stop and resume: every record tells the truth, and a resume needs nothing
+but the run dir. CLI runs in a subprocess, with the default logger (W&B offline + CSV) where
+the behaviour is about the default path."""
+
+import csv
+import json
+import os
+import signal
+import struct
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from conftest import FAST
+from dfkd_lab import train
+from dfkd_lab.config import ConfigError
+from dfkd_lab.report import UNFINISHED, load_run, row
+from dfkd_lab.resume import resume_args
+from test_reliability import cli, dfkd_train, fit_progress, hydra_record
+
+TINY = ["trainer=cpu", "method.batch_size=16", "trainer.limit_val_batches=1", "trainer.limit_test_batches=1",
+        "trainer.enable_progress_bar=false"]  # keep the progress bar last (the output test leaves it on)
+DAFL = ["method=dafl", "method.synthesizer.ngf=4", "method.synthesizer.nz=8", "method.steps_per_epoch=30",
+        "trainer.max_epochs=2", "callbacks.step_checkpoint.every_n_train_steps=10"]
+DEEPINVERSION = ["method=deepinversion", "method.synthesizer.iterations=10", "method.steps_per_epoch=15",
+                 "trainer.max_epochs=2", "callbacks.step_checkpoint.every_n_train_steps=4"]
+RESUMABLE = {"dafl": DAFL, "deepinversion": DEEPINVERSION}
+
+
+def finish(proc, timeout=600) -> str:
+    try:
+        _, err = proc.communicate(timeout=timeout)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    return err
+
+
+def wait_for(path: Path, proc, timeout=300):
+    deadline = time.time() + timeout
+    while not path.is_file() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.1)
+    assert proc.poll() is None, f"run ended before {path.name} appeared: {proc.stderr.read()[-2000:]}"
+
+
+def wandb_exit_code(run_dir: Path) -> int:
+    """The exit code in the latest W&B offline run file (a LevelDB-style log of protobuf records)."""
+    from wandb.proto import wandb_internal_pb2
+
+    path = max(run_dir.glob("wandb/offline-run-*/run-*.wandb"))  # each segment writes its own file
+    data, pos, payload, codes = path.read_bytes(), 7, b"", []
+    while pos + 7 <= len(data):
+        if 32768 - pos % 32768 < 7:  # a block's tail too short for a record header is padding
+            pos += 32768 - pos % 32768
+            continue
+        _, length, kind = struct.unpack("<IHB", data[pos:pos + 7])
+        payload, pos = payload + data[pos + 7:pos + 7 + length], pos + 7 + length
+        if kind in (1, 4):  # a whole record, or the last part of one
+            record = wandb_internal_pb2.Record()
+            record.ParseFromString(payload)
+            payload = b""
+            if record.WhichOneof("record_type") == "exit":
+                codes.append(record.exit.exit_code)
+    assert codes, f"no exit record in {path}"
+    return codes[-1]
+
+
+def csv_rows(text: str) -> list[dict]:
+    return [{k: v for k, v in r.items() if v} for r in csv.DictReader(text.splitlines())]
+
+
+# --- resume from the run dir alone -----------------------------------------------------------------
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory):
+    """Test accuracy of each resumable run left alone."""
+    cache = {}
+
+    def acc(family):
+        if family not in cache:
+            run_dir = tmp_path_factory.mktemp(family) / "run"
+            proc = dfkd_train(None, *TINY, *RESUMABLE[family], "logger=none", f"hydra.run.dir={run_dir}")
+            err = finish(proc)
+            assert proc.returncode == 0, err[-2000:]
+            cache[family] = json.loads((run_dir / "metrics.json").read_text())["test/acc"]
+        return cache[family]
+
+    return acc
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("family,sig", [("dafl", "SIGTERM"), ("dafl", "SIGKILL"), ("deepinversion", "SIGTERM")])
+def test_a_resume_from_the_run_dir_alone_matches_the_uninterrupted_run(tmp_path, uninterrupted, family, sig):
+    run_dir = tmp_path / "run"
+    last = run_dir / "checkpoints" / "last.ckpt"
+    proc = dfkd_train(None, *TINY, *RESUMABLE[family], f"hydra.run.dir={run_dir}", wandb="offline")
+    wait_for(run_dir / "progress.json", proc)  # the first epoch is evaluated; stop in the second
+    time.sleep(1)
+    proc.send_signal(getattr(signal, sig))
+    err = finish(proc)
+    if sig == "SIGTERM":
+        assert proc.returncode == 143 and f"Continue with: dfkd-train resume={run_dir.resolve()}" in err
+        assert wandb_exit_code(run_dir) == 143
+    first_segment, csv_before = hydra_record(run_dir), (run_dir / "csv" / "metrics.csv").read_text()
+    elapsed = torch.load(last, weights_only=False)["callbacks"]["WallClock"]["elapsed_s"]
+    assert 0 < fit_progress(last) < 60
+
+    resumed = dfkd_train(None, f"resume={run_dir}", wandb="offline")
+    err = finish(resumed)
+    assert resumed.returncode == 0, err[-2000:]
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert metrics["status"] == "finished"
+    assert metrics["test/acc"] == uninterrupted(family)
+    assert hydra_record(run_dir) == first_segment  # the first segment's record is intact
+    assert "resume=last" in (run_dir / ".hydra" / "segment_2" / "overrides.yaml").read_text()
+    rows_before = csv_rows(csv_before)  # logged history kept (columns may be added), rows appended
+    assert csv_rows((run_dir / "csv" / "metrics.csv").read_text())[:len(rows_before)] == rows_before
+    curve = [json.loads(line) for line in (run_dir / "curve.jsonl").read_text().splitlines()]
+    assert len(curve) == 2 and curve[0]["step"] < curve[1]["step"]  # one row per evaluation, none repeated
+    times = [r["time_s"] for r in curve]
+    assert times == sorted(times) and metrics["time/total_s"] > elapsed  # wall time carried over
+    assert wandb_exit_code(run_dir) == 0
+
+
+def test_a_stop_is_honoured_inside_a_long_synthesis_batch(tmp_path):
+    """SIGINT in the middle of a DeepInversion batch that would take hours: stopped within the
+    next inner iteration, with the state from before the batch saved and the command to go on."""
+    run_dir = tmp_path / "run"
+    proc = dfkd_train(None, *TINY, "method=deepinversion", "method.synthesizer.iterations=10000000",
+                      "method.steps_per_epoch=2", "trainer.max_epochs=1", "logger=none", f"hydra.run.dir={run_dir}")
+    log = run_dir / "train.log"
+    wait_for(log, proc)
+    deadline = time.time() + 120
+    while "training" not in log.read_text() and time.time() < deadline:
+        time.sleep(0.1)
+    time.sleep(3)  # well inside the first batch
+    proc.send_signal(signal.SIGINT)
+    err = finish(proc, timeout=90)
+    assert proc.returncode == 130, err[-2000:]
+    assert "stopped by SIGINT" in err and f"Continue with: dfkd-train resume={run_dir.resolve()}" in err
+    assert fit_progress(run_dir / "checkpoints" / "last.ckpt") == 0
+    assert json.loads((run_dir / "metrics.json").read_text())["status"] == "stopped"
+
+
+def test_a_killed_run_is_reported_as_unfinished(tmp_path):
+    killed, stopped = tmp_path / "killed", tmp_path / "stopped"
+    killed.mkdir()
+    (killed / "progress.json").write_text(json.dumps({"val/acc": 0.5, "time/total_s": 3.0}))
+    stopped.mkdir()
+    (stopped / "metrics.json").write_text(json.dumps({"val/acc": 0.5, "status": "stopped"}))
+    assert row(load_run(killed))["status"] == UNFINISHED
+    assert row(load_run(stopped))["status"] == "stopped"
+
+
+# --- every record tells the truth ------------------------------------------------------------------
+def test_a_failed_run_says_so_in_every_record(tmp_path):
+    run_dir = tmp_path / "run"
+    proc = dfkd_train(None, *TINY, "method=dafl", "loss.weights.kd=nan", "method.steps_per_epoch=2",
+                      "method.synthesizer.ngf=4", f"hydra.run.dir={run_dir}", wandb="offline")
+    err = finish(proc)
+    assert proc.returncode == 2
+    assert "dfkd-train: SynthesisDiverged: non-finite loss" in err and "Traceback" not in err
+    assert json.loads((run_dir / "metrics.json").read_text())["status"].startswith("failed: SynthesisDiverged")
+    log = (run_dir / "train.log").read_text()
+    assert "Traceback" in log and "SynthesisDiverged: non-finite loss" in log
+    assert wandb_exit_code(run_dir) == 2
+
+
+def test_an_unexpected_error_exits_1_with_its_traceback_in_the_run_log(monkeypatch, capsys, tmp_path):
+    def broken(*args, **kwargs):
+        raise RuntimeError("broken on purpose")
+
+    monkeypatch.setattr(train, "build_module", broken)
+    code, err = cli(monkeypatch, capsys, tmp_path)
+    assert code == 1
+    assert "dfkd-train: RuntimeError: broken on purpose" in err and "Traceback" not in err
+    assert "Traceback" in (tmp_path / "run" / "train.log").read_text()
+    assert json.loads((tmp_path / "run" / "metrics.json").read_text())["status"] == "failed: RuntimeError: broken on purpose"
+
+
+def test_a_bad_value_stops_before_wandb_starts(tmp_path):
+    run_dir = tmp_path / "run"
+    proc = dfkd_train(None, *TINY, "method.epochs=-3", f"hydra.run.dir={run_dir}", wandb="offline")
+    err = finish(proc)
+    assert proc.returncode == 2 and "method.epochs=-3 must be >= 1" in err and "Traceback" not in err
+    assert not (run_dir / "wandb").exists() and not (run_dir / "checkpoints").exists()
+
+
+# --- validation before anything starts ------------------------------------------------------------
+BAD_VALUES = {
+    "negative epochs": (["method.epochs=-1"], "method.epochs=-1 must be >= 1"),
+    "negative max_steps": (["trainer.max_steps=-5"], "trainer.max_steps=-5 must be a positive count"),
+    "zero synthetic batch": (["method=dafl", "method.batch_size=0"], "method.batch_size=0 must be >= 1"),
+    "no steps per epoch": (["method=dafl", "method.steps_per_epoch=0"], "a data-free method needs >= 1"),
+    "a key added with +": (["+method.epochz=3"], "method.epochz is not a setting"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD_VALUES))
+def test_a_bad_value_fails_at_once_naming_the_key(monkeypatch, capsys, tmp_path, case):
+    overrides, message = BAD_VALUES[case]
+    code, err = cli(monkeypatch, capsys, tmp_path, *overrides)
+    assert code == 2
+    assert "dfkd-train: ConfigError: " in err and message in err and "Traceback" not in err
+    assert not (tmp_path / "run" / "checkpoints").exists()
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a GPU")
+def test_trainer_gpu_without_a_gpu_fails_at_once(monkeypatch, capsys, tmp_path):
+    code, err = cli(monkeypatch, capsys, tmp_path, "trainer=gpu")
+    assert code == 2 and "has no usable GPU; use trainer=cpu" in err
+
+
+def test_an_unwritable_run_dir_fails_before_hydra_writes_anything(monkeypatch, capsys, tmp_path):
+    (tmp_path / "file").write_text("")
+    monkeypatch.setattr(sys, "argv", ["dfkd-train", *FAST, f"hydra.run.dir={tmp_path / 'file' / 'run'}"])
+    with pytest.raises(SystemExit) as exit_:
+        train.main()
+    assert exit_.value.code == 2
+    assert "cannot be created" in capsys.readouterr().err
+
+
+# --- resume refuses what would change the run -----------------------------------------------------
+def fake_run_dir(path: Path, overrides: list[str]) -> Path:
+    (path / ".hydra").mkdir(parents=True)
+    (path / ".hydra" / "overrides.yaml").write_text(yaml.safe_dump(overrides))
+    (path / "checkpoints").mkdir()
+    (path / "checkpoints" / "last.ckpt").write_bytes(b"")
+    return path
+
+
+def test_resume_restores_the_saved_overrides(tmp_path):
+    run_dir = fake_run_dir(tmp_path / "run", ["method=kd", "trainer.max_epochs=1", "trainer=cpu"])
+    expected = ["method=kd", "trainer=cpu", "trainer.max_epochs=3", f"hydra.run.dir={run_dir}", "resume=last",
+                "hydra.output_subdir=.hydra/segment_2"]
+    assert resume_args([f"resume={run_dir}", "trainer.max_epochs=3"]) == expected
+    assert resume_args([f"hydra.run.dir={run_dir}", "resume=last", "trainer.max_epochs=3"]) == expected
+    (run_dir / ".hydra" / "segment_2").mkdir()
+    assert resume_args([f"resume={run_dir}"])[-1] == "hydra.output_subdir=.hydra/segment_3"
+    assert resume_args(["method=kd"]) == ["method=kd"]  # not a resume
+
+
+def test_resume_refuses_an_override_that_changes_the_run(tmp_path):
+    run_dir = fake_run_dir(tmp_path / "run", ["method=kd"])
+    with pytest.raises(ConfigError, match="it was started with method=kd"):
+        resume_args([f"resume={run_dir}", "method=dafl"])
+    with pytest.raises(ConfigError, match="it was started with data.num_classes at its default"):
+        resume_args([f"resume={run_dir}", "data.num_classes=7"])
+    assert resume_args([f"resume={run_dir}", "method=kd"])[0] == "method=kd"  # the same value is fine
+
+
+def test_a_checkpoint_of_another_method_is_refused_before_anything_is_written(monkeypatch, capsys, tmp_path):
+    ckpt = tmp_path / "kd.ckpt"
+    torch.save({"hyper_parameters": {"method": {"name": "kd", "module": "dfkd_lab.methods.kd.KnowledgeDistillation"}}},
+               ckpt)
+    code, err = cli(monkeypatch, capsys, tmp_path, "method=dafl", f"resume={ckpt}")
+    assert code == 2 and "holds a method=kd run" in err
+    assert not (tmp_path / "run" / "checkpoints").exists()
+
+
+# --- one meaning of "step" ---------------------------------------------------------------------------
+def test_steps_are_student_updates_in_max_steps_the_csv_and_the_curve(compose_cfg):
+    cfg = compose_cfg("method=dafl", "method.synthesizer.ngf=4", "method.synthesizer.nz=8", "method.batch_size=8",
+                      "method.student_steps=2", "method.steps_per_epoch=3", "trainer.limit_train_batches=null",
+                      "trainer.max_epochs=2", "trainer.max_steps=6", "trainer.log_every_n_steps=1", "logger=csv")
+    train.run(cfg)
+    run_dir = Path(cfg.paths.output_dir)
+    last = run_dir / "checkpoints" / "last.ckpt"
+    # one epoch of 3 batches of 2 student updates; were the generator's steps counted, 2 batches
+    assert fit_progress(last) == 3
+    assert torch.load(last, weights_only=False)["global_step"] == 6
+    assert [json.loads(line)["step"] for line in (run_dir / "curve.jsonl").read_text().splitlines()] == [6]
+    with open(run_dir / "csv" / "metrics.csv") as f:
+        steps = [int(r["step"]) for r in csv.DictReader(f) if r.get("train/kd")]
+    assert steps == [2, 4, 6]
+
+
+# --- output a person can read ---------------------------------------------------------------------
+def test_a_run_into_a_file_prints_a_line_per_evaluation_and_ends_with_the_summary(tmp_path):
+    """`make run > log`: no bar redrawn, no warnings, W&B quiet, the summary last."""
+    out = tmp_path / "run.log"
+    with open(out, "w") as f:
+        cmd = [str(Path(sys.executable).with_name("dfkd-train")), "method=dfq", *TINY[:-1], "method.steps_per_epoch=10",
+               "method.epochs=2", f"hydra.run.dir={tmp_path / 'run'}"]
+        code = subprocess.call(cmd, stdout=f, stderr=f,
+                               env={**os.environ, "WANDB_MODE": "offline", "OMP_NUM_THREADS": "1"})
+    text = out.read_text()
+    assert code == 0, text[-2000:]
+    lines = text.splitlines()
+    assert out.stat().st_size < 20_000
+    assert lines[-1].startswith("dfkd-lab | method=dfq") and "test acc" in lines[-1]
+    assert [line for line in lines[:-1] if not line.startswith("epoch ")] == []
+    assert len(lines) == 3  # two evaluations, the summary
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("method", ["dafl", "deepinversion"])
+def test_ddp_sim_runs_end_to_end_with_the_default_logger(tmp_path, method):
+    extra = {"dafl": ["teacher=lenet5_bn_fmnist", "method.synthesizer.ngf=4", "method.synthesizer.nz=8"],
+             "deepinversion": ["method.synthesizer.iterations=3"]}[method]
+    cmd = [str(Path(sys.executable).with_name("dfkd-train")), f"method={method}", *extra, "trainer=ddp_sim",
+           "method.steps_per_epoch=3", "method.batch_size=16", "method.student_steps=2", "method.epochs=1",
+           "trainer.limit_val_batches=2", "trainer.limit_test_batches=2", f"hydra.run.dir={tmp_path / 'run'}"]
+    done = subprocess.run(cmd, check=False, capture_output=True, text=True, timeout=600,
+                          env={**os.environ, "WANDB_MODE": "offline", "OMP_NUM_THREADS": "1"})
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "test acc" in done.stdout.splitlines()[-1]
+    assert json.loads((tmp_path / "run" / "metrics.json").read_text())["status"] == "finished"
+    assert wandb_exit_code(tmp_path / "run") == 0
