@@ -1,8 +1,7 @@
 """DataFreeDistillation: the one training loop shared by every data-free method.
 
 Per training step: the synthesizer improves itself against the frozen teacher (and the
-student), every ``synth_every`` steps; then the student takes ``student_steps`` updates on
-synthetic batches. Each optimiser updates only its own parameters (manual optimisation).
+student); then the student takes ``student_steps`` updates on synthetic batches. Each optimiser updates only its own parameters (manual optimisation).
 The real training split is never built; evaluation uses the real test split.
 """
 
@@ -120,13 +119,12 @@ class DataFreeDistillation(DistillationModule):
     def training_step(self, step, batch_idx):
         student_opt, *synth_opts = as_list(self.optimizers())
         ctx = self._context(synth_opts)
-        if batch_idx % self.method.synth_every == 0:
-            start = time.perf_counter()
-            terms = self.synthesizer.synthesize(ctx)
-            self._sync()
-            self.cost.add(synthesis_s=time.perf_counter() - start)
-            self._check_finite(terms, "synthesis")
-            self.log_dict({f"synth/{k}": v for k, v in terms.items()})
+        start = time.perf_counter()
+        terms = self.synthesizer.synthesize(ctx)
+        self._sync()
+        self.cost.add(synthesis_s=time.perf_counter() - start)
+        self._check_finite(terms, "synthesis")
+        self.log_dict({f"synth/{k}": v for k, v in terms.items()})
         if self.current_epoch < self.method.warmup_epochs:
             return
         start = time.perf_counter()
