@@ -23,6 +23,8 @@ PRESETS = sorted(p.stem for p in (Path(CONF_DIR) / "experiment").glob("*.yaml"))
 PAIRS = {"resnet34_resnet18": ("resnet34", "resnet18", []),
          "wrn40_2_wrn16_1": ("wrn40_2", "wrn16_1", ["teacher=wrn40_2", "student=wrn16_1"])}
 CLASSES = {"cifar10": 10, "cifar100": 100}
+# teacher presets that pick their own architecture and length: preset -> (arch, epochs)
+OWN_TEACHER = {"teacher_cifar10_cpu": ("wrn16_2", 40)}
 
 
 def test_presets_exist_for_both_datasets():
@@ -37,9 +39,10 @@ def test_preset_composes_and_resolves(preset, pair, tmp_path):
     cfg = compose_config([f"experiment={preset}", *overrides], output_dir=tmp_path)
     OmegaConf.to_container(cfg, resolve=True)  # every interpolation resolves
     assert cfg.data.name in CLASSES and cfg.data.num_classes == CLASSES[cfg.data.name]
-    assert cfg.teacher.arch == teacher and cfg.teacher.zoo is None
+    own_teacher, epochs = OWN_TEACHER.get(preset, (teacher, 200))
+    assert cfg.teacher.arch == (own_teacher if not overrides else teacher) and cfg.teacher.zoo is None
     if cfg.method.name == "teacher":
-        assert (cfg.method.optimizer, cfg.method.lr, cfg.method.epochs) == ("sgd", 0.1, 200)
+        assert (cfg.method.optimizer, cfg.method.lr, cfg.method.epochs) == ("sgd", 0.1, epochs)
         assert cfg.data.crop_pad == 4 and cfg.data.flip
     else:
         assert cfg.student.arch == student
