@@ -127,6 +127,27 @@ def test_nan_stops_the_run_and_keeps_the_earlier_checkpoint(compose_cfg, monkeyp
     assert (Path(cfg.paths.output_dir) / "checkpoints" / "last.ckpt").is_file()  # from epoch 0
 
 
+@pytest.mark.parametrize("patience, collapses", [(3, True), (0, False)])
+def test_collapsed_generator_stops_the_run_after_patience_steps(compose_cfg, monkeypatch, patience, collapses):
+    """method.collapse_patience: every image labelled one class for that many steps stops the
+    run (0 = never); the checkpoint of the epoch before is kept."""
+    cfg = tiny(compose_cfg, "dafl", "trainer.max_epochs=2", f"method.collapse_patience={patience}")
+    real = GeneratorSynthesizer.batch
+
+    def one_class(self, n, ctx):
+        logits = torch.zeros(n, 10, device=ctx.device)
+        logits[:, 3] = 10.0
+        return SynthBatch(real(self, n, ctx).images, teacher_logits=logits)
+
+    monkeypatch.setattr(GeneratorSynthesizer, "batch", one_class)
+    if collapses:  # 2 steps per epoch: the third step, in epoch 1, is the third collapsed one
+        with pytest.raises(SynthesisDiverged, match="collapse.*class 3 for 3 steps"):
+            run(cfg)
+        assert (Path(cfg.paths.output_dir) / "checkpoints" / "last.ckpt").is_file()  # from epoch 0
+    else:
+        assert 0.0 <= run(cfg)["test/acc"] <= 1.0
+
+
 def test_student_ensemble_averages_member_losses():
     a, b, t = torch.randn(4, 10), torch.randn(4, 10), torch.randn(4, 10)
     members = [lambda x, v=v: v for v in (a, b)]

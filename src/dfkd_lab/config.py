@@ -79,7 +79,6 @@ class MethodConfig:
     # data-free: each student input moved up to this far (normalised pixels) toward where
     # student and teacher disagree most (0 = off)
     adversarial_eps: float = 0.0
-    synth_every: int = 1  # synthesis rounds every N training steps
     warmup_epochs: int = 0  # epochs of synthesis only
     grad_clip: float = 0.0
     collapse_patience: int = 200  # stop when every synthetic image is one class this many steps

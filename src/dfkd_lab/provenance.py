@@ -11,6 +11,7 @@ from pathlib import Path
 
 import torch
 
+PACKAGE_DIR = Path(__file__).resolve().parent
 
 
 def cpu_model() -> str:
@@ -29,7 +30,7 @@ def gpu_name() -> str | None:
     return None
 
 
-def project_commit(root: Path = Path(__file__).resolve().parent) -> str | None:
+def project_commit(root: Path = PACKAGE_DIR) -> str | None:
     """``git describe``-like: the commit hash of the checkout this package is imported from,
     ``-dirty`` when tracked files were changed; None outside a git checkout (an installed package)."""
     def git(*args):

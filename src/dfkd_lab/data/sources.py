@@ -107,7 +107,11 @@ def image_folder_layout(root: Path, split: str = "train") -> tuple[list[str], in
     from PIL import Image
 
     folder = Path(root) / split
-    classes = sorted(p.name for p in folder.iterdir() if p.is_dir()) if folder.is_dir() else []
+    if not folder.is_dir():
+        raise DatasetUnavailable(
+            f"data.root={root} has no '{split}' folder: expected {folder}/<class>/<image files>"
+        )
+    classes = sorted(p.name for p in folder.iterdir() if p.is_dir())
     if not classes:
         raise DatasetUnavailable(
             f"data.root={root} has no class folders in '{split}': expected {folder}/<class>/<image files>"

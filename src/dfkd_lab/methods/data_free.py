@@ -1,8 +1,8 @@
 """DataFreeDistillation: the one training loop shared by every data-free method.
 
 Per training batch: the synthesizer improves itself against the frozen teacher (and the
-student), every ``synth_every`` batches; then the student takes ``student_steps`` updates on
-synthetic batches. Each optimiser updates only its own parameters (manual optimisation).
+student); then the student takes ``student_steps`` updates on synthetic batches. Each
+optimiser updates only its own parameters (manual optimisation).
 The real training split is never built; evaluation uses the real test split.
 
 A "step" (``trainer.global_step``, ``trainer.max_steps``, every logged step) is one student
@@ -150,15 +150,14 @@ class DataFreeDistillation(DistillationModule):
     def training_step(self, step, batch_idx):
         student_opt, *synth_opts = as_list(self.optimizers())
         ctx = self._context(synth_opts)
-        if batch_idx % self.method.synth_every == 0:
-            start = time.perf_counter()
-            with self._stoppable_round():
-                terms = self.synthesizer.synthesize(ctx)
-            self._sync()
-            self._last_round_s = time.perf_counter() - start
-            self.cost.add(synthesis_s=self._last_round_s)
-            self._check_finite(terms, "synthesis")
-            self.log_dict({f"synth/{k}": v for k, v in terms.items()})
+        start = time.perf_counter()
+        with self._stoppable_round():
+            terms = self.synthesizer.synthesize(ctx)
+        self._sync()
+        self._last_round_s = time.perf_counter() - start
+        self.cost.add(synthesis_s=self._last_round_s)
+        self._check_finite(terms, "synthesis")
+        self.log_dict({f"synth/{k}": v for k, v in terms.items()})
         if self.current_epoch < self.method.warmup_epochs:
             return
         start = time.perf_counter()
