@@ -19,7 +19,7 @@ import yaml
 from conftest import FAST
 from dfkd_lab import train
 from dfkd_lab.config import ConfigError
-from dfkd_lab.report import UNFINISHED, load_run, row
+from dfkd_lab.report import UNFINISHED, load_run, run_row
 from dfkd_lab.resume import resume_args
 from test_reliability import cli, dfkd_train, fit_progress, hydra_record
 
@@ -152,8 +152,8 @@ def test_a_killed_run_is_reported_as_unfinished(tmp_path):
     (killed / "progress.json").write_text(json.dumps({"val/acc": 0.5, "time/total_s": 3.0}))
     stopped.mkdir()
     (stopped / "metrics.json").write_text(json.dumps({"val/acc": 0.5, "status": "stopped"}))
-    assert row(load_run(killed))["status"] == UNFINISHED
-    assert row(load_run(stopped))["status"] == "stopped"
+    assert run_row(load_run(killed))["status"] == UNFINISHED
+    assert run_row(load_run(stopped))["status"] == "stopped"
 
 
 # --- every record tells the truth ------------------------------------------------------------------
