@@ -110,7 +110,7 @@ class DataFreeDistillation(DistillationModule):
             teacher=self.teacher, student=self.student, weights=self.weights,
             backward=self.manual_backward, optimizers=synth_opts, cost=self.cost,
             device=self.device, batch_size=self.method.batch_size,
-            temperature=self.loss_cfg.temperature,
+            temperature=self.loss_cfg.temperature, epoch=self.current_epoch,
         )
 
     def _sync(self):
