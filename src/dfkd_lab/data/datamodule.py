@@ -26,9 +26,10 @@ def keep_classes(images: torch.Tensor, labels: torch.Tensor, classes):
     (``data.classes``: a teacher of five CIFAR-10 classes, the other five as its proxy)."""
     if classes is None:
         return images, labels
-    keep = torch.isin(labels, torch.as_tensor(list(classes)))
-    relabel = torch.full((int(labels.max()) + 1,), -1, dtype=torch.int64)
-    relabel[torch.as_tensor(list(classes))] = torch.arange(len(classes))
+    wanted = torch.as_tensor(list(classes), dtype=torch.int64)
+    keep = torch.isin(labels, wanted)
+    relabel = torch.full((max(int(labels.max()), int(wanted.max())) + 1,), -1, dtype=torch.int64)
+    relabel[wanted] = torch.arange(len(wanted))
     return images[keep], relabel[labels[keep]]
 
 
