@@ -93,6 +93,9 @@ def build_data(cfg: DictConfig) -> ClassificationData:
     d = cfg.data
     entry = teacher_entry(cfg)
     _fill_shape(cfg, entry)
+    if d.classes is not None and len(d.classes) != d.num_classes:
+        raise ConfigError(f"data.classes has {len(d.classes)} classes but data.num_classes={d.num_classes}: "
+                          f"set data.num_classes={len(d.classes)}")
     stats = _normalisation(cfg, entry)
     mean, std = stats if stats is not None else (None, None)
     if stats is not None:
@@ -103,7 +106,7 @@ def build_data(cfg: DictConfig) -> ClassificationData:
         image_size=d.image_size, mean=mean, std=std, batch_size=d.batch_size,
         eval_batch_size=d.eval_batch_size, crop_pad=d.crop_pad, flip=d.flip,
         num_workers=d.num_workers, download=d.download,
-        train_split=not cfg.method.data_free,
+        train_split=not cfg.method.data_free, classes=d.classes,
     )
     if stats is None:
         data.split("train")  # measures mean/std on the training images

@@ -31,6 +31,21 @@ class DataConfig:
     flip: bool = False
     num_workers: int = 0
     download: bool = True
+    # only these classes (original label indices), relabelled 0..len-1; num_classes must match
+    classes: Optional[list[int]] = None
+
+
+@dataclass
+class ProxyConfig:
+    """Unlabelled images the teacher labels (method=kd_proxy, or seeding a pool method's pool):
+    converted to the data's channels and size, normalised as the teacher's inputs."""
+
+    name: str = "cifar10"  # a built-in dataset (data/sources.py) or image_folder
+    root: str = "${paths.data_dir}"
+    split: str = "train"
+    classes: Optional[list[int]] = None  # only these classes of it
+    limit: Optional[int] = None  # at most this many images (a fixed random subset)
+    download: bool = True
 
 
 @dataclass
@@ -152,6 +167,7 @@ class TrainConfig:
     optimized_metric: str = "test/acc"
     resume: Optional[str] = None  # "last" or a checkpoint path
     transfer_set: Optional[str] = None  # a saved transfer set to distil from
+    proxy: Optional[ProxyConfig] = None  # proxy=NAME: unlabelled images for kd_proxy or a pool's seed
     test: bool = True
 
 

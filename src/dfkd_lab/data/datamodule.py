@@ -21,6 +21,28 @@ class TrainSplitForbidden(RuntimeError):
     pass
 
 
+def keep_classes(images: torch.Tensor, labels: torch.Tensor, classes):
+    """Only the images of ``classes`` (None: all), relabelled 0..len(classes)-1 in that order
+    (``data.classes``: a teacher of five CIFAR-10 classes, the other five as its proxy)."""
+    if classes is None:
+        return images, labels
+    wanted = torch.as_tensor(list(classes), dtype=torch.int64)
+    keep = torch.isin(labels, wanted)
+    relabel = torch.full((max(int(labels.max()), int(wanted.max())) + 1,), -1, dtype=torch.int64)
+    relabel[wanted] = torch.arange(len(wanted))
+    return images[keep], relabel[labels[keep]]
+
+
+def fit_size(x: torch.Tensor, image_size: int) -> torch.Tensor:
+    """Pad by an even margin (28x28 digits -> 32x32 LeNet input), else resize bilinearly."""
+    pad = image_size - x.shape[-1]
+    if pad > 0 and pad % 2 == 0:
+        return F.pad(x, (pad // 2,) * 4)
+    if x.shape[-1] != image_size:
+        return F.interpolate(x, size=image_size, mode="bilinear", align_corners=False)
+    return x
+
+
 def _collate(samples, pad, flip):
     images = torch.stack([s[0] for s in samples])
     labels = torch.stack([s[1] for s in samples])
@@ -44,6 +66,7 @@ class ClassificationData(pl.LightningDataModule):
         num_workers: int = 0,
         download: bool = True,
         train_split: bool = True,
+        classes=None,
     ):
         super().__init__()
         if name != "image_folder" and name not in sources.LOADERS:
@@ -54,7 +77,8 @@ class ClassificationData(pl.LightningDataModule):
         self.batch_size, self.eval_batch_size = batch_size, eval_batch_size
         self.crop_pad, self.flip, self.num_workers = crop_pad, flip, num_workers
         self.download, self.train_split = download, train_split
-        self.classes: list[str] | None = None
+        self.class_subset = list(classes) if classes is not None else None  # data.classes
+        self.classes: list[str] | None = None  # an image folder's class names
         self._splits: dict[str, TensorDataset] = {}
 
     @property
@@ -78,11 +102,7 @@ class ClassificationData(pl.LightningDataModule):
         x = images.float().div_(255)
         if x.shape[1] != self.channels:
             raise ConfigError(f"{self.name} images have {x.shape[1]} channels, data.channels={self.channels}")
-        pad = self.image_size - x.shape[-1]
-        if pad > 0 and pad % 2 == 0:
-            x = F.pad(x, (pad // 2,) * 4)  # 28x28 digits -> 32x32 LeNet input
-        elif x.shape[-1] != self.image_size:
-            x = F.interpolate(x, size=self.image_size, mode="bilinear", align_corners=False)
+        x = fit_size(x, self.image_size)
         if self.mean is None or self.std is None:  # image_folder without given stats
             self.mean = x.mean(dim=(0, 2, 3)).tolist()
             self.std = x.std(dim=(0, 2, 3)).clamp_min(1e-3).tolist()
@@ -96,7 +116,7 @@ class ClassificationData(pl.LightningDataModule):
         if split not in self._splits:
             if split == "test" and self.train_split and (self.mean is None or self.std is None):
                 self.split("train")  # statistics come from the training images
-            images, labels = self._raw(split)
+            images, labels = keep_classes(*self._raw(split), self.class_subset)
             if len(labels) == 0:
                 raise sources.DatasetUnavailable(f"{self.name} {split} split at {self.root} is empty")
             self._splits[split] = TensorDataset(self._prepare(images), labels)

@@ -79,9 +79,10 @@ def argmax_ce(teacher_logits):
 
 
 @register_loss("target_ce")
-def target_ce(teacher_logits, target_classes):
-    """Cross-entropy of the teacher against target classes drawn for the batch (DeepInversion, CMI)."""
-    return F.cross_entropy(teacher_logits.float(), target_classes)
+def target_ce(teacher_logits, target_classes, label_smoothing=0.0):
+    """Cross-entropy of the teacher against target classes drawn for the batch (DeepInversion,
+    CMI), optionally against smoothed (soft) targets (NAYER)."""
+    return F.cross_entropy(teacher_logits.float(), target_classes, label_smoothing=label_smoothing)
 
 
 @register_loss("ie")

@@ -26,6 +26,7 @@ from ..losses.registry import compute_terms, reads
 from ..losses.weighting import weighted_sum
 from ..models.taps import stage_tap
 from ..synthesis.base import CostMeter, SynthContext, is_distributed
+from ..synthesis.proxy import seed_pool_with_proxy
 from .base import DistillationModule, build_optimizer, build_schedule
 
 
@@ -87,6 +88,7 @@ class DataFreeDistillation(DistillationModule):
         self.automatic_optimization = False
         self._collapsed_rounds = 0
         self._last_round_s = None  # seconds of the last synthesis round
+        self.proxy_record: dict = {}  # what a proxy= seeded the pool with, for the run's metrics
 
     def known_terms(self):
         return (*self.student_terms, *self.synthesizer_terms)
@@ -99,6 +101,8 @@ class DataFreeDistillation(DistillationModule):
         module = cls(student, cfg.method, cfg.loss, data.num_classes, teacher, synthesizer,
                      data.image_shape, data.value_range, cfg.seed)
         synthesizer.bind_run(cfg)
+        if cfg.get("proxy") is not None:
+            module.proxy_record = seed_pool_with_proxy(synthesizer, cfg, data)
         return module
 
     def train_dataloader_from(self, data):
@@ -140,7 +144,7 @@ class DataFreeDistillation(DistillationModule):
             backward=self.manual_backward, optimizers=[UncountedOptimizer(o.optimizer, self) for o in synth_opts],
             cost=self.cost,
             device=self.device, batch_size=self.method.batch_size,
-            temperature=self.loss_cfg.temperature,
+            temperature=self.loss_cfg.temperature, epoch=self.current_epoch,
         )
 
     def _sync(self):
@@ -274,5 +278,6 @@ class DataFreeDistillation(DistillationModule):
 
     def on_run_end(self, output_dir, metrics):
         metrics.update(self.cost.as_dict())
+        metrics.update(self.proxy_record)
         total = metrics["cost/synthesis_s"]
         metrics["cost/images_per_s"] = metrics["cost/images"] / total if total > 0 else 0.0

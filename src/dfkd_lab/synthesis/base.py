@@ -34,6 +34,7 @@ class SynthContext:
     device: torch.device
     batch_size: int
     temperature: float = 1.0
+    epoch: int = 0  # the training epoch (NAYER re-initialises its generator every g_life epochs)
 
 
 class CostMeter(nn.Module):

@@ -50,10 +50,14 @@ class GeneratorInversion(PoolSynthesizer):
 
     def __init__(self, nz: int = 256, ngf: int = 64, lr_g: float = 1e-3, lr_z: float = 1e-3,
                  betas: tuple = (0.5, 0.999), view_pad: int = 2, view_flip: bool = False,
-                 init: str = "default", **pool):
+                 init: str = "default", bn_momentum: float = 0.0, **pool):
         super().__init__(**pool)
         if init not in INITIALISERS:
             raise ValueError(f"synthesizer.init must be one of {sorted(INITIALISERS)}, got {init!r}")
+        if not 0 <= bn_momentum < 1:
+            raise ValueError(f"synthesizer.bn_momentum must be in [0, 1), got {bn_momentum}")
+        self.bn_momentum = bn_momentum
+        self.bn_ema: dict = {}  # per BN layer (mean, var) of earlier batches, when bn_momentum > 0
         self.initialise = INITIALISERS[init]
         self.nz, self.ngf = nz, ngf
         self.lr_g, self.lr_z, self.betas = lr_g, lr_z, tuple(betas)
@@ -105,7 +109,13 @@ class GeneratorInversion(PoolSynthesizer):
             return compute_terms(self.terms, ctx.weights, self.step_inputs(ctx, x, targets, bn))
 
     def bn_hooks(self, ctx) -> BNStatHooks:
-        return BNStatHooks(ctx.teacher)
+        """The teacher's BN hooks; with ``bn_momentum`` > 0 each batch's statistics are blended
+        with an EMA over earlier batches first (FastDFKD, NAYER): a batch from a few steps of
+        optimisation is too small a sample of the distribution."""
+        if not self.bn_momentum:
+            return BNStatHooks(ctx.teacher)
+        self.bn_ema = {i: (m.to(ctx.device), v.to(ctx.device)) for i, (m, v) in self.bn_ema.items()}
+        return BNStatHooks(ctx.teacher, momentum=self.bn_momentum, ema=self.bn_ema)
 
     def optimise(self, ctx, generator, z, targets, steps: int, optimizers, after_backward=None):
         """Run ``steps`` inner steps; return the lowest-loss batch (detached) and its terms."""
@@ -131,3 +141,11 @@ class GeneratorInversion(PoolSynthesizer):
                 best_terms = {k: v.detach() for k, v in terms.items()}
         ctx.student.zero_grad(set_to_none=True)  # the adversarial term must not leak into the student
         return best_images, best_terms
+
+    def get_extra_state(self):
+        ema = {i: (m.cpu(), v.cpu()) for i, (m, v) in self.bn_ema.items()}
+        return {**super().get_extra_state(), "bn_ema": ema}
+
+    def set_extra_state(self, state):
+        super().set_extra_state(state)
+        self.bn_ema = dict(state.get("bn_ema", {}))  # checkpoints from before the EMA moved here have none

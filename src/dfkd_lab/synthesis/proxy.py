@@ -1,0 +1,47 @@
+"""Distillation from a proxy dataset (``method=kd_proxy``), and proxy images as a pool's seed.
+
+``method=kd_proxy`` distils from unlabelled images of another dataset (``proxy=NAME``) that
+the teacher labels: the proxy fills the pool once and the student trains on augmented
+(optionally mixed-up) draws from it, in the data-free loop with its cost accounting (teacher
+forwards; ``proxy/images`` in the metrics). With any other pool method, ``proxy=NAME`` seeds
+the pool with the proxy's images before synthesis starts (the hybrid).
+"""
+
+from ..config import ConfigError
+from ..data.proxy import check_not_own_data, load_proxy
+from .base import Synthesizer
+from .pool import PoolSynthesizer
+
+
+def seed_pool_with_proxy(synthesizer, cfg, data) -> dict:
+    """Put the proxy's images in ``synthesizer``'s pool; return what the run records of it."""
+    proxy = cfg.proxy
+    if not isinstance(synthesizer, PoolSynthesizer):
+        raise ConfigError(f"proxy={proxy.name} seeds a pool, but method={cfg.method.name} keeps no image "
+                          "pool; use method=kd_proxy or a pool method (e.g. nayer, cmi, fastdfkd)")
+    check_not_own_data(proxy, cfg.data)
+    images = load_proxy(proxy, data, cfg.seed)
+    synthesizer.pool.add(images)
+    return {"proxy/images": float(len(images))}
+
+
+class ProxyReplay(PoolSynthesizer):
+    """The pool holds the proxy (filled by ``seed_pool_with_proxy``); nothing is synthesised.
+    The pool is left out of checkpoints: it is rebuilt from the proxy when a run resumes."""
+
+    def __init__(self, **pool):
+        super().__init__(save_transfer_set=False, **pool)
+
+    def bind_run(self, cfg):
+        if cfg.get("proxy") is None:
+            raise ConfigError("method=kd_proxy needs proxy=NAME (conf/proxy/, e.g. proxy=cifar10_gray) "
+                              "or proxy.name=... proxy.root=...")
+
+    def synthesize(self, ctx):
+        return {}
+
+    def get_extra_state(self):
+        return Synthesizer.get_extra_state(self)
+
+    def set_extra_state(self, state):
+        Synthesizer.set_extra_state(self, state)
