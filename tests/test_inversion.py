@@ -10,7 +10,7 @@ from torch import nn
 
 from dfkd_lab.atomic import save_torch
 from dfkd_lab.config import ConfigError
-from dfkd_lab.data.transfer_set import TransferSetWriter, encode, load_transfer_set
+from dfkd_lab.data.transfer_set import TransferSetWriter, load_transfer_set
 from dfkd_lab.synthesis.base import CostMeter, SynthContext
 from dfkd_lab.synthesis.bn_hooks import BNStatHooks
 from dfkd_lab.synthesis.inversion import InversionSynthesizer
@@ -198,7 +198,7 @@ def test_transfer_set_resumes_after_an_interruption_without_loss_or_overwrite(tm
     batches = [random_batch(5, i) for i in range(4)]
     write_batches(TransferSetWriter(folder, info), batches[:2])
     # interrupted right after a shard was written, before the manifest caught up
-    save_torch(folder / "shard_00002.pt", {"images": encode(batches[2][0], LOW, HIGH), "soft_targets": batches[2][1]})
+    save_torch(folder / "shard_00002.pt", {"images": batches[2][0], "soft_targets": batches[2][1]})
     (folder / "shard_00003.pt.tmp").write_bytes(b"half a file")
     before = {p.name: p.read_bytes() for p in folder.glob("shard_*.pt")}
     write_batches(TransferSetWriter(folder, info), batches[3:])  # the resumed run
@@ -207,8 +207,17 @@ def test_transfer_set_resumes_after_an_interruption_without_loss_or_overwrite(tm
     manifest = json.loads((folder / "manifest.json").read_text())
     assert manifest["images"] == 20 and len(manifest["shards"]) == 4
     images, soft, _ = load_transfer_set(folder, "aaa")
-    assert torch.allclose(images, torch.cat([b[0] for b in batches]), atol=(HIGH - LOW).item() / 255)
+    assert torch.equal(images, torch.cat([b[0] for b in batches]))  # the pool's floats, bit for bit
     assert torch.equal(soft, torch.cat([b[1] for b in batches]))
+
+
+def test_a_format_1_set_of_uint8_pixels_still_loads(tmp_path):
+    write_batches(TransferSetWriter(tmp_path, {"teacher_sha256": "aaa", "teacher": "t"}), [random_batch(2, 0)])
+    pixels = torch.tensor([0, 255, 51, 102], dtype=torch.uint8).view(4, 1, 1, 1).expand(4, 1, 4, 4)
+    save_torch(tmp_path / "shard_00001.pt", {"images": pixels, "soft_targets": torch.zeros(4, 3)})
+    images, _, _ = load_transfer_set(tmp_path, "aaa")
+    assert images.dtype == torch.float32 and images.shape == (6, 1, 4, 4)
+    assert torch.allclose(images[2:, 0, 0, 0], torch.tensor([-1.0, 2.0, -0.4, 0.2]))  # LOW + p / 255 * 3
 
 
 def test_manifest_rejects_a_set_made_by_another_teacher(tmp_path):

@@ -1,11 +1,15 @@
 """Transfer sets on disk: synthesise once, distil many students (``method=kd_transfer``).
 
 A set is a folder of ``shard_00000.pt, shard_00001.pt, ...`` (one synthesised batch each:
-uint8 images in [0, 255] mapped onto the normalised pixel range, and soft targets where the
-method stores them) and a ``manifest.json`` naming the teacher (sha256), dataset, method
-config, seed, image count and synthesis cost. Every file is written to a temporary name and
-renamed, so an interrupted run leaves only whole shards; a resumed run keeps them and
-continues the numbering. The shards on disk, not the manifest, are the truth when reading.
+the normalised float32 images exactly as the run's image pool holds them, and soft targets
+where the method stores them) and a ``manifest.json`` naming the teacher (sha256), dataset,
+method config, seed, image count and synthesis cost. The shards are also where a run's pool
+lives between a checkpoint and its resume (synthesis/pool.py): a checkpoint records how many
+shards are valid, and the resumed run re-reads them, bit for bit. Every file is written to a
+temporary name and renamed, so an interrupted run leaves only whole shards; a resumed run
+keeps the shards its checkpoint counted, removes the ones made after it (it makes them again)
+and continues the numbering. The shards on disk, not the manifest, are the truth when reading.
+Sets written before format 2 hold uint8 pixels mapped onto the normalised range; they still load.
 """
 
 import json
@@ -19,7 +23,7 @@ from ..config import ConfigError
 from ..zoo import sha256, zoo_entry
 
 MANIFEST = "manifest.json"
-FORMAT = 1
+FORMAT = 2  # 1: uint8 pixels; 2: the pool's float32 images
 
 
 def teacher_sha256(cfg) -> str | None:
@@ -36,14 +40,15 @@ def _shards(folder: Path) -> list[Path]:
     return sorted(folder.glob("shard_*.pt"))
 
 
-def encode(images: torch.Tensor, low: torch.Tensor, high: torch.Tensor) -> torch.Tensor:
-    """Normalised images -> uint8 pixels (what a real image file would hold)."""
-    x01 = (images.float().cpu() - low.cpu()) / (high.cpu() - low.cpu())
-    return (x01 * 255).round().clamp(0, 255).to(torch.uint8)
+def shard_index(path: Path) -> int:
+    return int(Path(path).stem.split("_")[1])
 
 
-def decode(pixels: torch.Tensor, low: torch.Tensor, high: torch.Tensor) -> torch.Tensor:
-    return low + pixels.float() / 255 * (high - low)
+def decode(images: torch.Tensor, low: torch.Tensor, high: torch.Tensor) -> torch.Tensor:
+    """A shard's images as normalised floats (format 1 stored uint8 pixels in [0, 255])."""
+    if images.dtype != torch.uint8:
+        return images
+    return low + images.float() / 255 * (high - low)
 
 
 class TransferSetWriter:
@@ -61,11 +66,12 @@ class TransferSetWriter:
             )
         self.info = info
         shards = _shards(self.folder)
-        self.next_index = int(shards[-1].stem.split("_")[1]) + 1 if shards else 0
+        self.next_index = shard_index(shards[-1]) + 1 if shards else 0
         # shards written after the last manifest update (an interruption) are counted too
         known = previous.get("shards", {})
         self.counts = {p.name: known.get(p.name) or int(torch.load(p, weights_only=True)["images"].shape[0])
                        for p in shards}
+        self.manifest = previous
 
     @classmethod
     def for_run(cls, cfg) -> "TransferSetWriter":
@@ -81,18 +87,47 @@ class TransferSetWriter:
 
     def write(self, images, soft_targets, low, high, cost: dict):
         name = f"shard_{self.next_index:05d}.pt"
-        shard = {"images": encode(images, low, high),
+        shard = {"images": images.detach().float().cpu(),
                  "soft_targets": soft_targets.detach().float().cpu() if soft_targets is not None else None}
         save_torch(self.folder / name, shard, "transfer-set shard")
         self.next_index += 1
         self.counts[name] = int(images.shape[0])
-        manifest = {
+        self.manifest = {
             **self.info,
             "value_low": low.flatten().tolist(), "value_high": high.flatten().tolist(),
-            "images": sum(self.counts.values()), "soft_targets": soft_targets is not None,
-            "shards": self.counts, "cost": cost,
+            "soft_targets": soft_targets is not None, "cost": cost,
         }
-        save_json(self.folder / MANIFEST, manifest, "transfer-set manifest")
+        self._save_manifest()
+
+    def truncate(self, shards: int):
+        """Keep the first ``shards`` shards, those a checkpoint counted: a run killed after its
+        last checkpoint wrote more, and the resumed run makes those images again."""
+        for path in _shards(self.folder):
+            if shard_index(path) >= shards:
+                path.unlink()
+                self.counts.pop(path.name, None)
+        self.next_index = shards
+        if self.manifest:
+            self._save_manifest()
+
+    def _save_manifest(self):
+        self.manifest.update(images=sum(self.counts.values()), shards=self.counts)
+        save_json(self.folder / MANIFEST, self.manifest, "transfer-set manifest")
+
+    def read(self, index: int, part: int = 0, parts: int = 1):
+        """Shard ``index`` as (images, soft targets or None), cut into ``parts`` equal slices of
+        which slice ``part`` is kept (under DDP a shard holds every rank's batch, in rank order)."""
+        path = self.folder / f"shard_{index:05d}.pt"
+        if not path.is_file():
+            raise ConfigError(f"{path} is missing, but the checkpoint counts it: the image pool is rebuilt "
+                              "from these shards on resume; restore the folder or start a new run without resume=")
+        shard = torch.load(path, weights_only=True)
+        rows = shard["images"].shape[0] // parts
+        images, soft = shard["images"][part * rows:(part + 1) * rows], shard["soft_targets"]
+        if images.dtype == torch.uint8:
+            images = decode(images, *(torch.tensor(self.manifest[k]).view(1, -1, 1, 1)
+                                      for k in ("value_low", "value_high")))
+        return images, (soft[part * rows:(part + 1) * rows] if soft is not None else None)
 
 
 def read_manifest(path) -> dict:
@@ -117,6 +152,6 @@ def load_transfer_set(path, expected_teacher_sha256: str | None):
         raise ConfigError(f"transfer_set={path}: the set has no shards")
     low = torch.tensor(manifest["value_low"]).view(1, -1, 1, 1)
     high = torch.tensor(manifest["value_high"]).view(1, -1, 1, 1)
-    images = decode(torch.cat([s["images"] for s in shards]), low, high)
+    images = torch.cat([decode(s["images"], low, high) for s in shards])
     soft = torch.cat([s["soft_targets"] for s in shards]) if manifest["soft_targets"] else None
     return images, soft, manifest
