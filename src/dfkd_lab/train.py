@@ -22,6 +22,7 @@ from .build import (
     build_teacher,
     trainer_kwargs,
 )
+from .callbacks.checkpointing import largest_checkpoint
 from .callbacks.metrics import flat_metrics, log_summary, peak_memory
 from .config import ConfigError, register_configs
 from .data import TrainSplitForbidden
@@ -87,6 +88,7 @@ def run(cfg: DictConfig) -> dict:
         metrics["test/acc_best"] = metrics["val/acc_best"]  # validation runs on the real test split
     metrics["time/total_s"] = time.perf_counter() - start
     metrics.update(peak_memory())
+    metrics.update(largest_checkpoint(trainer))
     if trainer.is_global_zero:
         module.on_run_end(output_dir, metrics)
         save_json(output_dir / "metrics.json", metrics, "metrics file")
