@@ -250,8 +250,11 @@ def test_kd_transfer_distils_from_a_saved_set(compose_cfg, tmp_path):
     low, high = torch.tensor([-0.81]).view(1, 1, 1, 1), torch.tensor([2.02]).view(1, 1, 1, 1)
     writer = TransferSetWriter(folder, {"teacher_sha256": sha, "teacher": "lenet5_bn_fmnist"})
     writer.write(low + torch.rand(24, 1, 32, 32) * (high - low), None, low, high, {})
-    metrics = run(compose_cfg("method=kd_transfer", f"transfer_set={folder}", "method.batch_size=8"))
+    cfg = compose_cfg("method=kd_transfer", f"transfer_set={folder}", "method.batch_size=8")
+    metrics = run(cfg)
     assert 0.0 <= metrics["test/acc"] <= 1.0 and metrics["cost/images"] == 0
+    checkpoint = torch.load(Path(cfg.paths.output_dir) / "checkpoints" / "last.ckpt", weights_only=False)
+    assert checkpoint["state_dict"]["synthesizer._extra_state"]["pool"] is None  # the set is on disk already
     with pytest.raises(ConfigError, match="transfer_set"):
         run(compose_cfg("method=kd_transfer", f"transfer_set={folder}", "teacher=lenet5_fmnist"))
 

@@ -212,20 +212,22 @@ class PoolSynthesizer(Synthesizer):
     def preview(self, n, device):
         return self.pool.newest(n).to(device)
 
-    def get_extra_state(self):
-        """With a transfer set the checkpoint holds the pool's index and the count of valid
-        shards, not the pixels (they are in the shards); without one, the pixels too."""
-        state = super().get_extra_state()
+    def pool_state(self) -> dict:
+        """What the checkpoint keeps of the pool. With a transfer set: the pool's index and the
+        count of valid shards, not the pixels (they are in the shards); without one, the pixels."""
         if self.transfer_set is None:
-            return {**state, "pool": self.pool.state_dict()}
-        return {**state, "pool": self.pool.index_state(),
+            return {"pool": self.pool.state_dict()}
+        return {"pool": self.pool.index_state(),
                 "transfer_set": {"shards": self.transfer_set.next_index, "world_size": _world_size()}}
+
+    def get_extra_state(self):
+        return {**super().get_extra_state(), **self.pool_state()}
 
     def set_extra_state(self, state):
         super().set_extra_state(state)
         if "transfer_set" in state:
             self._reload_pool(state["pool"], **state["transfer_set"])
-        else:
+        elif state["pool"] is not None:  # None: the subclass refills the pool itself
             self.pool.load_state_dict(state["pool"])
 
     def _reload_pool(self, index: dict, shards: int, world_size: int):

@@ -27,3 +27,6 @@ class TransferSetReplay(PoolSynthesizer):
 
     def synthesize(self, ctx):
         return {}  # nothing to make: the set was synthesised once, by another run
+
+    def pool_state(self):
+        return {"pool": None}  # the pool is the saved set, which bind_run reads again on resume
