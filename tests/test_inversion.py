@@ -209,6 +209,8 @@ def test_transfer_set_resumes_after_an_interruption_without_loss_or_overwrite(tm
     images, soft, _ = load_transfer_set(folder, "aaa")
     assert torch.equal(images, torch.cat([b[0] for b in batches]))  # the pool's floats, bit for bit
     assert torch.equal(soft, torch.cat([b[1] for b in batches]))
+    newest, newest_soft, _ = load_transfer_set(folder, "aaa", newest=7)
+    assert torch.equal(newest, images[-7:]) and torch.equal(newest_soft, soft[-7:])
 
 
 def test_a_format_1_set_of_uint8_pixels_still_loads(tmp_path):

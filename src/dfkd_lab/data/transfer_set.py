@@ -137,8 +137,9 @@ def read_manifest(path) -> dict:
     return json.loads(manifest.read_text())
 
 
-def load_transfer_set(path, expected_teacher_sha256: str | None):
-    """All images (normalised) and soft targets of a saved set, after checking its teacher."""
+def load_transfer_set(path, expected_teacher_sha256: str | None, newest: int | None = None):
+    """The images (normalised) and soft targets of a saved set, after checking its teacher: all
+    of them, or the ``newest`` ones (only the shards that hold them are read)."""
     manifest = read_manifest(path)
     made_by = manifest.get("teacher_sha256")
     if made_by is None or expected_teacher_sha256 is None or made_by != expected_teacher_sha256:
@@ -147,11 +148,17 @@ def load_transfer_set(path, expected_teacher_sha256: str | None):
             f"configured teacher has sha256 {expected_teacher_sha256}: set teacher= to the teacher the set "
             "was made with, or synthesise a set with this teacher"
         )
-    shards = [torch.load(p, weights_only=True) for p in _shards(Path(path))]
+    shards, held = [], 0
+    for shard_path in reversed(_shards(Path(path))):
+        if newest is not None and held >= newest:
+            break
+        shards.insert(0, torch.load(shard_path, weights_only=True))
+        held += shards[0]["images"].shape[0]
     if not shards:
         raise ConfigError(f"transfer_set={path}: the set has no shards")
     low = torch.tensor(manifest["value_low"]).view(1, -1, 1, 1)
     high = torch.tensor(manifest["value_high"]).view(1, -1, 1, 1)
-    images = torch.cat([decode(s["images"], low, high) for s in shards])
-    soft = torch.cat([s["soft_targets"] for s in shards]) if manifest["soft_targets"] else None
+    skip = held - newest if newest is not None and held > newest else 0
+    images = torch.cat([decode(s["images"], low, high) for s in shards])[skip:]
+    soft = torch.cat([s["soft_targets"] for s in shards])[skip:] if manifest["soft_targets"] else None
     return images, soft, manifest
