@@ -124,7 +124,7 @@ def test_bad_own_data_stops_the_cli_before_anything_starts(tmp_path, case, key):
         [sys.executable, "-m", "dfkd_lab.train", "method=deepinversion", "data=image_folder",
          f"data.root={root}", "teacher=custom", "teacher.arch=lenet5_bn", f"teacher.ckpt={ckpt}",
          f"hydra.run.dir={run_dir}", *args],
-        capture_output=True, text=True, env={**env, "WANDB_DIR": str(tmp_path)}, timeout=300)
+        check=False, capture_output=True, text=True, env={**env, "WANDB_DIR": str(tmp_path)}, timeout=300)
     assert proc.returncode == 2, proc.stderr[-2000:]
     assert key in proc.stderr and "Traceback" not in proc.stderr
     left = {p.name for p in run_dir.iterdir()}

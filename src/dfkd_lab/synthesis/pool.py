@@ -19,7 +19,6 @@ from ..config import ConfigError
 from ..data.augment import crop_flip, mixup
 from .base import SynthBatch, Synthesizer, is_distributed
 
-
 # Images a pool keeps by default: 200k CIFAR images (12 KiB each as float32) take 2.4 GB, and no
 # shipped Fashion-MNIST preset makes as many, so their pools never drop an image.
 DEFAULT_CAPACITY = 200_000
