@@ -231,20 +231,19 @@ class PoolSynthesizer(Synthesizer):
 
     def _reload_pool(self, index: dict, shards: int, world_size: int):
         """Drop the shards made after the checkpoint (rank zero), then refill the pool from the
-        newest valid shards, this rank's part of each."""
+        newest valid shards: the part of each that rank ``rank % world_size`` of the run that
+        wrote them made (its own part when the device count is unchanged; after a DDP spawn the
+        main process gets rank zero's pool back this way)."""
         if self.transfer_set is None:
             raise ConfigError("this checkpoint's image pool lives in the run's transfer set: resume it with "
                               "synthesizer.save_transfer_set=true")
-        if world_size != _world_size():
-            raise ConfigError(f"the checkpoint was written by {world_size} processes and this run has "
-                              f"{_world_size()}: resume it on as many devices (trainer.devices)")
         if _rank() == 0:
             self.transfer_set.truncate(shards)
         images, soft, held = [], [], 0
         for shard in reversed(range(shards)):
             if held >= index["size"]:
                 break
-            x, s = self.transfer_set.read(shard, _rank(), world_size)
+            x, s = self.transfer_set.read(shard, _rank() % world_size, world_size)
             images.insert(0, x)
             if s is not None:
                 soft.insert(0, s)
