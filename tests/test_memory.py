@@ -96,6 +96,17 @@ def test_each_rank_rereads_its_own_part_of_a_shard(tmp_path):
     assert part.flatten().tolist() == [2.0, 3.0] and soft is None
 
 
+def test_a_writer_opened_before_another_process_wrote_the_shards_keeps_their_manifest(tmp_path):
+    stale = TransferSetWriter(tmp_path, INFO)  # the main process before a DDP spawn: an empty folder then
+    spawned = TransferSetWriter(tmp_path, INFO)
+    for _ in range(3):
+        spawned.write(torch.zeros(4, 1, 2, 2), None, LOW, HIGH, {})
+    stale.truncate(3)  # the state handed back counts all three
+    assert json.loads((tmp_path / "manifest.json").read_text())["images"] == 12 and stale.next_index == 3
+    stale.truncate(2)
+    assert json.loads((tmp_path / "manifest.json").read_text())["images"] == 8 and stale.next_index == 2
+
+
 def test_the_paper_scale_cifar10_cmi_preset_fits_in_8_gb_beyond_the_models():
     """The whole run's pool index filled, without its pixels (zero-size images), then the
     arithmetic on what the pixels and the contrastive memory bank take."""

@@ -57,21 +57,24 @@ class TransferSetWriter:
     def __init__(self, folder: Path, info: dict):
         self.folder = Path(folder)
         self.folder.mkdir(parents=True, exist_ok=True)
-        old = self.folder / MANIFEST
-        previous = json.loads(old.read_text()) if old.is_file() else {}
-        if previous and previous.get("teacher_sha256") != info.get("teacher_sha256"):
+        self.info = info
+        self._read_folder()
+        if self.manifest and self.manifest.get("teacher_sha256") != info.get("teacher_sha256"):
             raise ConfigError(
                 f"{self.folder} holds a transfer set made by another teacher "
-                f"(sha256 {previous.get('teacher_sha256')}); resume with the same teacher or use a new run dir"
+                f"(sha256 {self.manifest.get('teacher_sha256')}); resume with the same teacher or use a new run dir"
             )
-        self.info = info
+
+    def _read_folder(self):
+        """Take the shards and manifest on disk as they are (another process may have written them)."""
+        manifest = self.folder / MANIFEST
+        self.manifest = json.loads(manifest.read_text()) if manifest.is_file() else {}
         shards = _shards(self.folder)
         self.next_index = shard_index(shards[-1]) + 1 if shards else 0
         # shards written after the last manifest update (an interruption) are counted too
-        known = previous.get("shards", {})
+        known = self.manifest.get("shards", {})
         self.counts = {p.name: known.get(p.name) or int(torch.load(p, weights_only=True)["images"].shape[0])
                        for p in shards}
-        self.manifest = previous
 
     @classmethod
     def for_run(cls, cfg) -> "TransferSetWriter":
@@ -102,12 +105,11 @@ class TransferSetWriter:
     def truncate(self, shards: int):
         """Keep the first ``shards`` shards, those a checkpoint counted: a run killed after its
         last checkpoint wrote more, and the resumed run makes those images again."""
-        for path in _shards(self.folder):
-            if shard_index(path) >= shards:
-                path.unlink()
-                self.counts.pop(path.name, None)
-        self.next_index = shards
-        if self.manifest:
+        extra = [path for path in _shards(self.folder) if shard_index(path) >= shards]
+        for path in extra:
+            path.unlink()
+        self._read_folder()
+        if extra and self.manifest:
             self._save_manifest()
 
     def _save_manifest(self):
