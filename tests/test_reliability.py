@@ -59,7 +59,7 @@ BAD_INPUT = {
     "unknown loss weight": (["+loss.weights.kdd=1"], "UnknownLossWeight", "['kdd']"),
     "missing image folder": (
         ["method=scratch", "data=image_folder", "data.root=/nonexistent/images", "data.num_classes=2"],
-        "DatasetUnavailable", "data.root=/nonexistent/images has no 'train' folder"),
+        "DatasetUnavailable", "data.root=/nonexistent/images has no class folders in 'train'"),
     "resume without checkpoint": (["resume=last"], "FileNotFoundError", "no checkpoint at"),
     "non-finite loss": (
         ["method=dafl", "loss.weights.kd=nan", "method.steps_per_epoch=2", "method.batch_size=8",
