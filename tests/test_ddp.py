@@ -109,6 +109,9 @@ def test_ddp_sim_synthesises_per_rank_and_reduces_metrics_over_ranks(compose_cfg
         assert manifest["images"] == images.shape[0] == 3 * 2 * 16
         assert sorted(p.name for p in folder.iterdir()) == [
             "manifest.json", "shard_00000.pt", "shard_00001.pt", "shard_00002.pt"]
+        # in rank order, the floats each rank's pool holds: a resume gives each rank its part back
+        first = torch.load(folder / "shard_00000.pt")["images"]
+        assert torch.equal(first[:16], rank0) and torch.equal(first[16:], rank1)
 
 
 # --- process-group lifetime -------------------------------------------------------------------

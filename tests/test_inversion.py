@@ -10,7 +10,7 @@ from torch import nn
 
 from dfkd_lab.atomic import save_torch
 from dfkd_lab.config import ConfigError
-from dfkd_lab.data.transfer_set import TransferSetWriter, encode, load_transfer_set
+from dfkd_lab.data.transfer_set import TransferSetWriter, load_transfer_set
 from dfkd_lab.synthesis.base import CostMeter, SynthContext
 from dfkd_lab.synthesis.bn_hooks import BNStatHooks
 from dfkd_lab.synthesis.inversion import InversionSynthesizer
@@ -198,7 +198,7 @@ def test_transfer_set_resumes_after_an_interruption_without_loss_or_overwrite(tm
     batches = [random_batch(5, i) for i in range(4)]
     write_batches(TransferSetWriter(folder, info), batches[:2])
     # interrupted right after a shard was written, before the manifest caught up
-    save_torch(folder / "shard_00002.pt", {"images": encode(batches[2][0], LOW, HIGH), "soft_targets": batches[2][1]})
+    save_torch(folder / "shard_00002.pt", {"images": batches[2][0], "soft_targets": batches[2][1]})
     (folder / "shard_00003.pt.tmp").write_bytes(b"half a file")
     before = {p.name: p.read_bytes() for p in folder.glob("shard_*.pt")}
     write_batches(TransferSetWriter(folder, info), batches[3:])  # the resumed run
@@ -207,8 +207,19 @@ def test_transfer_set_resumes_after_an_interruption_without_loss_or_overwrite(tm
     manifest = json.loads((folder / "manifest.json").read_text())
     assert manifest["images"] == 20 and len(manifest["shards"]) == 4
     images, soft, _ = load_transfer_set(folder, "aaa")
-    assert torch.allclose(images, torch.cat([b[0] for b in batches]), atol=(HIGH - LOW).item() / 255)
+    assert torch.equal(images, torch.cat([b[0] for b in batches]))  # the pool's floats, bit for bit
     assert torch.equal(soft, torch.cat([b[1] for b in batches]))
+    newest, newest_soft, _ = load_transfer_set(folder, "aaa", newest=7)
+    assert torch.equal(newest, images[-7:]) and torch.equal(newest_soft, soft[-7:])
+
+
+def test_a_format_1_set_of_uint8_pixels_still_loads(tmp_path):
+    write_batches(TransferSetWriter(tmp_path, {"teacher_sha256": "aaa", "teacher": "t"}), [random_batch(2, 0)])
+    pixels = torch.tensor([0, 255, 51, 102], dtype=torch.uint8).view(4, 1, 1, 1).expand(4, 1, 4, 4)
+    save_torch(tmp_path / "shard_00001.pt", {"images": pixels, "soft_targets": torch.zeros(4, 3)})
+    images, _, _ = load_transfer_set(tmp_path, "aaa")
+    assert images.dtype == torch.float32 and images.shape == (6, 1, 4, 4)
+    assert torch.allclose(images[2:, 0, 0, 0], torch.tensor([-1.0, 2.0, -0.4, 0.2]))  # LOW + p / 255 * 3
 
 
 def test_manifest_rejects_a_set_made_by_another_teacher(tmp_path):
@@ -241,8 +252,11 @@ def test_kd_transfer_distils_from_a_saved_set(compose_cfg, tmp_path):
     low, high = torch.tensor([-0.81]).view(1, 1, 1, 1), torch.tensor([2.02]).view(1, 1, 1, 1)
     writer = TransferSetWriter(folder, {"teacher_sha256": sha, "teacher": "lenet5_bn_fmnist"})
     writer.write(low + torch.rand(24, 1, 32, 32) * (high - low), None, low, high, {})
-    metrics = run(compose_cfg("method=kd_transfer", f"transfer_set={folder}", "method.batch_size=8"))
+    cfg = compose_cfg("method=kd_transfer", f"transfer_set={folder}", "method.batch_size=8")
+    metrics = run(cfg)
     assert 0.0 <= metrics["test/acc"] <= 1.0 and metrics["cost/images"] == 0
+    checkpoint = torch.load(Path(cfg.paths.output_dir) / "checkpoints" / "last.ckpt", weights_only=False)
+    assert checkpoint["state_dict"]["synthesizer._extra_state"]["pool"] is None  # the set is on disk already
     with pytest.raises(ConfigError, match="transfer_set"):
         run(compose_cfg("method=kd_transfer", f"transfer_set={folder}", "teacher=lenet5_fmnist"))
 

@@ -3,6 +3,7 @@
 import pytest
 import torch
 
+from dfkd_lab.config import ConfigError
 from dfkd_lab.synthesis.pool import ImagePool
 
 
@@ -21,8 +22,22 @@ def test_capacity_drops_the_oldest():
     assert pool.newest(2)[:, 0, 0, 0].tolist() == [5.0, 6.0]
 
 
-def test_unbounded_pool_keeps_everything_and_samples_uniformly():
-    pool = ImagePool()
+@pytest.mark.parametrize("capacity", [0, -3, None, 2.5])
+def test_capacity_is_a_number_of_images_of_at_least_one(capacity):
+    with pytest.raises(ConfigError, match="synthesizer.capacity"):
+        ImagePool(capacity)
+
+
+def test_storage_never_outgrows_the_capacity():
+    pool = ImagePool(capacity=10)
+    for start in range(0, 60, 7):
+        pool.add(batch(start, 7))
+        assert pool._images.shape[0] <= 10
+    assert len(pool) == 10 and pool.newest(10)[:, 0, 0, 0].tolist() == [float(v) for v in range(53, 63)]
+
+
+def test_a_pool_below_its_capacity_keeps_everything_and_samples_uniformly():
+    pool = ImagePool(capacity=1000)
     for i in range(10):
         pool.add(batch(10 * i, 10))
     images, _ = pool.sample(20000, torch.Generator().manual_seed(0))
@@ -45,15 +60,17 @@ def test_state_round_trip_gives_the_same_draws():
     pool = ImagePool(capacity=7)
     pool.add(batch(0, 4), torch.rand(4, 3))
     pool.add(batch(4, 5), torch.rand(5, 3))
-    other = ImagePool()
+    other = ImagePool(capacity=7)
     other.load_state_dict(pool.state_dict())
     assert len(other) == len(pool) == 7 and other.capacity == 7
     a = pool.sample(16, torch.Generator().manual_seed(3))
     b = other.sample(16, torch.Generator().manual_seed(3))
     assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
-    empty = ImagePool()
-    empty.load_state_dict(ImagePool().state_dict())
+    empty = ImagePool(capacity=7)
+    empty.load_state_dict(ImagePool(capacity=7).state_dict())
     assert len(empty) == 0
+    with pytest.raises(ConfigError, match="resume with synthesizer.capacity=7"):
+        ImagePool(capacity=8).load_state_dict(pool.state_dict())
     with pytest.raises(RuntimeError, match="empty"):
         empty.sample(1, torch.Generator())
 
@@ -65,7 +82,7 @@ def test_a_full_pool_overwrites_the_oldest_in_place_and_resumes_the_ring():
     assert len(pool) == 4
     assert sorted(pool.sample(100, torch.Generator().manual_seed(0))[0][:, 0, 0, 0].unique().tolist()) == [6, 7, 8, 9]
     assert pool.newest(3)[:, 0, 0, 0].tolist() == [7.0, 8.0, 9.0]
-    other = ImagePool()
+    other = ImagePool(capacity=4)
     other.load_state_dict(pool.state_dict())
     for p in (pool, other):
         p.add(batch(10, 1))
@@ -73,3 +90,23 @@ def test_a_full_pool_overwrites_the_oldest_in_place_and_resumes_the_ring():
     big = ImagePool(capacity=3)
     big.add(batch(0, 5))  # more than fits at once: the newest three
     assert big.newest(3)[:, 0, 0, 0].tolist() == [2.0, 3.0, 4.0]
+
+
+def test_a_checkpoint_from_before_pools_had_a_capacity_loads_its_newest_images():
+    old_state = {"capacity": None, "images": batch(0, 6), "soft_targets": None, "next": 6}
+    pool = ImagePool(capacity=4)
+    pool.load_state_dict(old_state)
+    assert len(pool) == 4 and pool.newest(4)[:, 0, 0, 0].tolist() == [2.0, 3.0, 4.0, 5.0]
+    pool.add(batch(6, 1))
+    assert pool.newest(4)[:, 0, 0, 0].tolist() == [3.0, 4.0, 5.0, 6.0]
+
+
+def test_restore_from_images_in_the_order_they_were_added_rebuilds_a_wrapped_ring():
+    pool = ImagePool(capacity=5)
+    for start in range(0, 13, 3):  # 0..14: the ring wrapped twice, 10..14 remain
+        pool.add(batch(start, 3))
+    other = ImagePool(capacity=5)
+    other.restore(pool.index_state(), batch(10, 5), None)
+    a, b = (p.sample(30, torch.Generator().manual_seed(2))[0] for p in (pool, other))
+    assert torch.equal(a, b)
+    assert pool.index_state() == other.index_state() == {"capacity": 5, "size": 5, "next": 0}

@@ -108,6 +108,7 @@ FAMILIES = {
     "fastdfkd": ["method=fastdfkd", "method.warmup_epochs=0", "method.synthesizer.ngf=4",
                  "method.synthesizer.nz=8"],
 }
+POOL_FAMILIES = ("deepinversion", "cmi", "fastdfkd")  # their images go to a pool and the transfer set
 KILLS = [("kd", "SIGTERM"), ("dafl", "SIGKILL"), ("dafl", "SIGTERM"), ("deepinversion", "SIGKILL"),
          ("deepinversion", "SIGTERM"), ("cmi", "SIGTERM"), ("fastdfkd", "SIGKILL")]
 TINY_RUN = ["method.batch_size=16", "method.student_steps=1", "method.steps_per_epoch=120", "trainer=cpu",
@@ -143,6 +144,9 @@ def test_killed_run_resumes_from_its_last_checkpoint_and_finishes(tmp_path, fami
     deadline = time.time() + 120
     while not last.is_file() and proc.poll() is None and time.time() < deadline:
         time.sleep(0.1)
+    beyond = run_dir / "transfer_set" / "shard_00011.pt"  # images made after the step-10 checkpoint
+    while family in POOL_FAMILIES and not beyond.is_file() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.05)
     assert proc.poll() is None, f"run ended before it could be killed: {proc.stderr.read()[-2000:]}"
     proc.send_signal(getattr(signal, sig))
     _, err = proc.communicate(timeout=120)
@@ -164,6 +168,11 @@ def test_killed_run_resumes_from_its_last_checkpoint_and_finishes(tmp_path, fami
     assert (run_dir / ".hydra" / "segment_2" / "overrides.yaml").is_file()
     metrics = json.loads((run_dir / "metrics.json").read_text())
     assert metrics["status"] == "finished" and 0 <= metrics["test/acc"] <= 1
+    assert 0 < metrics["disk/largest_checkpoint_mb"] < 5 and metrics["mem/peak_mb"] > 0
+    if family in POOL_FAMILIES:  # the shards the killed run made after its checkpoint were made again, not added
+        manifest = json.loads((run_dir / "transfer_set" / "manifest.json").read_text())
+        shards = sorted((run_dir / "transfer_set").glob("shard_*.pt"))
+        assert manifest["images"] == metrics["cost/images"] == 120 * 16 == len(shards) * 16
 
 
 class SigtermAt(pl.Callback):

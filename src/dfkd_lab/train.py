@@ -31,6 +31,7 @@ from .build import (
     build_teacher,
     trainer_kwargs,
 )
+from .callbacks.checkpointing import largest_checkpoint
 from .callbacks.metrics import (
     EvaluationLines,
     WallClock,
@@ -127,6 +128,7 @@ def run(cfg: DictConfig, clock: WallClock | None = None) -> dict:
     metrics["time/total_s"] = clock.elapsed()
     metrics.update(peak_memory())
     metrics.update(provenance())
+    metrics.update(largest_checkpoint(trainer))
     if trainer.is_global_zero:
         module.on_run_end(output_dir, metrics)
         write_final_metrics(output_dir, metrics, "finished")

@@ -2,6 +2,8 @@
 
 - ``AtomicCheckpointIO`` writes every checkpoint to a temporary file and renames it, so a
   SIGKILL during the write leaves the previous ``last.ckpt`` whole (Lightning writes in place).
+  It also keeps the size of the largest one it wrote (``disk/largest_checkpoint_mb`` in
+  metrics.json: a checkpoint must not grow with what the run made, docs/memory.md).
 - ``PreemptionCheckpoint`` saves ``last.ckpt`` when the run is stopped by SIGTERM (a cluster's
   preemption or time limit): Lightning stops between two training steps, so the state is
   consistent and a resumed run loses nothing.
@@ -18,10 +20,23 @@ from ..atomic import save_torch
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
+    def __init__(self):
+        super().__init__()
+        self.largest_bytes = 0
+
     def save_checkpoint(self, checkpoint, path, storage_options=None):
         if "://" in str(path):  # remote storage: fsspec's own semantics
             return super().save_checkpoint(checkpoint, path, storage_options)
         save_torch(path, checkpoint, "checkpoint")
+        self.largest_bytes = max(self.largest_bytes, Path(path).stat().st_size)
+
+
+def largest_checkpoint(trainer) -> dict:
+    """``disk/largest_checkpoint_mb``: the largest checkpoint this process wrote."""
+    io = trainer.strategy.checkpoint_io
+    if not isinstance(io, AtomicCheckpointIO) or not io.largest_bytes:
+        return {}
+    return {"disk/largest_checkpoint_mb": io.largest_bytes / 2**20}
 
 
 class PreemptionCheckpoint(pl.Callback):

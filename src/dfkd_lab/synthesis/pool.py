@@ -4,27 +4,38 @@ CMI, FastDFKD) put what they synthesise, and what the student then trains on.
 ``PoolSynthesizer`` is their common base: a subclass only says how to make one batch
 (``make``); adding it to the pool (and to the on-disk transfer set), counting the cost,
 drawing augmented training batches and saving the pool in the checkpoint live here once.
+
+Memory and disk stay bounded at any scale (docs/memory.md): the pool keeps at most
+``synthesizer.capacity`` images (the newest; each new one overwrites the oldest), and a
+checkpoint holds only the pool's index (how many images, where the next one goes, how many
+transfer-set shards are valid), not its pixels: the pixels are already on disk in the transfer
+set, and a resumed run re-reads the newest shards that fill the pool.
 """
 
 import torch
 import torch.distributed as dist
 
+from ..config import ConfigError
 from ..data.augment import crop_flip, mixup
 from .base import SynthBatch, Synthesizer, is_distributed
 
+# Images a pool keeps by default: 200k CIFAR images (12 KiB each as float32) take 2.4 GB, and no
+# shipped Fashion-MNIST preset makes as many, so their pools never drop an image.
+DEFAULT_CAPACITY = 200_000
+
 
 class ImagePool:
-    """Images (and optional soft targets) kept detached on the CPU; beyond ``capacity``
-    (None: unbounded) each new image overwrites the oldest.
+    """Images (and optional soft targets) kept detached on the CPU; beyond ``capacity`` each
+    new image overwrites the oldest (first in, first out).
 
     One storage tensor that grows by doubling up to the capacity, then is written as a ring:
     adding is O(batch) and drawing a batch indexes the storage directly, with no per-draw
     concatenation and no per-add copy of the whole pool.
     """
 
-    def __init__(self, capacity: int | None = None):
-        if capacity is not None and capacity < 1:
-            raise ValueError(f"synthesizer.capacity must be >= 1 or null, got {capacity}")
+    def __init__(self, capacity: int):
+        if not isinstance(capacity, int) or capacity < 1:
+            raise ConfigError(f"synthesizer.capacity must be a number of images >= 1, got {capacity!r}")
         self.capacity = capacity
         self._images: torch.Tensor | None = None
         self._soft: torch.Tensor | None = None
@@ -34,9 +45,7 @@ class ImagePool:
     def _grown(self, storage: torch.Tensor | None, rows: int, like: torch.Tensor) -> torch.Tensor:
         if storage is not None and storage.shape[0] >= rows:
             return storage
-        new_rows = max(rows, 2 * (storage.shape[0] if storage is not None else 0))
-        if self.capacity is not None:
-            new_rows = min(new_rows, self.capacity)
+        new_rows = min(max(rows, 2 * (storage.shape[0] if storage is not None else 0)), self.capacity)
         new = torch.empty((new_rows, *like.shape[1:]))
         if storage is not None:
             new[: storage.shape[0]] = storage
@@ -49,21 +58,19 @@ class ImagePool:
             raise ValueError("a pool holds soft targets for every image or for none")
         if not self._size:
             self._images, self._soft, self._next = None, None, 0
-        if self.capacity is not None and images.shape[0] > self.capacity:  # only the newest fit
+        if images.shape[0] > self.capacity:  # only the newest fit
             images = images[-self.capacity:]
             soft_targets = soft_targets[-self.capacity:] if soft_targets is not None else None
         n = images.shape[0]
-        filled = self._size + n if self.capacity is None else min(self._size + n, self.capacity)
-        slots = torch.arange(self._next, self._next + n)
-        if self.capacity is not None:
-            slots = slots % self.capacity
+        filled = min(self._size + n, self.capacity)
+        slots = torch.arange(self._next, self._next + n) % self.capacity
         self._images = self._grown(self._images, filled, images)
         self._images[slots] = images.detach().float().cpu()
         if soft_targets is not None:
             self._soft = self._grown(self._soft, filled, soft_targets)
             self._soft[slots] = soft_targets.detach().float().cpu()
         self._size = filled
-        self._next = (self._next + n) % self.capacity if self.capacity else filled
+        self._next = (self._next + n) % self.capacity
 
     def __len__(self):
         return self._size
@@ -87,26 +94,54 @@ class ImagePool:
         n = min(n, self._size)
         return self._images[(torch.arange(self._next - n, self._next)) % self._size]
 
+    def index_state(self) -> dict:
+        """Where the pool stands, without its pixels: a few numbers whatever it holds."""
+        return {"capacity": self.capacity, "size": self._size, "next": self._next}
+
+    def _slots_oldest_first(self) -> torch.Tensor:
+        return (torch.arange(self._size) + self._next - self._size) % self._size
+
     def state_dict(self) -> dict:
+        """The index and the pixels, oldest first (for pools whose images are nowhere else)."""
         if not self._size:
-            return {"capacity": self.capacity, "images": None, "soft_targets": None, "next": 0}
-        images, soft = self._valid()
-        return {"capacity": self.capacity, "images": images.clone(),
-                "soft_targets": soft.clone() if soft is not None else None, "next": self._next}
+            return {**self.index_state(), "images": None, "soft_targets": None}
+        slots = self._slots_oldest_first()
+        return {**self.index_state(), "images": self._images[slots],
+                "soft_targets": self._soft[slots] if self._soft is not None else None}
 
     def load_state_dict(self, state: dict):
-        self.capacity = state["capacity"]
+        self.restore(state, state["images"], state["soft_targets"])
+
+    def restore(self, index: dict, images: torch.Tensor | None, soft_targets: torch.Tensor | None):
+        """Back to ``index`` (``index_state``) given the pool's images in the order they were
+        added, oldest first: as ``state_dict`` saves them, and as the transfer set holds them."""
         self._images, self._soft, self._size, self._next = None, None, 0, 0
-        if state["images"] is not None:
-            self._images = state["images"].clone()
-            self._soft = state["soft_targets"].clone() if state["soft_targets"] is not None else None
-            self._size = self._images.shape[0]
-            default_next = self._size % self.capacity if self.capacity else self._size
-            self._next = state.get("next", default_next)
+        if index["capacity"] is None:  # saved before pools had a capacity: in order, never wrapped
+            if images is not None:
+                self.add(images, soft_targets)
+            return
+        if index["capacity"] != self.capacity:
+            raise ConfigError(f"the checkpoint's image pool has capacity {index['capacity']} but "
+                              f"synthesizer.capacity={self.capacity}: resume with synthesizer.capacity={index['capacity']}")
+        self._size, self._next = index["size"], index["next"]
+        if not self._size:
+            return
+        if images.shape[0] != self._size:
+            raise ValueError(f"the pool held {self._size} images but {images.shape[0]} were given back")
+        slots = self._slots_oldest_first()
+        self._images = torch.empty(images.shape)
+        self._images[slots] = images.float()
+        if soft_targets is not None:
+            self._soft = torch.empty(soft_targets.shape)
+            self._soft[slots] = soft_targets.float()
 
 
 def _rank() -> int:
     return dist.get_rank() if is_distributed() else 0
+
+
+def _world_size() -> int:
+    return dist.get_world_size() if is_distributed() else 1
 
 
 def _from_every_rank(images, soft_targets):
@@ -131,7 +166,7 @@ class PoolSynthesizer(Synthesizer):
     ``self.last_terms`` (detached tensors) and list them in ``terms``.
     """
 
-    def __init__(self, capacity: int | None = None, augment_pad: int = 0, augment_flip: bool = False,
+    def __init__(self, capacity: int = DEFAULT_CAPACITY, augment_pad: int = 0, augment_flip: bool = False,
                  augment_mixup: bool = False, save_transfer_set: bool = True):
         super().__init__()
         if augment_pad < 0:
@@ -176,9 +211,43 @@ class PoolSynthesizer(Synthesizer):
     def preview(self, n, device):
         return self.pool.newest(n).to(device)
 
+    def pool_state(self) -> dict:
+        """What the checkpoint keeps of the pool. With a transfer set: the pool's index and the
+        count of valid shards, not the pixels (they are in the shards); without one, the pixels."""
+        if self.transfer_set is None:
+            return {"pool": self.pool.state_dict()}
+        return {"pool": self.pool.index_state(),
+                "transfer_set": {"shards": self.transfer_set.next_index, "world_size": _world_size()}}
+
     def get_extra_state(self):
-        return {**super().get_extra_state(), "pool": self.pool.state_dict()}
+        return {**super().get_extra_state(), **self.pool_state()}
 
     def set_extra_state(self, state):
         super().set_extra_state(state)
-        self.pool.load_state_dict(state["pool"])
+        if "transfer_set" in state:
+            self._reload_pool(state["pool"], **state["transfer_set"])
+        elif state["pool"] is not None:  # None: the subclass refills the pool itself
+            self.pool.load_state_dict(state["pool"])
+
+    def _reload_pool(self, index: dict, shards: int, world_size: int):
+        """Drop the shards made after the checkpoint (rank zero), then refill the pool from the
+        newest valid shards: the part of each that rank ``rank % world_size`` of the run that
+        wrote them made (its own part when the device count is unchanged; after a DDP spawn the
+        main process gets rank zero's pool back this way)."""
+        if self.transfer_set is None:
+            raise ConfigError("this checkpoint's image pool lives in the run's transfer set: resume it with "
+                              "synthesizer.save_transfer_set=true")
+        if _rank() == 0:
+            self.transfer_set.truncate(shards)
+        images, soft, held = [], [], 0
+        for shard in reversed(range(shards)):
+            if held >= index["size"]:
+                break
+            x, s = self.transfer_set.read(shard, _rank() % world_size, world_size)
+            images.insert(0, x)
+            if s is not None:
+                soft.insert(0, s)
+            held += x.shape[0]
+        keep = index["size"]
+        self.pool.restore(index, torch.cat(images)[held - keep:] if keep else None,
+                          torch.cat(soft)[held - keep:] if keep and soft else None)
