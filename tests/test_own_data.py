@@ -1,6 +1,7 @@
 """Bring your own data and teacher: shape and normalisation resolved from the teacher, and every
 mismatch refused before any work, naming the key to fix."""
 
+import json
 import os
 import subprocess
 import sys
@@ -112,8 +113,8 @@ def test_a_student_that_cannot_take_the_images_is_refused_with_the_archs_that_ca
     ("channels", "data.channels=3 but the teacher's first layer takes 1"),
 ])
 def test_bad_own_data_stops_the_cli_before_anything_starts(tmp_path, case, key):
-    """Run as a user would (default logger): exit 2, one paragraph naming the key, and no
-    W&B run, checkpoint or metrics in the run dir."""
+    """Run as a user would (default logger): exit 2, one paragraph naming the key, no W&B run,
+    checkpoint or progress, and a metrics.json that records the failure."""
     root = write_folder(tmp_path / "rgb", channels=3)
     ckpt = save_teacher(tmp_path / "t.pt", channels=1 if case == "channels" else 3)
     args = {"missing": [], "length": ["data.mean=[0.5,0.5]", "data.std=[0.2,0.2]"],
@@ -128,6 +129,8 @@ def test_bad_own_data_stops_the_cli_before_anything_starts(tmp_path, case, key):
     assert proc.returncode == 2, proc.stderr[-2000:]
     assert key in proc.stderr and "Traceback" not in proc.stderr
     left = {p.name for p in run_dir.iterdir()}
-    assert not left & {"wandb", "checkpoints", "metrics.json", "curve.jsonl", "wandb_id.txt"}, left
+    assert not left & {"wandb", "checkpoints", "progress.json", "curve.jsonl", "wandb_id.txt"}, left
+    status = json.loads((run_dir / "metrics.json").read_text())["status"]
+    assert status.startswith("failed: ConfigError") and key in status
     assert not (tmp_path / "wandb").exists()
     assert (run_dir / ".hydra" / "config.yaml").is_file()  # what was asked is kept

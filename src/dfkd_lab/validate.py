@@ -28,7 +28,7 @@ SCHEMAS = {"data": DataConfig, "teacher": TeacherConfig, "student": StudentConfi
 
 # (key, smallest allowed value): counts and sizes a run cannot work without.
 AT_LEAST = [
-    ("method.epochs", 1), ("method.batch_size", 1), ("method.student_steps", 1), ("method.synth_every", 1),
+    ("method.epochs", 1), ("method.batch_size", 1), ("method.student_steps", 1),
     ("method.students", 1), ("method.warmup_epochs", 0), ("method.collapse_patience", 0),
     ("method.grad_clip", 0), ("method.quant_bits", 0), ("method.steps_per_epoch", 0),
     ("data.batch_size", 1), ("data.eval_batch_size", 1), ("data.num_classes", 1), ("data.channels", 1),
@@ -59,7 +59,7 @@ def unknown_keys(cfg: DictConfig) -> list[str]:
 
 
 def problems(cfg: DictConfig) -> list[str]:
-    out = [f"{key} is not a setting (a typo? see conf/ for the keys of each group)" for key in unknown_keys(cfg)]
+    out = [f"{key} is not a setting (a typo? see src/dfkd_lab/conf for the keys of each group)" for key in unknown_keys(cfg)]
     for key, low in AT_LEAST:
         value = _get(cfg, key)
         if isinstance(value, (int, float)) and value < low:
