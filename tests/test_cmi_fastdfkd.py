@@ -144,26 +144,33 @@ def fit(cfg, ckpt_dir, stop_after=None, ckpt_path=None):
     return module, float(trainer.callback_metrics["val/acc"])
 
 
+def whole_and_resumed(cfg, tmp_path):
+    """Fits ``cfg`` uninterrupted and stopped after one epoch then resumed; asserts both end
+    with the same accuracy, student weights and synthesizer tensors, and returns both modules."""
+    whole, whole_acc = fit(cfg, tmp_path / "whole")
+    fit(cfg, tmp_path / "cut", stop_after=1)
+    resumed, resumed_acc = fit(cfg, tmp_path / "cut", ckpt_path=str(tmp_path / "cut" / "last.ckpt"))
+    assert resumed_acc == whole_acc
+    for key, value in whole.student.state_dict().items():
+        assert torch.equal(value, resumed.student.state_dict()[key]), key
+    a, b = whole.synthesizer, resumed.synthesizer
+    assert torch.equal(a.rng.get_state(), b.rng.get_state())
+    for key, value in a.state_dict().items():
+        if isinstance(value, torch.Tensor):
+            assert torch.equal(value, b.state_dict()[key]), key
+    return whole, resumed
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("name", sorted(TINY))
 def test_interrupted_run_resumes_to_the_same_result(compose_cfg, tmp_path, name):
     cfg = compose_cfg(*TINY[name], *SMALL)
-    whole, whole_acc = fit(cfg, tmp_path / "whole")
-    fit(cfg, tmp_path / "cut", stop_after=1)
-    resumed, resumed_acc = fit(cfg, tmp_path / "cut", ckpt_path=str(tmp_path / "cut" / "last.ckpt"))
-
-    assert resumed_acc == whole_acc
-    for key, value in whole.student.state_dict().items():
-        assert torch.equal(value, resumed.student.state_dict()[key]), key
+    whole, resumed = whole_and_resumed(cfg, tmp_path)
     assert whole.cost.images.item() == resumed.cost.images.item() == 2 * 3 * 16
     a, b = whole.synthesizer, resumed.synthesizer
     assert len(a.pool) == len(b.pool) == 2 * 3 * 16
     assert torch.equal(a.pool.sample(16, torch.Generator().manual_seed(0))[0],
                        b.pool.sample(16, torch.Generator().manual_seed(0))[0])
-    assert torch.equal(a.rng.get_state(), b.rng.get_state())
-    for key, value in a.state_dict().items():
-        if isinstance(value, torch.Tensor):
-            assert torch.equal(value, b.state_dict()[key]), key
     if name == "cmi":
         assert len(a.bank) == len(b.bank) == 40
         assert torch.equal(a.bank.features, b.bank.features)
