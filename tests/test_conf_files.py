@@ -10,10 +10,12 @@ import torch
 
 from conftest import FAST, compose_config
 from dfkd_lab.build import build_data, build_module, build_student, build_teacher
+from dfkd_lab.data import sources
 from dfkd_lab.data.transfer_set import TransferSetWriter
 from dfkd_lab.models import build_model
 from dfkd_lab.train import CONF_DIR
 from dfkd_lab.zoo import zoo_entry
+from test_experiments import fake_cifar
 
 CONF = Path(CONF_DIR)
 YAMLS = sorted(p.relative_to(CONF).as_posix() for p in CONF.rglob("*.yaml"))
@@ -74,6 +76,14 @@ method:
                                 "# KD at T=3 on 2 BatchNorm layers, steps per epoch 6\n")
 
 
+@pytest.fixture(autouse=True)
+def few_cifar_images(monkeypatch):
+    """A few random images stand in for CIFAR-10/100, which a clone without a local copy lacks
+    (a teacher run records metadata from its training split; kd_proxy reads its proxy)."""
+    for name, classes in (("cifar10", 10), ("cifar100", 100)):
+        monkeypatch.setitem(sources.LOADERS, name, fake_cifar(classes))
+
+
 @pytest.fixture(scope="module")
 def random_teachers(tmp_path_factory):
     """Random-weight state dicts standing in for the CIFAR teachers the presets name."""
@@ -119,8 +129,8 @@ def test_method_config_builds_its_module_and_synthesizer(method, tmp_path):
 
 @pytest.mark.parametrize("preset", PRESETS)
 def test_experiment_preset_builds_its_module_and_synthesizer(preset, tmp_path, random_teachers):
-    """CIFAR teachers are not shipped: the preset's teacher arch gets random weights. Nothing
-    is read from the datasets here, so CIFAR-100 needs only its shape."""
+    """CIFAR teachers are not shipped: the preset's teacher arch gets random weights; the
+    datasets are the few random images of ``few_cifar_images``."""
     cfg = compose_config([f"experiment={preset}", *FAST], output_dir=tmp_path / "run")
     overrides = [f"experiment={preset}", *FAST]
     if cfg.method.uses_teacher and cfg.method.trains == "student":
