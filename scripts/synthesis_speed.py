@@ -1,7 +1,7 @@
 """Synthesis speed: FastDFKD (Fast-2) against DeepInversion with 2000 iterations per batch.
 
 Same teacher, batch size, device and image count for both (``--batches`` batches each);
-synthesis only (the student is not trained: ``method.warmup_epochs`` covers the whole run),
+synthesis only (the student is not trained: ``method.synthesis.warmup_epochs`` covers the whole run),
 timed by the runs' own cost meters. Students' accuracies are read from finished runs'
 metrics.json when given (``--fast-run``/``--di-run`` run dirs).
 
@@ -22,8 +22,8 @@ def measure(method: str, batches: int, batch_size: int, extra=()) -> dict:
     """Synthesise ``batches`` batches with ``method``; return its cost metrics."""
     with tempfile.TemporaryDirectory() as out, initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
         cfg = compose("train", overrides=[
-            f"method={method}", f"method.batch_size={batch_size}", f"method.steps_per_epoch={batches}",
-            "method.epochs=1", "method.warmup_epochs=1", "+method.synthesizer.save_transfer_set=false",
+            f"method={method}", f"method.synthesis.batch_size={batch_size}", f"method.synthesis.steps_per_epoch={batches}",
+            "method.epochs=1", "method.synthesis.warmup_epochs=1", "+method.synthesizer.save_transfer_set=false",
             "trainer.limit_val_batches=0", "trainer.enable_progress_bar=false", "logger=none",
             "callbacks=none", "test=false", f"paths.output_dir={out}", *extra,
         ])

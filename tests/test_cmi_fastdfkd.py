@@ -95,10 +95,10 @@ from conftest import fit_two_epochs
 TINY = {
     "cmi": ["method=cmi", "method.synthesizer.iterations=2", "method.synthesizer.negatives=8",
             "method.synthesizer.bank_size=40"],
-    "fastdfkd": ["method=fastdfkd", "method.warmup_epochs=1", "method.synthesizer.meta=reptile"],
-    "fastdfkd_maml": ["method=fastdfkd_5", "method.warmup_epochs=0"],
+    "fastdfkd": ["method=fastdfkd", "method.synthesis.warmup_epochs=1", "method.synthesizer.meta=reptile"],
+    "fastdfkd_maml": ["method=fastdfkd_5", "method.synthesis.warmup_epochs=0"],
 }
-SMALL = ["method.steps_per_epoch=3", "method.batch_size=16", "method.student_steps=2",
+SMALL = ["method.synthesis.steps_per_epoch=3", "method.synthesis.batch_size=16", "method.synthesis.student_steps=2",
          "method.synthesizer.ngf=4", "method.synthesizer.nz=8", "trainer.limit_train_batches=null"]
 
 
@@ -108,7 +108,7 @@ SMALL = ["method.steps_per_epoch=3", "method.batch_size=16", "method.student_ste
 def test_method_runs_a_few_steps(compose_cfg, method):
     from dfkd_lab.train import run
 
-    cfg = compose_cfg(f"method={method}", "method.warmup_epochs=0", "method.synthesizer.iterations=2"
+    cfg = compose_cfg(f"method={method}", "method.synthesis.warmup_epochs=0", "method.synthesizer.iterations=2"
                       if method == "cmi" else "method.synthesizer.ngf=4", *SMALL[:3])
     metrics = run(cfg)
     assert 0.0 <= metrics["test/acc"] <= 1.0

@@ -7,9 +7,11 @@ import pytest
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 from hydra.errors import ConfigCompositionException
-from omegaconf import OmegaConf
+from omegaconf import MISSING, OmegaConf
 
+from dfkd_lab.config import ConfigError, DFQConfig, is_data_free
 from dfkd_lab.train import CONF_DIR
+from dfkd_lab.validate import METHOD_BLOCKS, block_problems, check_overrides
 
 CONF = Path(CONF_DIR)
 GROUPS = ["data", "teacher", "student", "method", "loss", "trainer", "logger", "callbacks", "debug",
@@ -65,12 +67,12 @@ def test_every_config_option_composes_and_resolves(group, option):
     ("method.lrr=1", "lrr"),
     ("data.batchsize=8", "batchsize"),
     ("trainer.max_epochs=abc", "max_epochs"),
-    ("method.student_steps=1.5", "student_steps"),
+    ("method=dafl|method.synthesis.student_steps=1.5", "student_steps"),
     ("data.flip=maybe", "flip"),
 ])
 def test_typos_and_wrong_types_fail_naming_the_key(override, key):
     with pytest.raises(ConfigCompositionException) as err:
-        compose_train(override)
+        compose_train(*override.split("|"))
     assert key in f"{err.value} {err.value.__cause__}"
 
 
@@ -83,3 +85,41 @@ def test_slurm_launcher_preset_composes():
     assert launcher._target_.endswith("SlurmLauncher")
     assert launcher.tasks_per_node == cfg.trainer.devices == 4
     assert launcher.timeout_min == 240
+
+
+# --- one block per concern --------------------------------------------------------------------
+@pytest.mark.parametrize("method", ["kd", "dafl", "dfq", "teacher", "scratch", "nayer"])
+def test_each_method_gets_exactly_the_blocks_its_module_reads(method):
+    cfg = compose_train(f"method={method}")
+    expected = {"kd": (), "dafl": ("synthesis",), "dfq": ("synthesis", "dfq"), "teacher": ("export",),
+                "scratch": (), "nayer": ("synthesis",)}[method]
+    assert tuple(b for b in METHOD_BLOCKS if cfg.method.get(b) is not None) == expected
+    assert block_problems(cfg.method) == []
+    assert is_data_free(cfg.method) == ("synthesis" in expected)
+
+
+def test_a_block_the_method_ignores_or_lacks_is_named():
+    kd = compose_train("method=kd")
+    kd.method.dfq = DFQConfig(students=2)
+    assert block_problems(kd.method) == [
+        "method.dfq is set but method=kd (KnowledgeDistillation) does not read it; "
+        "remove it (this method reads: the common keys only)"]
+    dfq = compose_train("method=dfq")
+    dfq.method.dfq = None
+    assert block_problems(dfq.method) == [
+        "method=dfq (DFQDistillation) needs a method.dfq block; see DFQConfig in dfkd_lab/config.py for its keys"]
+    dafl = compose_train("method=dafl")
+    dafl.method.synthesis.steps_per_epoch = MISSING  # what a method YAML without it gets
+    assert "method.synthesis.steps_per_epoch is not set" in block_problems(dafl.method)
+
+
+def test_old_keys_and_keys_of_an_absent_block_fail_on_the_command_line():
+    def composer(overrides):
+        return compose_train(*overrides)
+
+    with pytest.raises(ConfigError, match=r"method.student_steps is now method.synthesis.student_steps; "
+                                          r"method.zoo_name is now method.export.zoo_name"):
+        check_overrides(["method=dafl", "method.student_steps=3", "+method.zoo_name=x"], composer)
+    with pytest.raises(ConfigError, match=r"method.synthesis.batch_size: method=kd has no method.synthesis block"):
+        check_overrides(["method=kd", "method.synthesis.batch_size=64"], composer)
+    check_overrides(["method=dafl", "method.synthesis.batch_size=64"], composer)  # a block it has

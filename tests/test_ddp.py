@@ -66,7 +66,7 @@ TINY = {
     "dafl": ["method=dafl", "teacher=lenet5_bn_fmnist", "method.synthesizer.ngf=4", "method.synthesizer.nz=8"],
     "deepinversion": ["method=deepinversion", "method.synthesizer.iterations=3"],
 }
-COMMON = ["trainer=ddp_sim", "method.steps_per_epoch=3", "method.batch_size=16", "method.student_steps=2",
+COMMON = ["trainer=ddp_sim", "method.synthesis.steps_per_epoch=3", "method.synthesis.batch_size=16", "method.synthesis.student_steps=2",
           "trainer.limit_train_batches=null", "trainer.limit_test_batches=null"]
 
 

@@ -55,7 +55,7 @@ def test_the_cpu_teacher_preset_trains_wrn16_2_into_the_zoo(tmp_path):
     cfg = compose_config(["experiment=teacher_cifar10_cpu"], output_dir=tmp_path)
     assert (cfg.teacher.arch, cfg.data.name, cfg.method.epochs) == ("wrn16_2", "cifar10", 40)
     assert (cfg.method.optimizer, cfg.method.lr, cfg.data.crop_pad, cfg.data.flip) == ("sgd", 0.1, 4, True)
-    assert cfg.method.zoo_name == "wrn16_2_cifar10" and cfg.method.record_metadata
+    assert cfg.method.export.zoo_name == "wrn16_2_cifar10" and cfg.method.export.record_metadata
     assert cfg.trainer.precision == "bf16-mixed" and cfg.method.channels_last
 
 
@@ -65,7 +65,7 @@ def test_dataset_specific_weights_follow_the_paper(tmp_path):
     assert dict(c10.loss.weights) == {"kd": 1.0, "argmax_ce": 0.05, "ie": 5.0, "activation": 0.01, "bn": 0.0}
     assert dict(c100.loss.weights) == {"kd": 1.0, "argmax_ce": 0.5, "ie": 20.0, "activation": 0.1, "bn": 0.0}
     fast10 = compose_config(["experiment=cifar10_fastdfkd_10"], output_dir=tmp_path)
-    assert (fast10.method.synthesizer.g_steps, fast10.method.warmup_epochs) == (10, 20)
+    assert (fast10.method.synthesizer.g_steps, fast10.method.synthesis.warmup_epochs) == (10, 20)
 
 
 @pytest.mark.parametrize("preset, key, paper, lenet", [
@@ -76,7 +76,7 @@ def test_dataset_specific_weights_follow_the_paper(tmp_path):
     ("cifar10_zskd", "loss.weights.match", 1.0, 0.05),
     ("cifar10_zskd", "loss.weights.tv_l2", 0.05, 0.2),
     ("cifar10_wang2021", "method.synthesizer.objective.oversample", 1, 8),
-    ("cifar100_wang2021", "method.adversarial_eps", 0.0, 0.2),
+    ("cifar100_wang2021", "method.synthesis.adversarial_eps", 0.0, 0.2),
 ])
 def test_paper_presets_keep_the_paper_values_where_the_lenet_defaults_differ(tmp_path, preset, key, paper, lenet):
     cfg = compose_config([f"experiment={preset}"], output_dir=tmp_path)
@@ -97,8 +97,8 @@ def shrink(cfg):
     """A few steps of everything: tiny batches, one synthesis iteration where there are many."""
     with open_dict(cfg):
         cfg.data.batch_size = cfg.data.eval_batch_size = 8
-        cfg.method.epochs, cfg.method.warmup_epochs = 1, 0
-        cfg.method.steps_per_epoch, cfg.method.batch_size, cfg.method.student_steps = 1, 4, 1
+        cfg.method.epochs, cfg.method.synthesis.warmup_epochs = 1, 0
+        cfg.method.synthesis.steps_per_epoch, cfg.method.synthesis.batch_size, cfg.method.synthesis.student_steps = 1, 4, 1
         synth = cfg.method.synthesizer or {}
         for key, small in {"iterations": 2, "bank_size": 64, "negatives": 8, "g_steps": 1}.items():
             if key in synth:

@@ -19,7 +19,7 @@ from dfkd_lab.train import CONF_DIR
 EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "my_method"
 TINY = ["trainer=cpu", "logger=none", "trainer.enable_progress_bar=false", "trainer.max_epochs=1",
         "trainer.limit_train_batches=2", "trainer.limit_val_batches=1", "trainer.limit_test_batches=1",
-        "method.batch_size=16", "method.student_steps=2", "method.synthesizer.steps=3"]
+        "method.synthesis.batch_size=16", "method.synthesis.student_steps=2", "method.synthesizer.steps=3"]
 
 
 def user_copy(tmp_path) -> Path:

@@ -47,8 +47,8 @@ def test_bn_distance_averages_each_layers_statistics_loss_over_whole_batches():
 
 def test_a_finished_run_is_reported_on_its_transfer_set_and_the_real_test_split(tmp_path, capsys):
     run_dir = tmp_path / "run"
-    cmd = [str(Path(sys.executable).with_name("dfkd-train")), "method=cmi", "method.batch_size=16",
-           "method.student_steps=1", "method.steps_per_epoch=8", "method.synthesizer.iterations=2",
+    cmd = [str(Path(sys.executable).with_name("dfkd-train")), "method=cmi", "method.synthesis.batch_size=16",
+           "method.synthesis.student_steps=1", "method.synthesis.steps_per_epoch=8", "method.synthesizer.iterations=2",
            "method.synthesizer.ngf=4", "method.synthesizer.nz=8", "method.synthesizer.negatives=8",
            "method.synthesizer.bank_size=40", "trainer=cpu", "trainer.max_epochs=1", "logger=none",
            "trainer.enable_progress_bar=false", "trainer.limit_val_batches=1", f"hydra.run.dir={run_dir}"]

@@ -26,7 +26,7 @@ from dfkd_lab.synthesis.generator import GeneratorSynthesizer
 from dfkd_lab.train import run
 
 METHODS = ["dafl", "zskt", "dfad", "dfq"]
-TINY = ["method.batch_size=16", "method.synthesizer.ngf=8", "method.student_steps=2",
+TINY = ["method.synthesis.batch_size=16", "method.synthesizer.ngf=8", "method.synthesis.student_steps=2",
         "trainer.limit_val_batches=1", "data.eval_batch_size=256", "callbacks.sample_grid=null"]
 
 
@@ -76,7 +76,7 @@ def test_each_optimiser_moves_only_its_own_parameters(compose_cfg, method):
 
 @pytest.mark.parametrize("follows", [False, True])
 def test_generator_learning_rate_follows_the_student_schedule_only_when_asked(compose_cfg, follows):
-    module, _, _ = fit(tiny(compose_cfg, "dfad", f"method.schedule_synthesis={str(follows).lower()}"))
+    module, _, _ = fit(tiny(compose_cfg, "dfad", f"method.synthesis.follow_student_schedule={str(follows).lower()}"))
     student_opt, generator_opt = module.optimizers()
     assert student_opt.param_groups[0]["lr"] < module.method.lr  # cosine: decayed after 4 student steps
     generator_lr = generator_opt.param_groups[0]["lr"]
@@ -89,7 +89,7 @@ def test_generator_learning_rate_follows_the_student_schedule_only_when_asked(co
 def test_generator_step_does_not_touch_the_student(compose_cfg, method):
     """Synthesis only (warm-up epoch): the adversarial backward runs through the student, yet
     only the generator may change."""
-    module, _, before = fit(tiny(compose_cfg, method, "method.warmup_epochs=1"))
+    module, _, before = fit(tiny(compose_cfg, method, "method.synthesis.warmup_epochs=1"))
     assert changed(before["generator"], weights(module.synthesizer.generators))
     assert not changed(before["student"], weights(module.student))
     assert not changed(before["teacher"], snapshot(module.teacher))
@@ -129,9 +129,9 @@ def test_nan_stops_the_run_and_keeps_the_earlier_checkpoint(compose_cfg, monkeyp
 
 @pytest.mark.parametrize("patience, collapses", [(3, True), (0, False)])
 def test_collapsed_generator_stops_the_run_after_patience_steps(compose_cfg, monkeypatch, patience, collapses):
-    """method.collapse_patience: every image labelled one class for that many steps stops the
+    """method.synthesis.collapse_patience: every image labelled one class for that many steps stops the
     run (0 = never); the checkpoint of the epoch before is kept."""
-    cfg = tiny(compose_cfg, "dafl", "trainer.max_epochs=2", f"method.collapse_patience={patience}")
+    cfg = tiny(compose_cfg, "dafl", "trainer.max_epochs=2", f"method.synthesis.collapse_patience={patience}")
     real = GeneratorSynthesizer.batch
 
     def one_class(self, n, ctx):
@@ -172,12 +172,12 @@ def test_fake_quant_student_and_int8_conversion(bits):
     tolerance = {8: 0.05, 4: 0.5}[bits] * fake.abs().max()
     assert (int8(x) - fake).abs().max() < tolerance
     assert model_bytes(int8) < model_bytes(model) / 2
-    with pytest.raises(ValueError, match="method.quant_bits"):
+    with pytest.raises(ValueError, match="method.dfq.quant_bits"):
         prepare_qat(model, 16, x)
 
 
 def test_dfq_reports_fake_quant_and_int8_accuracy(compose_cfg):
-    cfg = tiny(compose_cfg, "dfq", "method.quant_bits=4")
+    cfg = tiny(compose_cfg, "dfq", "method.dfq.quant_bits=4")
     run(cfg)
     metrics = json.loads((Path(cfg.paths.output_dir) / "metrics.json").read_text())
     assert 0 <= metrics["test/acc"] <= 1 and 0 <= metrics["test/acc_int8"] <= 1
@@ -185,8 +185,8 @@ def test_dfq_reports_fake_quant_and_int8_accuracy(compose_cfg):
     assert 0 < metrics["quant/int8_bytes"] < metrics["quant/float_bytes"]
 
 
-# DFQ's own keys and method.adversarial_eps (checked for every data-free method), run with dfq
-@pytest.mark.parametrize("key", ["method.students=0", "method.quant_from=1.0", "method.adversarial_eps=-0.1"])
+# DFQ's own keys and method.synthesis.adversarial_eps (checked for every data-free method), run with dfq
+@pytest.mark.parametrize("key", ["method.dfq.students=0", "method.dfq.quant_from=1.0", "method.synthesis.adversarial_eps=-0.1"])
 def test_bad_method_settings_are_rejected_naming_the_key(compose_cfg, key):
     cfg = tiny(compose_cfg, "dfq", key)
     data = build_data(cfg)
@@ -280,8 +280,8 @@ def test_adversarial_push_raises_the_disagreement_within_eps_and_leaves_no_gradi
 
 def test_adversarial_push_trains_the_student_on_moved_images_the_teacher_labels(compose_cfg):
     plain, _, _ = fit(tiny(compose_cfg, "dafl"))
-    module, trainer, before = fit(tiny(compose_cfg, "dafl", "method.adversarial_eps=0.2"))
-    student_steps = module.method.student_steps * trainer.num_training_batches * trainer.max_epochs
+    module, trainer, before = fit(tiny(compose_cfg, "dafl", "method.synthesis.adversarial_eps=0.2"))
+    student_steps = module.method.synthesis.student_steps * trainer.num_training_batches * trainer.max_epochs
     assert module.cost.teacher_forwards - plain.cost.teacher_forwards == student_steps
     assert not changed(before["teacher"], snapshot(module.teacher))
     assert changed(weights(plain.student), weights(module.student))

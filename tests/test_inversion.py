@@ -232,7 +232,7 @@ def test_manifest_rejects_a_set_made_by_another_teacher(tmp_path):
         load_transfer_set(tmp_path / "nothing", "aaa")
 
 
-TINY = ["method.batch_size=16", "method.synthesizer.iterations=2", "method.student_steps=1"]
+TINY = ["method.synthesis.batch_size=16", "method.synthesizer.iterations=2", "method.synthesis.student_steps=1"]
 
 
 @pytest.mark.parametrize("method", ["deepinversion", "adi", "zskd", "wang2021", "lopes"])
@@ -252,7 +252,7 @@ def test_kd_transfer_distils_from_a_saved_set(compose_cfg, tmp_path):
     low, high = torch.tensor([-0.81]).view(1, 1, 1, 1), torch.tensor([2.02]).view(1, 1, 1, 1)
     writer = TransferSetWriter(folder, {"teacher_sha256": sha, "teacher": "lenet5_bn_fmnist"})
     writer.write(low + torch.rand(24, 1, 32, 32) * (high - low), None, low, high, {})
-    cfg = compose_cfg("method=kd_transfer", f"transfer_set={folder}", "method.batch_size=8")
+    cfg = compose_cfg("method=kd_transfer", f"transfer_set={folder}", "method.synthesis.batch_size=8")
     metrics = run(cfg)
     assert 0.0 <= metrics["test/acc"] <= 1.0 and metrics["cost/images"] == 0
     checkpoint = torch.load(Path(cfg.paths.output_dir) / "checkpoints" / "last.ckpt", weights_only=False)

@@ -113,11 +113,11 @@ def test_the_paper_scale_cifar10_cmi_preset_fits_in_8_gb_beyond_the_models():
 
     cfg = compose_config(["experiment=cifar10_cmi"])
     method = cfg.method
-    made = method.epochs * method.steps_per_epoch * method.batch_size
+    made = method.epochs * method.synthesis.steps_per_epoch * method.synthesis.batch_size
     assert made == 200 * 20 * 256
     pool = ImagePool(method.synthesizer.capacity)
-    for _ in range(made // method.batch_size):
-        pool.add(torch.empty(method.batch_size, 0))
+    for _ in range(made // method.synthesis.batch_size):
+        pool.add(torch.empty(method.synthesis.batch_size, 0))
     assert len(pool) == method.synthesizer.capacity == 200_000 < made
 
     synth = hydra.utils.instantiate(method.synthesizer, _convert_="all")

@@ -135,8 +135,8 @@ def test_target_ce_with_label_smoothing_matches_hand_computation():
     assert loss_term("target_ce")(logits, torch.tensor([0])).item() == pytest.approx(-log_p[0].item())
 
 
-NAYER_TINY = ["method=nayer", "method.warmup_epochs=0", "method.steps_per_epoch=3", "method.batch_size=16",
-              "method.student_steps=2", "method.synthesizer.ngf=4", "method.synthesizer.nz=8",
+NAYER_TINY = ["method=nayer", "method.synthesis.warmup_epochs=0", "method.synthesis.steps_per_epoch=3", "method.synthesis.batch_size=16",
+              "method.synthesis.student_steps=2", "method.synthesizer.ngf=4", "method.synthesizer.nz=8",
               "method.synthesizer.g_steps=2", "method.synthesizer.g_life=1", "trainer.limit_train_batches=null"]
 
 
@@ -165,7 +165,7 @@ def test_kd_proxy_never_builds_the_teachers_training_split(tmp_path, monkeypatch
                         lambda root, split, download=True: read.append(("fashion_mnist", split)) or real(root, split, download))
     monkeypatch.setitem(sources.LOADERS, "cifar10",
                         lambda root, split, download=True: read.append(("cifar10", split)) or fake_cifar(root, split))
-    cfg = compose_config([*FAST, "method=kd_proxy", "method.batch_size=8"], output_dir=tmp_path / "run")
+    cfg = compose_config([*FAST, "method=kd_proxy", "method.synthesis.batch_size=8"], output_dir=tmp_path / "run")
     metrics = run(cfg)
     assert ("fashion_mnist", "train") not in read
     assert ("cifar10", "train") in read and ("fashion_mnist", "test") in read

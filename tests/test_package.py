@@ -141,7 +141,7 @@ def test_a_published_teacher_goes_to_the_users_zoo_and_is_found_there(tmp_path):
 
     zoo = tmp_path / "zoo"
     before = sorted(p.name for p in (PACKAGE / "checkpoints").iterdir())
-    cfg = compose_config([*FAST, "method=teacher", "teacher=lenet5", "method.zoo_name=mine",
+    cfg = compose_config([*FAST, "method=teacher", "teacher=lenet5", "method.export.zoo_name=mine",
                           f"paths.zoo_dir={zoo}"], output_dir=tmp_path / "run")
     run(cfg)
     assert sorted(p.name for p in zoo.iterdir()) == ["mine.json", "mine.pt"]
@@ -150,8 +150,8 @@ def test_a_published_teacher_goes_to_the_users_zoo_and_is_found_there(tmp_path):
     assert zoo_entry("mine", zoo).path() == zoo / "mine.pt"
     used = compose_config([*FAST, "teacher.zoo=mine", f"paths.zoo_dir={zoo}"], output_dir=tmp_path / "kd")
     build_teacher(used, build_data(used))  # loads it, checking its sha256
-    with pytest.raises(ConfigError, match="method.zoo_name=mine: that zoo entry already exists"):
-        run(compose_config([*FAST, "method=teacher", "teacher=lenet5", "method.zoo_name=mine",
+    with pytest.raises(ConfigError, match="method.export.zoo_name=mine: that zoo entry already exists"):
+        run(compose_config([*FAST, "method=teacher", "teacher=lenet5", "method.export.zoo_name=mine",
                             f"paths.zoo_dir={zoo}"], output_dir=tmp_path / "again"))
     GlobalHydra.instance().clear()
 

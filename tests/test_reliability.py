@@ -62,7 +62,7 @@ BAD_INPUT = {
         "DatasetUnavailable", "data.root=/nonexistent/images has no 'train' folder"),
     "resume of a folder that is no run dir": (["resume=last"], "ConfigError", "is not a run dir"),
     "non-finite loss": (
-        ["method=dafl", "loss.weights.kd=nan", "method.steps_per_epoch=2", "method.batch_size=8",
+        ["method=dafl", "loss.weights.kd=nan", "method.synthesis.steps_per_epoch=2", "method.synthesis.batch_size=8",
          "method.synthesizer.ngf=4"],
         "SynthesisDiverged", "non-finite loss"),
 }
@@ -99,20 +99,21 @@ def test_mistyped_key_fails_before_any_work(monkeypatch, capsys, tmp_path):
 
 # --- a killed run resumes ------------------------------------------------------------------------
 # One representative per family, tiny, 120 steps of one epoch; (family, signal).
+TINY_SYNTHESIS = ["method.synthesis.batch_size=16", "method.synthesis.student_steps=1",
+                  "method.synthesis.steps_per_epoch=120"]
 FAMILIES = {
     "kd": ["method=kd", "data.batch_size=16", "trainer.limit_train_batches=120"],
-    "dafl": ["method=dafl", "method.synthesizer.ngf=4", "method.synthesizer.nz=8"],
-    "deepinversion": ["method=deepinversion", "method.synthesizer.iterations=2"],
-    "cmi": ["method=cmi", "method.synthesizer.iterations=2", "method.synthesizer.negatives=8",
+    "dafl": ["method=dafl", *TINY_SYNTHESIS, "method.synthesizer.ngf=4", "method.synthesizer.nz=8"],
+    "deepinversion": ["method=deepinversion", *TINY_SYNTHESIS, "method.synthesizer.iterations=2"],
+    "cmi": ["method=cmi", *TINY_SYNTHESIS, "method.synthesizer.iterations=2", "method.synthesizer.negatives=8",
             "method.synthesizer.bank_size=40", "method.synthesizer.ngf=4", "method.synthesizer.nz=8"],
-    "fastdfkd": ["method=fastdfkd", "method.warmup_epochs=0", "method.synthesizer.ngf=4",
+    "fastdfkd": ["method=fastdfkd", *TINY_SYNTHESIS, "method.synthesis.warmup_epochs=0", "method.synthesizer.ngf=4",
                  "method.synthesizer.nz=8"],
 }
 POOL_FAMILIES = ("deepinversion", "cmi", "fastdfkd")  # their images go to a pool and the transfer set
 KILLS = [("kd", "SIGTERM"), ("dafl", "SIGKILL"), ("dafl", "SIGTERM"), ("deepinversion", "SIGKILL"),
          ("deepinversion", "SIGTERM"), ("cmi", "SIGTERM"), ("fastdfkd", "SIGKILL")]
-TINY_RUN = ["method.batch_size=16", "method.student_steps=1", "method.steps_per_epoch=120", "trainer=cpu",
-            "logger=none", "trainer.enable_progress_bar=false", "trainer.limit_val_batches=1",
+TINY_RUN = ["trainer=cpu", "logger=none", "trainer.enable_progress_bar=false", "trainer.limit_val_batches=1",
             "trainer.limit_test_batches=1", "trainer.max_epochs=1",
             "callbacks.step_checkpoint.every_n_train_steps=10"]
 
@@ -240,8 +241,8 @@ def test_a_failed_checkpoint_write_keeps_the_previous_checkpoint(tmp_path, monke
 def test_a_full_disk_while_writing_the_transfer_set_stops_cleanly(monkeypatch, capsys, tmp_path):
     disk_full_on(monkeypatch, "shard_00002")
     code, err = cli(monkeypatch, capsys, tmp_path, "method=deepinversion", "method.synthesizer.iterations=2",
-                    "method.batch_size=8", "method.student_steps=1", "trainer.limit_train_batches=null",
-                    "method.steps_per_epoch=4")
+                    "method.synthesis.batch_size=8", "method.synthesis.student_steps=1", "trainer.limit_train_batches=null",
+                    "method.synthesis.steps_per_epoch=4")
     assert code == 2
     assert "DiskWriteError: could not write the transfer-set shard" in err and "Traceback" not in err
     folder = tmp_path / "run" / "transfer_set"
@@ -255,6 +256,6 @@ def test_publishing_a_teacher_never_overwrites_a_shipped_zoo_entry(compose_cfg):
     from dfkd_lab.config import ConfigError
     from dfkd_lab.train import run
 
-    cfg = compose_cfg("method=teacher", "teacher=lenet5", "method.zoo_name=lenet5_fmnist")
+    cfg = compose_cfg("method=teacher", "teacher=lenet5", "method.export.zoo_name=lenet5_fmnist")
     with pytest.raises(ConfigError, match="already exists"):
         run(cfg)

@@ -23,11 +23,11 @@ from dfkd_lab.report import UNFINISHED, load_run, run_row
 from dfkd_lab.resume import resume_args
 from test_reliability import cli, dfkd_train, fit_progress, hydra_record
 
-TINY = ["trainer=cpu", "method.batch_size=16", "trainer.limit_val_batches=1", "trainer.limit_test_batches=1",
+TINY = ["trainer=cpu", "method.synthesis.batch_size=16", "trainer.limit_val_batches=1", "trainer.limit_test_batches=1",
         "trainer.enable_progress_bar=false"]  # keep the progress bar last (the output test leaves it on)
-DAFL = ["method=dafl", "method.synthesizer.ngf=4", "method.synthesizer.nz=8", "method.steps_per_epoch=30",
+DAFL = ["method=dafl", "method.synthesizer.ngf=4", "method.synthesizer.nz=8", "method.synthesis.steps_per_epoch=30",
         "trainer.max_epochs=2", "callbacks.step_checkpoint.every_n_train_steps=10"]
-DEEPINVERSION = ["method=deepinversion", "method.synthesizer.iterations=10", "method.steps_per_epoch=15",
+DEEPINVERSION = ["method=deepinversion", "method.synthesizer.iterations=10", "method.synthesis.steps_per_epoch=15",
                  "trainer.max_epochs=2", "callbacks.step_checkpoint.every_n_train_steps=4"]
 RESUMABLE = {"dafl": DAFL, "deepinversion": DEEPINVERSION}
 
@@ -131,7 +131,7 @@ def test_a_stop_is_honoured_inside_a_long_synthesis_batch(tmp_path):
     next inner iteration, with the state from before the batch saved and the command to go on."""
     run_dir = tmp_path / "run"
     proc = dfkd_train(None, *TINY, "method=deepinversion", "method.synthesizer.iterations=10000000",
-                      "method.steps_per_epoch=2", "trainer.max_epochs=1", "logger=none", f"hydra.run.dir={run_dir}")
+                      "method.synthesis.steps_per_epoch=2", "trainer.max_epochs=1", "logger=none", f"hydra.run.dir={run_dir}")
     log = run_dir / "train.log"
     wait_for(log, proc)
     deadline = time.time() + 120
@@ -159,7 +159,7 @@ def test_a_killed_run_is_reported_as_unfinished(tmp_path):
 # --- every record tells the truth ------------------------------------------------------------------
 def test_a_failed_run_says_so_in_every_record(tmp_path):
     run_dir = tmp_path / "run"
-    proc = dfkd_train(None, *TINY, "method=dafl", "loss.weights.kd=nan", "method.steps_per_epoch=2",
+    proc = dfkd_train(None, *TINY, "method=dafl", "loss.weights.kd=nan", "method.synthesis.steps_per_epoch=2",
                       "method.synthesizer.ngf=4", f"hydra.run.dir={run_dir}", wandb="offline")
     err = finish(proc)
     assert proc.returncode == 2
@@ -184,7 +184,7 @@ def test_an_unexpected_error_exits_1_with_its_traceback_in_the_run_log(monkeypat
 
 def test_a_bad_value_stops_before_wandb_starts(tmp_path):
     run_dir = tmp_path / "run"
-    proc = dfkd_train(None, *TINY, "method.epochs=-3", f"hydra.run.dir={run_dir}", wandb="offline")
+    proc = dfkd_train(None, *TINY, *DAFL, "method.epochs=-3", f"hydra.run.dir={run_dir}", wandb="offline")
     err = finish(proc)
     assert proc.returncode == 2 and "method.epochs=-3 must be >= 1" in err and "Traceback" not in err
     assert not (run_dir / "wandb").exists() and not (run_dir / "checkpoints").exists()
@@ -194,8 +194,13 @@ def test_a_bad_value_stops_before_wandb_starts(tmp_path):
 BAD_VALUES = {
     "negative epochs": (["method.epochs=-1"], "method.epochs=-1 must be >= 1"),
     "negative max_steps": (["trainer.max_steps=-5"], "trainer.max_steps=-5 must be a positive count"),
-    "zero synthetic batch": (["method=dafl", "method.batch_size=0"], "method.batch_size=0 must be >= 1"),
-    "no steps per epoch": (["method=dafl", "method.steps_per_epoch=0"], "a data-free method needs >= 1"),
+    "zero synthetic batch": (["method=dafl", "method.synthesis.batch_size=0"], "method.synthesis.batch_size=0 must be >= 1"),
+    "no steps per epoch": (["method=dafl", "method.synthesis.steps_per_epoch=0"],
+                           "method.synthesis.steps_per_epoch=0 must be >= 1"),
+    "a key that moved into a block": (["method=dafl", "method.steps_per_epoch=5"],
+                                      "method.steps_per_epoch is now method.synthesis.steps_per_epoch"),
+    "a block the method does not have": (["method=kd", "method.dfq.quant_bits=4"],
+                                         "method.dfq.quant_bits: method=kd has no method.dfq block"),
     "a key added with +": (["+method.epochz=3"], "method.epochz is not a setting"),
 }
 
@@ -264,8 +269,8 @@ def test_a_checkpoint_of_another_method_is_refused_before_anything_is_written(mo
 
 # --- one meaning of "step" ---------------------------------------------------------------------------
 def test_steps_are_student_updates_in_max_steps_the_csv_and_the_curve(compose_cfg):
-    cfg = compose_cfg("method=dafl", "method.synthesizer.ngf=4", "method.synthesizer.nz=8", "method.batch_size=8",
-                      "method.student_steps=2", "method.steps_per_epoch=3", "trainer.limit_train_batches=null",
+    cfg = compose_cfg("method=dafl", "method.synthesizer.ngf=4", "method.synthesizer.nz=8", "method.synthesis.batch_size=8",
+                      "method.synthesis.student_steps=2", "method.synthesis.steps_per_epoch=3", "trainer.limit_train_batches=null",
                       "trainer.max_epochs=2", "trainer.max_steps=6", "trainer.log_every_n_steps=1", "logger=csv")
     train.run(cfg)
     run_dir = Path(cfg.paths.output_dir)
@@ -284,7 +289,7 @@ def test_a_run_into_a_file_prints_a_line_per_evaluation_and_ends_with_the_summar
     """`make run > log`: no bar redrawn, no warnings, W&B quiet, the summary last."""
     out = tmp_path / "run.log"
     with open(out, "w") as f:
-        cmd = [str(Path(sys.executable).with_name("dfkd-train")), "method=dfq", *TINY[:-1], "method.steps_per_epoch=10",
+        cmd = [str(Path(sys.executable).with_name("dfkd-train")), "method=dfq", *TINY[:-1], "method.synthesis.steps_per_epoch=10",
                "method.epochs=2", f"hydra.run.dir={tmp_path / 'run'}"]
         code = subprocess.call(cmd, stdout=f, stderr=f,
                                env={**os.environ, "WANDB_MODE": "offline", "OMP_NUM_THREADS": "1"})
@@ -303,7 +308,7 @@ def test_ddp_sim_runs_end_to_end_with_the_default_logger(tmp_path, method):
     extra = {"dafl": ["teacher=lenet5_bn_fmnist", "method.synthesizer.ngf=4", "method.synthesizer.nz=8"],
              "deepinversion": ["method.synthesizer.iterations=3"]}[method]
     cmd = [str(Path(sys.executable).with_name("dfkd-train")), f"method={method}", *extra, "trainer=ddp_sim",
-           "method.steps_per_epoch=3", "method.batch_size=16", "method.student_steps=2", "method.epochs=1",
+           "method.synthesis.steps_per_epoch=3", "method.synthesis.batch_size=16", "method.synthesis.student_steps=2", "method.epochs=1",
            "trainer.limit_val_batches=2", "trainer.limit_test_batches=2", f"hydra.run.dir={tmp_path / 'run'}"]
     done = subprocess.run(cmd, check=False, capture_output=True, text=True, timeout=600,
                           env={**os.environ, "WANDB_MODE": "offline", "OMP_NUM_THREADS": "1"})

@@ -18,8 +18,8 @@ from dfkd_lab.train import run
 # one representative per family, tiny; `method=X` files not listed here are covered by their owners
 TINY = {
     "kd": ["method=kd", "teacher=lenet5_bn_fmnist", "trainer.limit_train_batches=3"],
-    "dafl": ["method=dafl", "teacher=lenet5_bn_fmnist", "method.steps_per_epoch=3", "method.batch_size=16",
-             "method.student_steps=2", "method.synthesizer.ngf=4", "method.synthesizer.nz=8",
+    "dafl": ["method=dafl", "teacher=lenet5_bn_fmnist", "method.synthesis.steps_per_epoch=3", "method.synthesis.batch_size=16",
+             "method.synthesis.student_steps=2", "method.synthesizer.ngf=4", "method.synthesizer.nz=8",
              "trainer.limit_train_batches=null"],
 }
 

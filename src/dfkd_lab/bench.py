@@ -27,7 +27,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.core.utils import JobStatus
 from omegaconf import DictConfig, OmegaConf
 
-from .config import ConfigError
+from .config import ConfigError, is_data_free
 from .report import run_status, write_report
 from .train import CONF_DIR
 
@@ -65,16 +65,16 @@ ConfigStore.instance().store(name="bench_schema", node=BenchConfig)
 
 
 # --- the cells -----------------------------------------------------------------------------------
-def is_data_free(method: str) -> bool:
+def method_is_data_free(method: str) -> bool:
     """Compose ``method=<name>`` (the bench runs inside Hydra, so compose sees conf/)."""
     cfg = hydra.compose("train", overrides=[f"method={method}"])
-    return bool(cfg.method.data_free)
+    return is_data_free(cfg.method)
 
 
 def default_methods(reference, exclude=()) -> list[str]:
     """Every data-free method config that exists now (but ``exclude``), then the reference rows."""
     names = sorted(p.stem for p in METHOD_DIR.glob("*.yaml"))
-    return [n for n in names if n not in {*reference, *exclude} and is_data_free(n)] + list(reference)
+    return [n for n in names if n not in {*reference, *exclude} and method_is_data_free(n)] + list(reference)
 
 
 def check_methods(methods):

@@ -8,7 +8,7 @@ from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
 from .callbacks.checkpointing import AtomicCheckpointIO
-from .config import ConfigError
+from .config import ConfigError, is_data_free
 from .data import ClassificationData
 from .data.sources import image_folder_layout
 from .models import build_model, model_names
@@ -50,7 +50,7 @@ def _normalisation(cfg: DictConfig, entry: ZooEntry | None):
             return list(entry.mean), list(entry.std)
         if t.mean is not None and t.std is not None:
             return list(t.mean), list(t.std)
-    if not cfg.method.data_free:
+    if not is_data_free(cfg.method):
         return None
     raise ConfigError(
         f"data={d.name} has no data.mean/data.std, and the teacher records no normalisation: a "
@@ -79,7 +79,7 @@ def _fill_shape(cfg: DictConfig, entry: ZooEntry | None):
         d.channels = entry.in_channels if d.channels is None else d.channels
         d.num_classes = entry.num_classes if d.num_classes is None else d.num_classes
     elif d.name == "image_folder":
-        classes, channels = image_folder_layout(Path(d.root), "test" if cfg.method.data_free else "train")
+        classes, channels = image_folder_layout(Path(d.root), "test" if is_data_free(cfg.method) else "train")
         d.channels = channels if d.channels is None else d.channels
         d.num_classes = len(classes) if d.num_classes is None else d.num_classes
     else:
@@ -106,7 +106,7 @@ def build_data(cfg: DictConfig) -> ClassificationData:
         image_size=d.image_size, mean=mean, std=std, batch_size=d.batch_size,
         eval_batch_size=d.eval_batch_size, crop_pad=d.crop_pad, flip=d.flip,
         num_workers=d.num_workers, download=d.download,
-        train_split=not cfg.method.data_free, classes=d.classes,
+        train_split=not is_data_free(cfg.method), classes=d.classes,
     )
     if stats is None:
         data.split("train")  # measures mean/std on the training images

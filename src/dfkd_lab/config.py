@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from typing import Any, Optional
 
 from hydra.core.config_store import ConfigStore
-from omegaconf import OmegaConf
+from omegaconf import MISSING, OmegaConf
 
 
 class ConfigError(ValueError):
@@ -74,37 +74,66 @@ class LossConfig:
 
 
 @dataclass
+class SynthesisConfig:
+    """The data-free loop (methods whose student never sees the training split): how many
+    synthetic batches an epoch has, their size, and how the student learns from them."""
+
+    steps_per_epoch: int = MISSING  # synthetic batches per epoch: each method sets it
+    batch_size: int = 256  # synthetic images per batch
+    student_steps: int = 1  # student updates per synthesized batch
+    warmup_epochs: int = 0  # epochs of synthesis only
+    # each student input moved up to this far (normalised pixels) toward where student and
+    # teacher disagree most (0 = off)
+    adversarial_eps: float = 0.0
+    follow_student_schedule: bool = False  # the synthesizer's optimisers follow the student's schedule
+    grad_clip: float = 0.0  # the student's gradient norm (0 = off)
+    collapse_patience: int = 200  # stop when every synthetic image is one class this many steps
+
+
+@dataclass
+class DFQConfig:
+    """DFQ's student ensemble and quantisation (methods.dfq)."""
+
+    students: int = 1  # size of the student ensemble; the first one is evaluated
+    quant_bits: int = 0  # fake-quantise the evaluated student to this many bits (0 = float)
+    quant_from: float = 0.5  # fraction of the epochs trained in float before fake quantisation
+
+
+@dataclass
+class ExportConfig:
+    """What a supervised teacher run (method=teacher) writes besides the run dir's zoo entry."""
+
+    zoo_name: Optional[str] = None  # also publish the result to paths.zoo_dir under this name
+    record_metadata: bool = False  # record activation statistics (Lopes) in the zoo entry
+
+
+@dataclass
 class MethodConfig:
+    """What every method has, plus one block per concern that only some methods read (each
+    method's module names the blocks it reads; validate.py refuses the others)."""
+
     name: str = "kd"
     module: str = "dfkd_lab.methods.kd.KnowledgeDistillation"
-    data_free: bool = False
     needs_bn: bool = False  # the teacher must have BatchNorm layers
     uses_teacher: bool = True  # false for supervised training (method=teacher, method=scratch)
     trains: str = "student"  # "teacher": the run trains the model named by the teacher group
     epochs: int = 20
-    steps_per_epoch: int = 0  # data-free: synthetic steps per epoch
-    batch_size: int = 256  # data-free: synthetic batch size
     optimizer: str = "sgd"
     lr: float = 0.05
     momentum: float = 0.9
     weight_decay: float = 1e-4
     schedule: str = "cosine"
-    schedule_synthesis: bool = False  # data-free: the synthesizer's optimisers follow the same schedule
-    student_steps: int = 1  # student updates per synthesized batch
-    # data-free: each student input moved up to this far (normalised pixels) toward where
-    # student and teacher disagree most (0 = off)
-    adversarial_eps: float = 0.0
-    warmup_epochs: int = 0  # epochs of synthesis only
-    grad_clip: float = 0.0
-    collapse_patience: int = 200  # stop when every synthetic image is one class this many steps
     channels_last: bool = False
     precision: str = "32-true"  # what trainer=default uses; trainer presets may override
-    synthesizer: Any = None
-    students: int = 1  # DFQ: size of the student ensemble; the first one is evaluated
-    quant_bits: int = 0  # DFQ: fake-quantise the evaluated student to this many bits (0 = float)
-    quant_from: float = 0.5  # DFQ: fraction of the epochs trained in float before fake quantisation
-    zoo_name: Optional[str] = None  # method=teacher: also publish the result to paths.zoo_dir
-    record_metadata: bool = False  # method=teacher: record activation statistics (Lopes) in the zoo entry
+    synthesis: Optional[SynthesisConfig] = None  # data-free methods
+    synthesizer: Any = None  # data-free methods: the synthesizer's _target_ and arguments
+    dfq: Optional[DFQConfig] = None  # method=dfq
+    export: Optional[ExportConfig] = None  # method=teacher
+
+
+def is_data_free(method) -> bool:
+    """A method is data-free when it runs the data-free loop: it has a synthesis block."""
+    return method.get("synthesis") is not None
 
 
 @dataclass

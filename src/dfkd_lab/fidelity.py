@@ -9,7 +9,7 @@ disagrees on its own transfer set needs a better fit first (more steps, another 
 
 For a teacher with BatchNorm, also the distance of each layer's batch statistics from the
 teacher's running statistics (the ``bn`` term synthesis minimises), over batches of the run's
-``method.batch_size``: real images show the floor sampling noise leaves, so a layer where the
+``method.synthesis.batch_size``: real images show the floor sampling noise leaves, so a layer where the
 synthetic images stay well above it is one the synthesis misses.
 
     python -m dfkd_lab.fidelity outputs/2026-11-25/12-00-00 [--checkpoint best]
@@ -91,7 +91,7 @@ def fidelity(run_dir, checkpoint: str = "last") -> list[tuple[str, int, float, f
              ("real test split", test_images)]
     has_bn = bool(bn_layers(teacher))
     return [(name, len(x), *agreement(teacher, student, x),
-             bn_distance(teacher, x, cfg.method.batch_size) if has_bn else None) for name, x in parts]
+             bn_distance(teacher, x, cfg.method.synthesis.batch_size) if has_bn else None) for name, x in parts]
 
 
 def main(argv=None):

@@ -23,7 +23,7 @@ from torch.ao.quantization.observer import (
 
 def qat_qconfig(bits: int) -> QConfig:
     if not 2 <= bits <= 8:
-        raise ValueError(f"method.quant_bits={bits}: choose 0 (float) or 2..8 bits")
+        raise ValueError(f"method.dfq.quant_bits={bits}: choose 0 (float) or 2..8 bits")
     activation = FakeQuantize.with_args(
         observer=MovingAverageMinMaxObserver, quant_min=0, quant_max=2**bits - 1,
         dtype=torch.quint8, qscheme=torch.per_tensor_affine,

@@ -49,7 +49,7 @@ from .methods.data_free import SynthesisDiverged
 from .provenance import provenance
 from .quiet import silence_known_noise
 from .resume import continue_command, resume_args
-from .validate import check_writable, validate
+from .validate import check_overrides, check_writable, validate
 from .zoo import TeacherError
 
 # The configs ship inside the package: Hydra reads them as the package's resources (CONF_PKG);
@@ -240,6 +240,17 @@ def hydra_main(cfg: DictConfig) -> float | None:
     return metrics.get(cfg.optimized_metric)
 
 
+def compose_train(overrides: list[str]) -> DictConfig:
+    """The run's config as ``dfkd-train <overrides>`` would compose it (for checks made before
+    Hydra starts)."""
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(CONF_DIR, version_base="1.3"):
+        return compose("train", overrides=[o for o in overrides if not o.startswith("hydra.")])
+
+
 def main():
     """``dfkd-train``: a ``resume=<run dir>`` brings back the run's own overrides, and the run dir
     must be writable, both checked before Hydra writes anything."""
@@ -249,6 +260,7 @@ def main():
         multirun = any(a in ("-m", "--multirun") for a in args)
         default = Path(os.environ.get("PROJECT_ROOT", ".")) / "outputs"  # conf/paths/default.yaml
         check_writable(given.get("hydra.sweep.dir" if multirun else "hydra.run.dir", default))
+        check_overrides(args, compose_train)
     except ConfigError as err:
         report_error(err)
         sys.exit(2)

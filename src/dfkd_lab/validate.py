@@ -6,16 +6,20 @@ import dataclasses
 import os
 from pathlib import Path
 
+import hydra
 import torch
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from .config import (
     ConfigError,
     DataConfig,
+    DFQConfig,
+    ExportConfig,
     LossConfig,
     MethodConfig,
     PathsConfig,
     StudentConfig,
+    SynthesisConfig,
     TeacherConfig,
     TrainConfig,
     TrainerConfig,
@@ -24,13 +28,27 @@ from .config import (
 # Groups with a schema: a key the schema does not have (e.g. ``+method.epochz=3``, which Hydra
 # itself suggests for a typo) would otherwise be accepted and never read.
 SCHEMAS = {"data": DataConfig, "teacher": TeacherConfig, "student": StudentConfig, "method": MethodConfig,
-           "loss": LossConfig, "paths": PathsConfig, "trainer": TrainerConfig}
+           "loss": LossConfig, "paths": PathsConfig, "trainer": TrainerConfig, "method.synthesis": SynthesisConfig,
+           "method.dfq": DFQConfig, "method.export": ExportConfig}
+# The method blocks only some methods read; each method's module says which (config_blocks).
+METHOD_BLOCKS = ("synthesis", "dfq", "export")
+
+# Keys that moved into a method block (docs/changelog.md): an old sweep fails naming the new key.
+MOVED = {f"method.{old}": f"method.{block}.{new}" for block, names in {
+    "synthesis": {"steps_per_epoch": "steps_per_epoch", "batch_size": "batch_size", "student_steps": "student_steps",
+                  "warmup_epochs": "warmup_epochs", "adversarial_eps": "adversarial_eps", "grad_clip": "grad_clip",
+                  "collapse_patience": "collapse_patience", "schedule_synthesis": "follow_student_schedule"},
+    "dfq": {"students": "students", "quant_bits": "quant_bits", "quant_from": "quant_from"},
+    "export": {"zoo_name": "zoo_name", "record_metadata": "record_metadata"},
+}.items() for old, new in names.items()}
+MOVED["method.data_free"] = "method.synthesis (a method is data-free when it has that block)"
 
 # (key, smallest allowed value): counts and sizes a run cannot work without.
 AT_LEAST = [
-    ("method.epochs", 1), ("method.batch_size", 1), ("method.student_steps", 1),
-    ("method.students", 1), ("method.warmup_epochs", 0), ("method.collapse_patience", 0),
-    ("method.grad_clip", 0), ("method.quant_bits", 0), ("method.steps_per_epoch", 0),
+    ("method.epochs", 1), ("method.synthesis.steps_per_epoch", 1), ("method.synthesis.batch_size", 1),
+    ("method.synthesis.student_steps", 1), ("method.synthesis.warmup_epochs", 0),
+    ("method.synthesis.collapse_patience", 0), ("method.synthesis.grad_clip", 0),
+    ("method.synthesis.adversarial_eps", 0), ("method.dfq.students", 1), ("method.dfq.quant_bits", 0),
     ("data.batch_size", 1), ("data.eval_batch_size", 1), ("data.num_classes", 1), ("data.channels", 1),
     ("data.image_size", 1), ("data.num_workers", 0), ("data.crop_pad", 0),
     ("trainer.log_every_n_steps", 1), ("trainer.num_nodes", 1), ("trainer.accumulate_grad_batches", 1),
@@ -44,7 +62,7 @@ GPU_ACCELERATORS = ("gpu", "cuda")
 def _get(cfg: DictConfig, key: str):
     node = cfg
     for part in key.split("."):
-        if node is None or part not in node:
+        if node is None or part not in node or OmegaConf.is_missing(node, part):
             return None
         node = node[part]
     return node
@@ -54,8 +72,32 @@ def unknown_keys(cfg: DictConfig) -> list[str]:
     found = [k for k in cfg if k not in {f.name for f in dataclasses.fields(TrainConfig)}]
     for group, schema in SCHEMAS.items():
         fields = {f.name for f in dataclasses.fields(schema)}
-        found += [f"{group}.{k}" for k in cfg.get(group) or {} if k not in fields]
+        found += [f"{group}.{k}" for k in _get(cfg, group) or {} if k not in fields]
     return found
+
+
+def block_problems(method: DictConfig) -> list[str]:
+    """The method's module reads exactly the blocks it is given: a block it needs is asked for,
+    one it would ignore (``method.dfq`` on a kd run) is refused rather than silently unused."""
+    try:
+        module = hydra.utils.get_class(method.module)
+    except Exception as err:  # noqa: BLE001 - any import failure is the user's module path
+        return [f"method.module={method.module} cannot be imported ({err})"]
+    if not hasattr(module, "config_blocks"):
+        return [f"method.module={method.module} is not a method (a DistillationModule subclass)"]
+    reads = set(module.config_blocks(method))
+    out = []
+    for block in METHOD_BLOCKS:
+        given = method.get(block) is not None
+        if block in reads and not given:
+            out.append(f"method={method.name} ({module.__name__}) needs a method.{block} block; "
+                       f"see {SCHEMAS[f'method.{block}'].__name__} in dfkd_lab/config.py for its keys")
+        elif given and block not in reads:
+            out.append(f"method.{block} is set but method={method.name} ({module.__name__}) does not read it; "
+                       f"remove it (this method reads: {', '.join(sorted(reads)) or 'the common keys only'})")
+        elif given:
+            out += [f"method.{block}.{key} is not set" for key in method[block] if OmegaConf.is_missing(method[block], key)]
+    return out
 
 
 def problems(cfg: DictConfig) -> list[str]:
@@ -68,9 +110,7 @@ def problems(cfg: DictConfig) -> list[str]:
         value = _get(cfg, key)
         if isinstance(value, int) and value < 1 and value != -1:
             out.append(f"{key}={value} must be a positive count (or -1 for no limit)")
-    if cfg.method.data_free and cfg.method.steps_per_epoch < 1:
-        out.append(f"method.steps_per_epoch={cfg.method.steps_per_epoch}: a data-free method needs >= 1 "
-                   "synthetic steps per epoch")
+    out += block_problems(cfg.method)
     if cfg.method.lr <= 0:
         out.append(f"method.lr={cfg.method.lr} must be > 0")
     for split in ("train", "val", "test"):
@@ -82,6 +122,32 @@ def problems(cfg: DictConfig) -> list[str]:
         out.append(f"trainer.accelerator={accelerator} but this machine has no usable GPU; "
                    "use trainer=cpu (or trainer=default, which picks whatever is present)")
     return out
+
+
+def override_key(arg: str) -> str:
+    return arg.split("=", 1)[0].lstrip("+~")
+
+
+def check_overrides(args: list[str], compose) -> None:
+    """Command-line overrides Hydra would reject with a traceback rather than a sentence: a key
+    that moved into a method block, and a key of a block the chosen method does not have
+    (``method=kd method.synthesis.batch_size=64``). ``compose(overrides)`` composes the train
+    config; it is only called when a block key is given."""
+    keys = [override_key(a) for a in args if "=" in a and not a.startswith("-")]
+    found = [f"{key} is now {MOVED[key]}" for key in keys if key in MOVED]
+    block_keys = [k for k in keys if k.split(".")[:2] in [["method", b] for b in METHOD_BLOCKS] and k.count(".") >= 2]
+    if block_keys and not any(a in ("-m", "--multirun") for a in args):
+        others = [a for a in args if "=" in a and not a.startswith("-") and override_key(a) not in block_keys]
+        try:
+            method = compose(others).method
+        except Exception:  # noqa: BLE001 - Hydra reports bad overrides itself, in its own words
+            method = None
+        for key in block_keys if method is not None else ():
+            block = key.split(".")[1]
+            if method.get(block) is None:
+                found.append(f"{key}: method={method.name} has no method.{block} block, so nothing would read it")
+    if found:
+        raise ConfigError("; ".join(found))
 
 
 def validate(cfg: DictConfig):

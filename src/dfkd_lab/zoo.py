@@ -3,7 +3,7 @@
 An entry is ``<name>.json`` beside ``<name>.pt``, in one of two folders: the teachers shipped
 inside the package (read through importlib.resources, never written) and the user's own zoo,
 ``paths.zoo_dir`` (``./checkpoints`` of the current directory by default), where
-``method=teacher method.zoo_name=NAME`` publishes. A name means one entry: it may not be in both.
+``method=teacher method.export.zoo_name=NAME`` publishes. A name means one entry: it may not be in both.
 """
 
 import hashlib

@@ -53,6 +53,12 @@ class DistillationModule(pl.LightningModule):
     #: loss terms this method understands (names in ``loss.weights``), in the order they are summed
     loss_terms: tuple = ()
 
+    @classmethod
+    def config_blocks(cls, method) -> tuple:
+        """The ``method.<block>`` configs (config.py) this method reads, beyond the common keys:
+        validate.py asks for each of them and refuses any other before the run starts."""
+        return ()
+
     def __init__(self, student: nn.Module, method, loss, num_classes: int, teacher: nn.Module | None = None):
         super().__init__()
         self.student = student

@@ -75,10 +75,14 @@ class StepStream(IterableDataset):
 class DataFreeDistillation(DistillationModule):
     student_terms = ("kd", "soft", "l1", "at")
 
+    @classmethod
+    def config_blocks(cls, method) -> tuple:
+        return ("synthesis",)
+
     def __init__(self, student, method, loss, num_classes, teacher, synthesizer, image_shape,
                  value_range, seed: int = 0):
-        if method.adversarial_eps < 0:
-            raise ConfigError(f"method.adversarial_eps={method.adversarial_eps}: give a step size >= 0 (0 = off)")
+        if method.synthesis.adversarial_eps < 0:
+            raise ConfigError(f"method.synthesis.adversarial_eps={method.synthesis.adversarial_eps}: give a step size >= 0 (0 = off)")
         self.synthesizer_terms = synthesizer.terms
         super().__init__(student, method, loss, num_classes, teacher)
         synthesizer.setup(image_shape, num_classes, value_range, teacher)
@@ -106,9 +110,9 @@ class DataFreeDistillation(DistillationModule):
         return module
 
     def train_dataloader_from(self, data):
-        if self.method.steps_per_epoch < 1:
-            raise ValueError("method.steps_per_epoch must be >= 1 for a data-free method")
-        return DataLoader(StepStream(self.method.steps_per_epoch), batch_size=None)
+        if self.method.synthesis.steps_per_epoch < 1:
+            raise ValueError("method.synthesis.steps_per_epoch must be >= 1 for a data-free method")
+        return DataLoader(StepStream(self.method.synthesis.steps_per_epoch), batch_size=None)
 
     # --- set-up ---------------------------------------------------------------------------
     def setup(self, stage=None):
@@ -118,11 +122,11 @@ class DataFreeDistillation(DistillationModule):
 
     def configure_optimizers(self):
         """The student's optimiser first, then the synthesizer's. With
-        ``method.schedule_synthesis`` the synthesizer's learning rates follow the student's
+        ``method.synthesis.follow_student_schedule`` the synthesizer's learning rates follow the student's
         schedule: an adversarial generator at full rate outruns a student whose rate has decayed."""
         student_opt = build_optimizer(self.student_parameters(), self.method)
         synth_opts = self.synthesizer.build_optimizers()
-        scheduled = [student_opt, *(synth_opts if self.method.schedule_synthesis else [])]
+        scheduled = [student_opt, *(synth_opts if self.method.synthesis.follow_student_schedule else [])]
         steps = self.total_student_steps()
         return [student_opt, *synth_opts], [build_schedule(opt, self.method, steps) for opt in scheduled]
 
@@ -130,9 +134,9 @@ class DataFreeDistillation(DistillationModule):
         batches = self.trainer.estimated_stepping_batches  # training batches, at most max_steps
         epochs = max(1, self.trainer.max_epochs or 1)
         if not math.isfinite(batches):
-            batches = self.method.steps_per_epoch * epochs
-        trained = batches * max(0, epochs - self.method.warmup_epochs) / epochs
-        steps = int(trained * self.method.student_steps)
+            batches = self.method.synthesis.steps_per_epoch * epochs
+        trained = batches * max(0, epochs - self.method.synthesis.warmup_epochs) / epochs
+        steps = int(trained * self.method.synthesis.student_steps)
         if self.trainer.max_steps not in (None, -1):
             steps = min(steps, self.trainer.max_steps)  # max_steps counts student updates too
         return max(1, steps)
@@ -143,7 +147,7 @@ class DataFreeDistillation(DistillationModule):
             teacher=self.teacher, student=self.student, weights=self.weights,
             backward=self.manual_backward, optimizers=[UncountedOptimizer(o.optimizer, self) for o in synth_opts],
             cost=self.cost,
-            device=self.device, batch_size=self.method.batch_size,
+            device=self.device, batch_size=self.method.synthesis.batch_size,
             temperature=self.loss_cfg.temperature, epoch=self.current_epoch,
         )
 
@@ -162,10 +166,10 @@ class DataFreeDistillation(DistillationModule):
         self.cost.add(synthesis_s=self._last_round_s)
         self._check_finite(terms, "synthesis")
         self.log_dict({f"synth/{k}": v for k, v in terms.items()})
-        if self.current_epoch < self.method.warmup_epochs:
+        if self.current_epoch < self.method.synthesis.warmup_epochs:
             return
         start = time.perf_counter()
-        for _ in range(self.method.student_steps):
+        for _ in range(self.method.synthesis.student_steps):
             terms, t_logits = self._student_step(student_opt, ctx)
         self._sync()
         self.cost.add(kd_s=time.perf_counter() - start)
@@ -212,11 +216,11 @@ class DataFreeDistillation(DistillationModule):
         torch.set_rng_state(snapshot["rng"])
 
     def _student_step(self, opt, ctx):
-        batch = self.synthesizer.batch(self.method.batch_size, ctx)
+        batch = self.synthesizer.batch(self.method.synthesis.batch_size, ctx)
         images, t_logits = batch.images, batch.teacher_logits
-        if self.method.adversarial_eps:
+        if self.method.synthesis.adversarial_eps:
             images = self.synthesizer.clip(adversarial_push(
-                images, self.teacher, self.student, self.method.adversarial_eps,
+                images, self.teacher, self.student, self.method.synthesis.adversarial_eps,
                 self.loss_cfg.temperature, generator=self.synthesizer.rng))
             self.cost.add(teacher_forwards=1)
             t_logits = None  # the teacher labels the moved images
@@ -237,8 +241,8 @@ class DataFreeDistillation(DistillationModule):
         self._check_finite({"student": loss}, "the student update")
         opt.zero_grad()
         self.manual_backward(loss)
-        if self.method.grad_clip:
-            self.clip_gradients(opt, gradient_clip_val=self.method.grad_clip, gradient_clip_algorithm="norm")
+        if self.method.synthesis.grad_clip:
+            self.clip_gradients(opt, gradient_clip_val=self.method.synthesis.grad_clip, gradient_clip_algorithm="norm")
         opt.step()
         for schedule in as_list(self.lr_schedulers()):
             schedule.step()
@@ -262,7 +266,7 @@ class DataFreeDistillation(DistillationModule):
         counts = torch.bincount(t_logits.argmax(1), minlength=t_logits.shape[1]).float()
         frac_max = counts.max() / counts.sum()
         self.log("synth/class_frac_max", frac_max)
-        patience = self.method.collapse_patience
+        patience = self.method.synthesis.collapse_patience
         self._collapsed_rounds = self._collapsed_rounds + 1 if frac_max >= 1.0 else 0
         if patience and self._collapsed_rounds >= patience:
             raise SynthesisDiverged(

@@ -2,12 +2,12 @@
 
 The loop is DataFreeDistillation's; what differs:
 
-- a student ensemble (``method.students``): the first student is the one evaluated and
+- a student ensemble (``method.dfq.students``): the first student is the one evaluated and
   shipped, the others are float peers trained by KD on the same batches. The generator's
   adversarial term averages over all of them, so it seeks images that any student still
   gets wrong (the generator ensemble is ``synthesizer.n_generators``);
-- the evaluated student is fake-quantised (``method.quant_bits``: 8 or 4, 0 keeps it float)
-  for the epochs after ``method.quant_from`` of them (float before), and converted to a real int8 model for the test, which reports both
+- the evaluated student is fake-quantised (``method.dfq.quant_bits``: 8 or 4, 0 keeps it float)
+  for the epochs after ``method.dfq.quant_from`` of them (float before), and converted to a real int8 model for the test, which reports both
   accuracies and both model sizes.
 """
 
@@ -50,17 +50,21 @@ def fresh_copy(model: nn.Module) -> nn.Module:
 
 
 class DFQDistillation(DataFreeDistillation):
+    @classmethod
+    def config_blocks(cls, method) -> tuple:
+        return ("synthesis", "dfq")
+
     def __init__(self, student, method, loss, num_classes, teacher, synthesizer, image_shape,
                  value_range, seed: int = 0):
-        if method.students < 1:
-            raise ConfigError(f"method.students={method.students}: need at least the evaluated student (1)")
-        if not 0 <= method.quant_from < 1:
-            raise ConfigError(f"method.quant_from={method.quant_from}: give the float fraction of the epochs, in [0, 1)")
+        if method.dfq.students < 1:
+            raise ConfigError(f"method.dfq.students={method.dfq.students}: need at least the evaluated student (1)")
+        if not 0 <= method.dfq.quant_from < 1:
+            raise ConfigError(f"method.dfq.quant_from={method.dfq.quant_from}: give the float fraction of the epochs, in [0, 1)")
         float_student = student
-        if method.quant_bits:
-            student = prepare_qat(student, method.quant_bits, torch.zeros(2, *image_shape))
+        if method.dfq.quant_bits:
+            student = prepare_qat(student, method.dfq.quant_bits, torch.zeros(2, *image_shape))
         super().__init__(student, method, loss, num_classes, teacher, synthesizer, image_shape, value_range, seed)
-        self.peers = nn.ModuleList(fresh_copy(float_student) for _ in range(method.students - 1))
+        self.peers = nn.ModuleList(fresh_copy(float_student) for _ in range(method.dfq.students - 1))
         self.float_bytes = model_bytes(float_student)
         self.int8_acc = MulticlassAccuracy(num_classes, average="micro")
         self._int8 = ()  # (converted model,) during testing; a tuple keeps it out of the state dict
@@ -83,7 +87,7 @@ class DFQDistillation(DataFreeDistillation):
         # Quantisation ranges are learned from synthetic images only: freezing the observers
         # outside training keeps the real test images from calibrating the quantiser.
         super().train(mode)
-        if self.method.quant_bits:
+        if self.method.dfq.quant_bits:
             self.student.apply(enable_observer if mode else disable_observer)
         return self
 
@@ -91,13 +95,13 @@ class DFQDistillation(DataFreeDistillation):
         # Float first, then quantisation-aware: from the start, fake quantisation slowed the
         # student down (56% vs 67% float in a 1000-step probe); the observers still learn the
         # ranges during the float phase.
-        if self.method.quant_bits:
-            quantise = self.current_epoch >= int(self.method.quant_from * self.trainer.max_epochs)
+        if self.method.dfq.quant_bits:
+            quantise = self.current_epoch >= int(self.method.dfq.quant_from * self.trainer.max_epochs)
             self.student.apply(enable_fake_quant if quantise else disable_fake_quant)
 
     # --- the int8 model ---------------------------------------------------------------------
     def on_test_start(self):
-        if self.method.quant_bits:
+        if self.method.dfq.quant_bits:
             self._int8 = (to_int8(self.student),)
 
     def test_step(self, batch, batch_idx):
@@ -113,5 +117,5 @@ class DFQDistillation(DataFreeDistillation):
             self.int8_acc.reset()
             self.log("quant/int8_bytes", float(model_bytes(self._int8[0])))
             self.log("quant/float_bytes", float(self.float_bytes))
-            self.log("quant/bits", float(self.method.quant_bits))
+            self.log("quant/bits", float(self.method.dfq.quant_bits))
             self._int8 = ()

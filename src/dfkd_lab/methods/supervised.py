@@ -25,23 +25,27 @@ class SupervisedTraining(DistillationModule):
     loss_terms = ("ce",)
 
     @classmethod
+    def config_blocks(cls, method) -> tuple:
+        return ("export",) if method.trains == "teacher" else ()
+
+    @classmethod
     def from_config(cls, cfg, student, teacher, data):
         module = cls(student, cfg.method, cfg.loss, data.num_classes, teacher)
         if cfg.method.trains == "teacher":
-            if cfg.method.zoo_name in zoo_names(cfg.paths.zoo_dir):
+            if cfg.method.export.zoo_name in zoo_names(cfg.paths.zoo_dir):
                 raise ConfigError(
-                    f"method.zoo_name={cfg.method.zoo_name}: that zoo entry already exists (shipped, or "
+                    f"method.export.zoo_name={cfg.method.export.zoo_name}: that zoo entry already exists (shipped, or "
                     f"in paths.zoo_dir={cfg.paths.zoo_dir}) and would be overwritten; pick another name, "
                     "or delete that entry first to replace it (the run dir always gets its own copy)"
                 )
             module.zoo_dir = Path(cfg.paths.zoo_dir)
             module.zoo_entry = {
-                "name": cfg.method.zoo_name or f"{cfg.teacher.arch}_{data.name}",
+                "name": cfg.method.export.zoo_name or f"{cfg.teacher.arch}_{data.name}",
                 "arch": cfg.teacher.arch, "dataset": data.name, "num_classes": data.num_classes,
                 "in_channels": data.channels, "input_size": data.image_size,
                 "mean": list(data.mean), "std": list(data.std), "command": run_command(),
             }
-            if cfg.method.record_metadata:
+            if cfg.method.export.record_metadata:
                 module.metadata_split = data.split("train")
         return module
 
@@ -60,7 +64,7 @@ class SupervisedTraining(DistillationModule):
 
     def on_run_end(self, output_dir, metrics):
         """A trained teacher becomes a zoo entry in the run dir (and in ``paths.zoo_dir`` when
-        ``method.zoo_name`` is set)."""
+        ``method.export.zoo_name`` is set)."""
         if not hasattr(self, "zoo_entry"):
             return
         name = self.zoo_entry["name"]
@@ -69,6 +73,6 @@ class SupervisedTraining(DistillationModule):
         entry = ZooEntry(**self.zoo_entry, file=weights.name, sha256=sha256(weights),
                          test_acc=round(metrics.get("test/acc", 0.0), 4), metadata=self.record_metadata())
         entry.save(Path(output_dir))
-        if self.method.zoo_name:
+        if self.method.export.zoo_name:
             atomic_write(self.zoo_dir / weights.name, lambda tmp: shutil.copy(weights, tmp), "teacher weights")
             entry.save(self.zoo_dir)

@@ -86,7 +86,7 @@ class ActivationMetadata(Objective):
     def load(self, metadata: dict | None, name: str = "the teacher"):
         if not metadata:
             raise ConfigError(f"teacher.zoo={name} has no recorded activation metadata: run "
-                              f"`python -m dfkd_lab.record_metadata {name}` (or train it with method.record_metadata=true)")
+                              f"`python -m dfkd_lab.record_metadata {name}` (or train it with method.export.record_metadata=true)")
         self.layers = list(metadata["layers"])
         for i, layer in enumerate(self.layers):
             stats = metadata["layers"][layer]
