@@ -97,8 +97,9 @@ def shrink(cfg):
     """A few steps of everything: tiny batches, one synthesis iteration where there are many."""
     with open_dict(cfg):
         cfg.data.batch_size = cfg.data.eval_batch_size = 8
-        cfg.method.epochs, cfg.method.synthesis.warmup_epochs = 1, 0
-        cfg.method.synthesis.steps_per_epoch, cfg.method.synthesis.batch_size, cfg.method.synthesis.student_steps = 1, 4, 1
+        cfg.method.epochs = 1
+        if cfg.method.synthesis is not None:
+            cfg.method.synthesis.merge_with({"warmup_epochs": 0, "steps_per_epoch": 1, "batch_size": 4, "student_steps": 1})
         synth = cfg.method.synthesizer or {}
         for key, small in {"iterations": 2, "bank_size": 64, "negatives": 8, "g_steps": 1}.items():
             if key in synth:
