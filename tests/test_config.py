@@ -9,6 +9,7 @@ from hydra.core.global_hydra import GlobalHydra
 from hydra.errors import ConfigCompositionException
 from omegaconf import MISSING, OmegaConf
 
+from dfkd_lab.build import trainer_kwargs
 from dfkd_lab.config import ConfigError, DFQConfig, is_data_free
 from dfkd_lab.train import CONF_DIR
 from dfkd_lab.validate import METHOD_BLOCKS, block_problems, check_overrides
@@ -123,3 +124,10 @@ def test_old_keys_and_keys_of_an_absent_block_fail_on_the_command_line():
     with pytest.raises(ConfigError, match=r"method.synthesis.batch_size: method=kd has no method.synthesis block"):
         check_overrides(["method=kd", "method.synthesis.batch_size=64"], composer)
     check_overrides(["method=dafl", "method.synthesis.batch_size=64"], composer)  # a block it has
+
+
+def test_a_data_free_run_logs_every_synthesis_round_when_an_epoch_has_few():
+    """deepinversion has 6 rounds an epoch: the default interval (10) would log once an epoch."""
+    assert trainer_kwargs(compose_train("method=deepinversion"))["log_every_n_steps"] == 6
+    assert trainer_kwargs(compose_train("method=dafl"))["log_every_n_steps"] == 10
+    assert trainer_kwargs(compose_train("method=kd"))["log_every_n_steps"] == 10

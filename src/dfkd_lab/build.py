@@ -269,6 +269,10 @@ def trainer_kwargs(cfg: DictConfig) -> dict:
             # spawn pickles the in-memory test split to every process; torch's default sharing
             # (file descriptors) fails with "unable to resize file" in some containers
             torch.multiprocessing.set_sharing_strategy("file_system")
+    if is_data_free(cfg.method) and "log_every_n_steps" in kwargs:
+        # a data-free training batch is a whole synthesis round (student_steps updates): an
+        # interval longer than the epoch's rounds would log training metrics once an epoch
+        kwargs["log_every_n_steps"] = min(kwargs["log_every_n_steps"], cfg.method.synthesis.steps_per_epoch)
     kwargs["plugins"] = [AtomicCheckpointIO()]
     return kwargs
 
