@@ -103,8 +103,8 @@ def test_a_block_the_method_ignores_or_lacks_is_named():
     kd = compose_train("method=kd")
     kd.method.dfq = DFQConfig(students=2)
     assert block_problems(kd.method) == [
-        "method.dfq is set but method=kd (KnowledgeDistillation) does not read it; "
-        "remove it (this method reads: the common keys only)"]
+        ("method.dfq is set but method=kd (KnowledgeDistillation) does not read it; "
+         "remove it (this method reads: the common keys only)")]
     dfq = compose_train("method=dfq")
     dfq.method.dfq = None
     assert block_problems(dfq.method) == [
