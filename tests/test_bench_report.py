@@ -190,6 +190,22 @@ def test_provenance_names_machine_and_commit():
     assert commit is None or len(commit.removesuffix("-dirty")) == 12
 
 
+def test_a_run_records_the_commit_it_started_from(compose_cfg, monkeypatch):
+    """A commit made while a run trains (hours, on CIFAR) must not be credited with its result."""
+    import dfkd_lab.train as train
+
+    head = {"run/commit": "started-here"}
+    monkeypatch.setattr(train, "provenance", lambda: dict(head))
+    build_module = train.build_module
+
+    def build_then_commit(*args):
+        head["run/commit"] = "committed-meanwhile"
+        return build_module(*args)
+
+    monkeypatch.setattr(train, "build_module", build_then_commit)
+    assert train.run(compose_cfg("method=kd"))["run/commit"] == "started-here"
+
+
 def test_teacher_pass_budget_stops_at_the_count():
     budget = TeacherPassBudget(max_passes=5)
     trainer = SimpleNamespace(should_stop=False)

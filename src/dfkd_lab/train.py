@@ -99,6 +99,7 @@ def run(cfg: DictConfig, clock: WallClock | None = None) -> dict:
     clock = clock or WallClock()
     output_dir = Path(cfg.paths.output_dir)
     validate(cfg)
+    machine_and_commit = provenance()  # the code that runs is the code at the start
     ckpt_path = resume_checkpoint(cfg, output_dir, clock)
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
     data = build_data(cfg)
@@ -127,7 +128,7 @@ def run(cfg: DictConfig, clock: WallClock | None = None) -> dict:
         metrics["test/acc_best"] = metrics["val/acc_best"]  # validation runs on the real test split
     metrics["time/total_s"] = clock.elapsed()
     metrics.update(peak_memory())
-    metrics.update(provenance())
+    metrics.update(machine_and_commit)
     metrics.update(largest_checkpoint(trainer))
     if trainer.is_global_zero:
         module.on_run_end(output_dir, metrics)
