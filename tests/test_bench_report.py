@@ -206,6 +206,15 @@ def test_a_run_records_the_commit_it_started_from(compose_cfg, monkeypatch):
     assert train.run(compose_cfg("method=kd"))["run/commit"] == "started-here"
 
 
+def test_a_teacher_run_is_listed_under_the_network_it_trains(tmp_path):
+    run_dir = fake_run(tmp_path / "t", "teacher", {"test/acc": 0.9}, uses_teacher=False)
+    config = yaml.safe_load((run_dir / ".hydra" / "config.yaml").read_text())
+    config["method"]["trains"], config["teacher"] = "teacher", {"zoo": None, "arch": "resnet34"}
+    (run_dir / ".hydra" / "config.yaml").write_text(yaml.safe_dump(config))
+    row = report.run_row(report.load_run(run_dir))
+    assert (row["teacher"], row["student"]) == (None, "resnet34")
+
+
 def test_teacher_pass_budget_stops_at_the_count():
     budget = TeacherPassBudget(max_passes=5)
     trainer = SimpleNamespace(should_stop=False)

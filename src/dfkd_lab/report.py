@@ -179,7 +179,10 @@ def run_row(run: Run, root: Path | None = None) -> dict:
            "student": _network_name(run.config.get("student")), "seed": run.config.get("seed"),
            "status": run.status,
            "run": str(run.dir.relative_to(root)) if root and run.dir.is_relative_to(root) else str(run.dir)}
-    if (run.config.get("method") or {}).get("uses_teacher") is False:
+    method = run.config.get("method") or {}
+    if method.get("trains") == "teacher":  # the teacher group names the network this run trains
+        out["student"] = out["teacher"]
+    if method.get("uses_teacher") is False:
         out["teacher"] = None
     for key, (name, scale) in METRICS.items():
         if isinstance(run.metrics.get(key), (int, float)):
