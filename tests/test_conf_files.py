@@ -133,7 +133,7 @@ def test_experiment_preset_builds_its_module_and_synthesizer(preset, tmp_path, r
     datasets are the few random images of ``few_cifar_images``."""
     cfg = compose_config([f"experiment={preset}", *FAST], output_dir=tmp_path / "run")
     overrides = [f"experiment={preset}", *FAST]
-    if cfg.method.uses_teacher and cfg.method.trains == "student":
+    if cfg.method.uses_teacher and cfg.method.trains == "student" and cfg.teacher.zoo is None:
         ckpt = random_teachers(cfg.teacher.arch, cfg.data.num_classes, cfg.data.channels)
         overrides += [f"teacher.ckpt={ckpt}", "teacher.sha256=null"]
         cfg = compose_config(overrides, output_dir=tmp_path / "run")
