@@ -34,13 +34,9 @@ SCHEMAS = {"data": DataConfig, "teacher": TeacherConfig, "student": StudentConfi
 METHOD_BLOCKS = ("synthesis", "dfq", "export")
 
 # Keys that moved into a method block (docs/changelog.md): an old sweep fails naming the new key.
-MOVED = {f"method.{old}": f"method.{block}.{new}" for block, names in {
-    "synthesis": {"steps_per_epoch": "steps_per_epoch", "batch_size": "batch_size", "student_steps": "student_steps",
-                  "warmup_epochs": "warmup_epochs", "adversarial_eps": "adversarial_eps", "grad_clip": "grad_clip",
-                  "collapse_patience": "collapse_patience", "schedule_synthesis": "follow_student_schedule"},
-    "dfq": {"students": "students", "quant_bits": "quant_bits", "quant_from": "quant_from"},
-    "export": {"zoo_name": "zoo_name", "record_metadata": "record_metadata"},
-}.items() for old, new in names.items()}
+MOVED = {f"method.{f.name}": f"method.{block}.{f.name}"
+         for block in METHOD_BLOCKS for f in dataclasses.fields(SCHEMAS[f"method.{block}"])}
+MOVED["method.schedule_synthesis"] = MOVED.pop("method.follow_student_schedule")  # renamed as it moved
 MOVED["method.data_free"] = "method.synthesis (a method is data-free when it has that block)"
 
 # (key, smallest allowed value): counts and sizes a run cannot work without.
