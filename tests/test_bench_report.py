@@ -192,7 +192,7 @@ def test_provenance_names_machine_and_commit():
 
 def test_a_run_records_the_commit_it_started_from(compose_cfg, monkeypatch):
     """A commit made while a run trains (hours, on CIFAR) must not be credited with its result."""
-    import dfkd_lab.train as train
+    from dfkd_lab import train
 
     head = {"run/commit": "started-here"}
     monkeypatch.setattr(train, "provenance", lambda: dict(head))
