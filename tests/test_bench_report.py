@@ -27,7 +27,8 @@ MACHINE = {"machine/cpu": "Test CPU 9000", "machine/cpus": 2, "machine/threads":
 def fake_run(path, method, metrics, curve=(), samples=False, uses_teacher=True, seed=0, overrides=(),
              max_time=None):
     (path / ".hydra").mkdir(parents=True)
-    config = {"method": {"name": method, "uses_teacher": uses_teacher}, "data": {"name": "fashion_mnist"},
+    synthesis = {"steps_per_epoch": 10} if uses_teacher else None  # data-free where a teacher is used
+    config = {"method": {"name": method, "uses_teacher": uses_teacher, "synthesis": synthesis}, "data": {"name": "fashion_mnist"},
               "teacher": {"zoo": "lenet5_fmnist", "arch": None}, "student": {"arch": "lenet5_half"},
               "seed": seed, "trainer": {"max_time": max_time}}
     (path / ".hydra" / "config.yaml").write_text(yaml.safe_dump(config))
@@ -69,7 +70,7 @@ def by_differs(rows, method):
 
 
 def test_seed_aggregation_matches_hand_computed_mean_and_std(runs, tmp_path):
-    rows, table = report.write_report([runs], tmp_path / "out", stem="benchmark")
+    rows, table, _ = report.write_report([runs], tmp_path / "out", stem="benchmark")
     dafl = by_differs(rows, "dafl")
     plain, oh = dafl[""], dafl["loss.weights.oh=0.5"]
     assert plain["seeds"] == "0,1,2" and plain["n"] == 3  # the killed seed 3 is not averaged
@@ -85,8 +86,8 @@ def test_seed_aggregation_matches_hand_computed_mean_and_std(runs, tmp_path):
     assert plain["acc_q2_mean"] == pytest.approx(60.0)
     assert oh["n"] == 1 and oh["acc_mean"] == pytest.approx(50.0) and oh["acc_std"] is None
     assert by_differs(rows, "scratch")[""]["teacher_acc_mean"] is None
-    assert "| dafl | fashion_mnist | lenet5_fmnist | lenet5_half | - | 0,1,2 | 73.00 ± 3.61 | 74.00 ± 3.61 |" in table
-    assert "| dafl | fashion_mnist | lenet5_fmnist | lenet5_half | loss.weights.oh=0.5 | 0 | 50.00 |" in table
+    assert "| dafl | synthetic | fashion_mnist | lenet5_fmnist | lenet5_half | - | 0,1,2 | 73.00 ± 3.61 | 74.00 ± 3.61 |" in table
+    assert "| dafl | synthetic | fashion_mnist | lenet5_fmnist | lenet5_half | loss.weights.oh=0.5 | 0 | 50.00 |" in table
 
 
 def test_tables_on_disk_carry_header_runs_and_status(runs, tmp_path):
@@ -99,8 +100,45 @@ def test_tables_on_disk_carry_header_runs_and_status(runs, tmp_path):
     saved = json.loads((out / "benchmark.json").read_text())
     assert saved["header"]["commit"] == ["abc123def456"] and len(saved["rows"]) == 3 and len(saved["runs"]) == 6
     lines = (out / "benchmark.csv").read_text().splitlines()
-    assert lines[0].startswith("method,data,teacher,student,differs,seeds,n,status,acc_mean,acc_std")
-    assert len(lines) == 4 and lines[1].startswith('dafl,fashion_mnist,lenet5_fmnist,lenet5_half,,"0,1,2",3,')
+    assert lines[0].startswith("method,transfer,data,teacher,student,differs,seeds,n,status,acc_mean,acc_std")
+    assert len(lines) == 4 and lines[1].startswith('dafl,synthetic,fashion_mnist,lenet5_fmnist,lenet5_half,,"0,1,2",3,')
+    assert lines[3].startswith("scratch,real data,")
+
+
+def test_transfer_column_tells_synthetic_proxy_and_real_data_apart():
+    assert report.transfer_data({"method": {"synthesis": {"steps_per_epoch": 5}}}) == "synthetic"
+    assert report.transfer_data({"method": {"synthesis": {"steps_per_epoch": 5}},
+                                 "proxy": {"name": "cifar10", "classes": [5, 6]}}) == "proxy cifar10 classes 5,6"
+    assert report.transfer_data({"method": {"synthesis": None}, "proxy": None}) == "real data"
+
+
+README = "# Tool\n\nintro\n\n<!-- dfkd-report benchmark -->\nold figures\n<!-- /dfkd-report benchmark -->\n\nrest\n"
+
+
+def test_readme_headline_replaces_only_its_block_and_ranks_rows(runs, tmp_path):
+    readme = tmp_path / "README.md"
+    readme.write_text(README)
+    (runs / "command.txt").write_text("dfkd-bench budget_s=100 name=x")
+    report.main([str(runs), "-o", str(tmp_path / "docs" / "results"), "--stem", "benchmark", "--readme", str(readme)])
+    text = readme.read_text()
+    assert text.startswith("# Tool\n\nintro\n\n<!-- dfkd-report benchmark -->\n") and text.endswith(
+        "<!-- /dfkd-report benchmark -->\n\nrest\n") and "old figures" not in text
+    assert "Test CPU 9000 (2 CPUs, 1 threads), GPU: none, commit abc123def456; mean ± std over seeds 0, 1, 2" in text
+    assert "```bash\ndfkd-bench budget_s=100 name=x\n```" in text
+    assert "[docs/results/benchmark.md](docs/results/benchmark.md)" in text
+    table = [line for line in text.splitlines() if line.startswith("| ") and "method" not in line]
+    # by final accuracy: scratch 88, dafl 73 over seeds 0-2 (std of 70, 72, 77), dafl with oh=0.5 at 50
+    assert [line.split(" | ")[0] for line in table] == ["| scratch", "| dafl", "| dafl (loss.weights.oh=0.5)"]
+    assert table[0].split(" | ")[1] == "real data" and "73.00 ± 3.61" in table[1]
+
+
+def test_readme_without_the_markers_is_refused_unchanged(runs, tmp_path, capsys):
+    readme = tmp_path / "README.md"
+    readme.write_text("# Tool\nno markers\n")
+    with pytest.raises(SystemExit):
+        report.main([str(runs), "-o", str(tmp_path / "out"), "--readme", str(readme)])
+    assert "'<!-- dfkd-report report -->'" in capsys.readouterr().err
+    assert readme.read_text() == "# Tool\nno markers\n"
 
 
 def test_status_field_wins_over_the_old_rule():
@@ -148,7 +186,7 @@ def test_seed_band_is_mean_and_std_of_the_accuracy_reached():
 def test_report_without_curves_or_samples(tmp_path):
     fake_run(tmp_path / "r", "kd", {"test/acc": 0.5, "time/total_s": 1.0})
     (tmp_path / "r" / "curve.jsonl").unlink()
-    rows, _ = report.write_report([tmp_path], tmp_path)
+    rows, _, _ = report.write_report([tmp_path], tmp_path)
     assert rows[0]["acc_mean"] == pytest.approx(50.0)
     assert not (tmp_path / "accuracy_vs_time.png").exists() and not (tmp_path / "samples.png").exists()
     assert "No accuracy curves" in (tmp_path / "report.html").read_text()

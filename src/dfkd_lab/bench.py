@@ -187,7 +187,7 @@ def sweep(config: DictConfig, config_loader, launcher, arguments: list[str]) -> 
         if not (run_dir / "metrics.json").is_file():
             missing.append(failed[-1])
     if not config.dry_run:
-        _, table = write_report([sweep_dir], sweep_dir, stem="benchmark", title="dfkd-lab benchmark",
+        _, table, _ = write_report([sweep_dir], sweep_dir, stem="benchmark", title="dfkd-lab benchmark",
                                 missing=missing)
         print("\n" + table + f"\nbenchmark: {sweep_dir / 'benchmark.md'}, {sweep_dir / 'report.html'}")
     for line in failed:

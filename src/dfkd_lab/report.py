@@ -13,6 +13,8 @@ import argparse
 import csv
 import html
 import json
+import math
+import os
 import statistics
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -49,8 +51,8 @@ FIGURES = [
     ("teacher_acc", "teacher acc %", 2),
 ]
 # what names a row
-LABELS = [("method", "method"), ("data", "data"), ("teacher", "teacher"), ("student", "student"),
-          ("differs", "differs")]
+LABELS = [("method", "method"), ("transfer", "student learns from"), ("data", "data"), ("teacher", "teacher"),
+          ("student", "student"), ("differs", "differs")]
 RUN_COLUMNS = [*LABELS, ("seed", "seed"), *[(k, h) for k, h, _ in FIGURES], ("status", "status"),
                ("run", "run dir")]
 ROW_COLUMNS = [*LABELS, ("seeds", "seeds"), *[(k, h) for k, h, _ in FIGURES], ("status", "status")]
@@ -172,9 +174,20 @@ def _network_name(spec: dict | None) -> str | None:
     return spec.get("zoo") or spec.get("arch")
 
 
+def transfer_data(config: dict) -> str:
+    """What the student learns from: images synthesised from the teacher (data-free), a proxy
+    dataset the teacher labels (not data-free, named), or the real training data."""
+    method = config.get("method") or {}
+    proxy = config.get("proxy")
+    if proxy:
+        classes = proxy.get("classes")
+        return f"proxy {proxy.get('name')}" + (f" classes {','.join(map(str, classes))}" if classes else "")
+    return "synthetic" if method.get("synthesis") else "real data"
+
+
 def run_row(run: Run, root: Path | None = None) -> dict:
     """One run's figures in the table's units."""
-    out = {"method": run.method, "data": (run.config.get("data") or {}).get("name"),
+    out = {"method": run.method, "transfer": transfer_data(run.config), "data": (run.config.get("data") or {}).get("name"),
            "teacher": _network_name(run.config.get("teacher")),
            "student": _network_name(run.config.get("student")), "seed": run.config.get("seed"),
            "status": run.status,
@@ -267,7 +280,7 @@ def row_cells(row: dict) -> list[str]:
 
 
 def markdown_table(columns, cells: list[list[str]]) -> str:
-    text_keys = {"method", "data", "teacher", "student", "differs", "seeds", "seed", "status", "run"}
+    text_keys = {"method", "transfer", "data", "teacher", "student", "differs", "seeds", "seed", "status", "run"}
     lines = ["| " + " | ".join(h for _, h in columns) + " |",
              "|" + "|".join("---" if k in text_keys else "---:" for k, _ in columns) + "|"]
     return "\n".join(lines + ["| " + " | ".join(c) + " |" for c in cells]) + "\n"
@@ -322,6 +335,42 @@ def write_tables(rows: list[dict], run_rows: list[dict], head: dict, out_dir: Pa
         writer.writeheader()
         writer.writerows(rows)
     return table
+
+
+# --- the README's headline ---------------------------------------------------------------------
+HEADLINE = [("method", "method"), ("transfer", "student learns from"), ("teacher", "teacher"),
+            ("acc", "final acc %"), ("acc_best", "best acc %"), ("acc_q2", "acc % at 1/2 budget"),
+            ("teacher_passes", "teacher passes"), ("total_s", "total s")]
+
+
+def headline(rows: list[dict], head: dict, report_link: str) -> str:
+    """The short table a product page shows: rows by final accuracy, best first, under the
+    date, machine, commit and command of the benchmark, with a link to the full report."""
+    def rank(row):
+        return -row["acc_mean"] if row.get("acc_mean") is not None else math.inf
+
+    def label(row):
+        return row["method"] + (f" ({row['differs']})" if row.get("differs") else "")
+
+    cells = [[label(r) if k == "method" else _figure(r, k) if k in DECIMALS else _cell(k, r.get(k))
+              for k, _ in HEADLINE] for r in sorted(rows, key=rank)]
+    seeds = sorted({s for r in rows for s in r["seeds"].split(",") if s}, key=int)
+    measured = (f"Measured {head['date']} on {'; '.join(head['machine'])}, commit {', '.join(head['commit'])}; "
+                f"mean ± std over seeds {', '.join(seeds)} ({head['finished']} of {head['runs']} runs finished):")
+    lines = [measured, ""]
+    lines += [f"```bash\n{c}\n```\n" for c in head["command"]]
+    return "\n".join(lines) + "\n" + markdown_table(HEADLINE, cells) + \
+        f"\nEvery column, the curves and the samples: [{report_link}]({report_link}).\n"
+
+
+def replace_block(text: str, marker: str, block: str) -> str:
+    """``text`` with what lies between ``<!-- dfkd-report NAME -->`` and ``<!-- /dfkd-report NAME -->``
+    replaced by ``block``."""
+    start, end = f"<!-- dfkd-report {marker} -->", f"<!-- /dfkd-report {marker} -->"
+    if text.count(start) != 1 or text.count(end) != 1 or text.index(start) > text.index(end):
+        raise ValueError(f"needs one '{start}' line and one '{end}' line after it, around the table to replace")
+    before, rest = text.split(start)
+    return before + start + "\n" + block + end + rest.split(end)[1]
 
 
 # --- figures (matplotlib) -----------------------------------------------------------------------
@@ -454,7 +503,7 @@ def write_report(paths, out_dir: Path, stem: str = "report", title: str = "dfkd-
     if sample_page(groups, labels, out_dir / "samples.png"):
         images["Synthetic samples (latest grid per row)"] = "samples.png"
     write_html(rows, run_rows, head, out_dir, title, images)
-    return rows, table
+    return rows, table, head
 
 
 def main(argv=None):
@@ -463,7 +512,12 @@ def main(argv=None):
     parser.add_argument("-o", "--out", type=Path, help="where to write the report (default: the first dir)")
     parser.add_argument("--stem", default="report", help="file name of the tables (default: report)")
     parser.add_argument("--title", default="dfkd-lab report")
+    parser.add_argument("--readme", type=Path, metavar="FILE",
+                        help="also write the headline table into FILE, between the lines "
+                             "'<!-- dfkd-report STEM -->' and '<!-- /dfkd-report STEM -->'")
     args = parser.parse_args(argv)
+    if args.readme and not args.readme.is_file():
+        parser.error(f"--readme {args.readme}: no such file")
     try:
         runs = find_runs(args.dirs)
     except FileNotFoundError as err:
@@ -471,8 +525,16 @@ def main(argv=None):
     if not runs:
         parser.error(f"no run (a dir with metrics.json or progress.json) under {', '.join(map(str, args.dirs))}")
     out = args.out or args.dirs[0]
-    _, table = write_report([p.resolve() for p in args.dirs], out.resolve(), args.stem, args.title)
+    rows, table, head = write_report([p.resolve() for p in args.dirs], out.resolve(), args.stem, args.title)
     print(table + f"\nreport: {out / (args.stem + '.md')}, {out / 'report.html'}")
+    if args.readme:
+        link = os.path.relpath(out.resolve() / f"{args.stem}.md", args.readme.resolve().parent)
+        try:
+            text = replace_block(args.readme.read_text(), args.stem, headline(rows, head, link))
+        except ValueError as err:
+            parser.error(f"--readme {args.readme}: {err}")
+        args.readme.write_text(text)
+        print(f"headline table: {args.readme}")
 
 
 if __name__ == "__main__":
