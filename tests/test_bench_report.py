@@ -105,6 +105,25 @@ def test_tables_on_disk_carry_header_runs_and_status(runs, tmp_path):
     assert lines[3].startswith("scratch,real data,")
 
 
+def test_time_to_reach_another_rows_accuracy(runs, tmp_path):
+    out = tmp_path / "out"
+    report.write_report([runs], out, stem="benchmark", reach=["dafl", "scratch"])
+    reach = {(r["row"], r["target"]): r for r in json.loads((out / "benchmark.json").read_text())["reach"]}
+    assert len(reach) == 6  # ordered pairs of the three rows
+    # dafl seeds first evaluate at >= 50% (the oh row's final) at 20, 20 and 10 s; 10 passes a second
+    to_oh = reach[("dafl", "dafl loss.weights.oh=0.5")]
+    assert to_oh["reached"] == "3 of 3" and to_oh["target_acc"] == pytest.approx(50.0)
+    assert to_oh["time_s"] == pytest.approx([50 / 3, math.sqrt(100 / 3)])
+    assert to_oh["passes"] == pytest.approx([500 / 3, math.sqrt(10000 / 3)])
+    assert reach[("dafl", "scratch")]["reached"] == "0 of 3" and reach[("dafl", "scratch")]["time_s"] == [None, None]
+    assert reach[("scratch", "dafl")]["reached"] == "1 of 1" and reach[("scratch", "dafl")]["time_s"] == [15.0, None]
+    text = (out / "benchmark.md").read_text()
+    assert "| dafl | dafl loss.weights.oh=0.5 | 50.00 | 3 of 3 | 17 ± 6 | 167 ± 58 |" in text
+    assert "| dafl | scratch | 88.00 | 0 of 3 | - | - |" in text
+    with pytest.raises(ValueError, match="no runs of nayer to compare"):
+        report.write_report([runs], out, reach=["nayer"])
+
+
 def test_transfer_column_tells_synthetic_proxy_and_real_data_apart():
     assert report.transfer_data({"method": {"synthesis": {"steps_per_epoch": 5}}}) == "synthetic"
     assert report.transfer_data({"method": {"synthesis": {"steps_per_epoch": 5}},

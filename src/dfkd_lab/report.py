@@ -168,6 +168,12 @@ def accuracy_by(curve: list, axis: str, amount: float) -> float | None:
     return 100 * max(reached, key=lambda p: p[axis])["val/acc"] if reached else None
 
 
+def first_reaching(curve: list, axis: str, acc_pct: float) -> float | None:
+    """Where on ``axis`` the first evaluation at or above ``acc_pct`` (%) was made; None if none was."""
+    hits = [p[axis] for p in curve if axis in p and "val/acc" in p and 100 * p["val/acc"] >= acc_pct]
+    return min(hits) if hits else None
+
+
 # --- rows ----------------------------------------------------------------------------------------
 def _network_name(spec: dict | None) -> str | None:
     spec = spec or {}
@@ -280,7 +286,7 @@ def row_cells(row: dict) -> list[str]:
 
 
 def markdown_table(columns, cells: list[list[str]]) -> str:
-    text_keys = {"method", "transfer", "data", "teacher", "student", "differs", "seeds", "seed", "status", "run"}
+    text_keys = {"method", "transfer", "row", "target", "reached", "data", "teacher", "student", "differs", "seeds", "seed", "status", "run"}
     lines = ["| " + " | ".join(h for _, h in columns) + " |",
              "|" + "|".join("---" if k in text_keys else "---:" for k, _ in columns) + "|"]
     return "\n".join(lines + ["| " + " | ".join(c) + " |" for c in cells]) + "\n"
@@ -320,14 +326,16 @@ NOTE = ("Mean ± sample std over the seeds of the finished runs (not finished ru
 
 
 def write_tables(rows: list[dict], run_rows: list[dict], head: dict, out_dir: Path, stem: str,
-                 title: str) -> str:
+                 title: str, reach: list[dict] | None = None) -> str:
     """``<stem>.md``, ``<stem>.json`` and ``<stem>.csv``; returns the markdown table of rows."""
     table = markdown_table(ROW_COLUMNS, [row_cells(r) for r in rows])
     runs_table = markdown_table(RUN_COLUMNS, [[_cell(k, r.get(k)) for k, _ in RUN_COLUMNS] for r in run_rows])
-    text = "\n".join([f"# {title}", "", *header_lines(head), "", table, NOTE, "", "## Runs", "", runs_table])
+    reach_part = ["## Time to reach another row's accuracy", "", reach_table(reach), REACH_NOTE, ""] if reach else []
+    text = "\n".join([f"# {title}", "", *header_lines(head), "", table, NOTE, "", *reach_part,
+                      "## Runs", "", runs_table])
     (out_dir / f"{stem}.md").write_text(text)
-    (out_dir / f"{stem}.json").write_text(json.dumps({"header": head, "rows": rows, "runs": run_rows},
-                                                     indent=2) + "\n")
+    saved = {"header": head, "rows": rows, **({"reach": reach} if reach else {}), "runs": run_rows}
+    (out_dir / f"{stem}.json").write_text(json.dumps(saved, indent=2) + "\n")
     fields = [k for k, _ in LABELS] + ["seeds", "n", "status"] + \
         [f"{k}_{s}" for k, _, _ in FIGURES for s in ("mean", "std")]
     with open(out_dir / f"{stem}.csv", "w", newline="") as f:
@@ -335,6 +343,43 @@ def write_tables(rows: list[dict], run_rows: list[dict], head: dict, out_dir: Pa
         writer.writeheader()
         writer.writerows(rows)
     return table
+
+
+# --- how soon one row reaches another's accuracy --------------------------------------------------
+REACH_COLUMNS = [("row", "row"), ("target", "reaches the final acc of"), ("target_acc", "that acc %"),
+                 ("reached", "seeds reaching it"), ("time_s", "at s"), ("passes", "at teacher passes")]
+
+
+def reach_rows(groups: list[list[Run]], rows: list[dict], labels: list[str], methods) -> list[dict]:
+    """For each ordered pair of rows of ``methods``: how many of the first row's finished seeds
+    reach the second row's mean final accuracy, and at what wall time and teacher-pass count
+    (mean ± std over the seeds that reach it)."""
+    chosen = [(g, r, lab) for g, r, lab in zip(groups, rows, labels) if r["method"] in methods]
+    out = []
+    for group, _, label in chosen:
+        finished = [run for run in group if run.finished]
+        for _, target, target_label in chosen:
+            if target_label == label or target.get("acc_mean") is None or not finished:
+                continue
+            times = [first_reaching(run.curve, TIME_AXIS, target["acc_mean"]) for run in finished]
+            passes = [first_reaching(run.curve, PASS_AXIS, target["acc_mean"]) for run in finished]
+            out.append({"row": label, "target": target_label, "target_acc": target["acc_mean"],
+                        "reached": f"{sum(t is not None for t in times)} of {len(times)}",
+                        "time_s": mean_std(times), "passes": mean_std(passes)})
+    return out
+
+
+def reach_table(reach: list[dict]) -> str:
+    def figure(pair, decimals):
+        mean, std = pair
+        return "-" if mean is None else f"{mean:.{decimals}f}" + (f" ± {std:.{decimals}f}" if std is not None else "")
+
+    return markdown_table(REACH_COLUMNS, [[r["row"], r["target"], f"{r['target_acc']:.2f}", r["reached"],
+                                           figure(r["time_s"], 0), figure(r["passes"], 0)] for r in reach])
+
+
+REACH_NOTE = ("Wall time and teacher passes of a run's first evaluation at or above the other row's "
+              "mean final accuracy, mean ± std over the seeds that reach it (`-`: none does).")
 
 
 # --- the README's headline ---------------------------------------------------------------------
@@ -481,20 +526,26 @@ img{{max-width:100%;border:1px solid #ccc}}</style></head>
     (out_dir / "report.html").write_text(page)
 
 
-def write_report(paths, out_dir: Path, stem: str = "report", title: str = "dfkd-lab report", missing=()):
+def write_report(paths, out_dir: Path, stem: str = "report", title: str = "dfkd-lab report", missing=(),
+                 reach=()):
     """Tables (``<stem>.md/.json/.csv``), figures and ``report.html`` for the runs under ``paths``;
-    ``missing`` names runs that failed before writing metrics (listed in the header). Returns
-    the aggregated rows and their markdown table."""
+    ``missing`` names runs that failed before writing metrics (listed in the header); ``reach``
+    names methods whose rows are compared by how soon each reaches the others' accuracy.
+    Returns the aggregated rows, their markdown table and the header."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     runs = [load_run(p) for p in find_runs(paths)]
     groups = group_runs(runs)
     differ = differs(groups)
     rows = [aggregate(g, d) for g, d in zip(groups, differ)]
+    unknown = sorted(set(reach) - {r["method"] for r in rows})
+    if unknown:
+        raise ValueError(f"no runs of {', '.join(unknown)} to compare (methods here: "
+                         f"{', '.join(sorted({r['method'] for r in rows}))})")
     labels = [f"{g[0].method} {d}".strip() for g, d in zip(groups, differ)]
     run_rows = [{**run_row(r, out_dir.resolve()), "differs": d} for g, d in zip(groups, differ) for r in g]
     head = header(runs, paths, missing)
-    table = write_tables(rows, run_rows, head, out_dir, stem, title)
+    table = write_tables(rows, run_rows, head, out_dir, stem, title, reach_rows(groups, rows, labels, reach))
     images = {}
     if plot_bands(groups, labels, TIME_AXIS, "wall time (s)", out_dir / "accuracy_vs_time.png"):
         images["Student accuracy vs wall time"] = "accuracy_vs_time.png"
@@ -512,6 +563,8 @@ def main(argv=None):
     parser.add_argument("-o", "--out", type=Path, help="where to write the report (default: the first dir)")
     parser.add_argument("--stem", default="report", help="file name of the tables (default: report)")
     parser.add_argument("--title", default="dfkd-lab report")
+    parser.add_argument("--reach", nargs="+", default=(), metavar="METHOD",
+                        help="also tabulate when each row of these methods reaches the others' final accuracy")
     parser.add_argument("--readme", type=Path, metavar="FILE",
                         help="also write the headline table into FILE, between the lines "
                              "'<!-- dfkd-report STEM -->' and '<!-- /dfkd-report STEM -->'")
@@ -525,7 +578,11 @@ def main(argv=None):
     if not runs:
         parser.error(f"no run (a dir with metrics.json or progress.json) under {', '.join(map(str, args.dirs))}")
     out = args.out or args.dirs[0]
-    rows, table, head = write_report([p.resolve() for p in args.dirs], out.resolve(), args.stem, args.title)
+    try:
+        rows, table, head = write_report([p.resolve() for p in args.dirs], out.resolve(), args.stem, args.title,
+                                         reach=args.reach)
+    except ValueError as err:
+        parser.error(f"--reach: {err}")
     print(table + f"\nreport: {out / (args.stem + '.md')}, {out / 'report.html'}")
     if args.readme:
         link = os.path.relpath(out.resolve() / f"{args.stem}.md", args.readme.resolve().parent)
