@@ -5,6 +5,7 @@ import math
 import shutil
 import subprocess
 import sys
+from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
@@ -122,6 +123,13 @@ def test_time_to_reach_another_rows_accuracy(runs, tmp_path):
     assert "| dafl | scratch | 88.00 | 0 of 3 | - | - |" in text
     with pytest.raises(ValueError, match="no runs of nayer to compare"):
         report.write_report([runs], out, reach=["nayer"])
+
+
+def test_run_dirs_are_shown_relative_to_the_report_or_the_working_dir(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert report.shown_path(tmp_path / "out" / "a" / "seed0", tmp_path / "out") == "a/seed0"
+    assert report.shown_path(tmp_path / "outputs" / "bench" / "x", tmp_path / "docs") == "outputs/bench/x"
+    assert report.shown_path(Path("/elsewhere/run"), tmp_path / "docs") == "/elsewhere/run"
 
 
 def test_transfer_column_tells_synthetic_proxy_and_real_data_apart():

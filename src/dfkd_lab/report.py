@@ -191,13 +191,22 @@ def transfer_data(config: dict) -> str:
     return "synthetic" if method.get("synthesis") else "real data"
 
 
+def shown_path(path: Path, root: Path | None) -> str:
+    """A run dir as a table shows it: relative to the report's folder when inside it, else to the
+    directory the report was made from (no machine's home in a committed table), else as it is."""
+    for base in (root, Path.cwd()):
+        if base and path.is_relative_to(base):
+            return str(path.relative_to(base))
+    return str(path)
+
+
 def run_row(run: Run, root: Path | None = None) -> dict:
     """One run's figures in the table's units."""
     out = {"method": run.method, "transfer": transfer_data(run.config), "data": (run.config.get("data") or {}).get("name"),
            "teacher": _network_name(run.config.get("teacher")),
            "student": _network_name(run.config.get("student")), "seed": run.config.get("seed"),
            "status": run.status,
-           "run": str(run.dir.relative_to(root)) if root and run.dir.is_relative_to(root) else str(run.dir)}
+           "run": shown_path(run.dir, root)}
     method = run.config.get("method") or {}
     if method.get("trains") == "teacher":  # the teacher group names the network this run trains
         out["student"] = out["teacher"]
