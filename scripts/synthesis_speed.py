@@ -6,6 +6,8 @@ timed by the runs' own cost meters. Students' accuracies are read from finished 
 metrics.json when given (``--fast-run``/``--di-run`` run dirs).
 
     python scripts/synthesis_speed.py --batch-size 128 --batches 4
+    python scripts/synthesis_speed.py --teacher wrn16_2_cifar10 --batch-size 32 --batches 2 \
+        --overrides data=cifar10 student=wrn16_1     # the CIFAR-10 CPU pair
 """
 
 import argparse
@@ -47,18 +49,19 @@ def main():
     parser.add_argument("--fast-method", default="fastdfkd_2")
     parser.add_argument("--di-iterations", type=int, default=2000)
     parser.add_argument("--teacher", default="lenet5_bn_fc_fmnist", help="teacher config for both (fastdfkd's default)")
+    parser.add_argument("--overrides", nargs="*", default=[], help="more overrides for both runs (the setting)")
     parser.add_argument("--fast-run", help="a finished fastdfkd run dir, for the student's accuracy")
     parser.add_argument("--di-run", help="a finished deepinversion run dir, for the student's accuracy")
     args = parser.parse_args()
 
-    teacher = f"teacher={args.teacher}"
-    fast = measure(args.fast_method, args.batches, args.batch_size, [teacher])
+    setting = [f"teacher={args.teacher}", *args.overrides]
+    fast = measure(args.fast_method, args.batches, args.batch_size, setting)
     di = measure("deepinversion", args.batches, args.batch_size,
-                 [teacher, f"method.synthesizer.iterations={args.di_iterations}"])
+                 [*setting, f"method.synthesizer.iterations={args.di_iterations}"])
     rows = [(args.fast_method, fast, accuracy(args.fast_run)),
             (f"deepinversion-{args.di_iterations}", di, accuracy(args.di_run))]
-    print(f"batch size {args.batch_size}, {args.batches} batches each, teacher {args.teacher}; synthesis only, "
-          "same device\n")
+    print(f"batch size {args.batch_size}, {args.batches} batches each, teacher {args.teacher} "
+          f"{' '.join(args.overrides)}; synthesis only, same device\n")
     print(f"{'method':<22} {'images':>7} {'s/batch':>9} {'images/s':>10} {'student acc':>12}")
     for name, m, acc in rows:
         print(f"{name:<22} {m['images']:>7.0f} {m['per_batch_s']:>9.3f} {m['images_per_s']:>10.1f} {acc:>12}")
