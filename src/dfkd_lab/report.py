@@ -290,8 +290,8 @@ def _figure(row: dict, key: str) -> str:
     return _cell(key, mean) + (f" ± {std:.{DECIMALS[key]}f}" if std is not None else "")
 
 
-def row_cells(row: dict) -> list[str]:
-    return [_figure(row, k) if k in DECIMALS else _cell(k, row.get(k)) for k, _ in ROW_COLUMNS]
+def row_cells(row: dict, columns=ROW_COLUMNS) -> list[str]:
+    return [_figure(row, k) if k in DECIMALS else _cell(k, row.get(k)) for k, _ in columns]
 
 
 def markdown_table(columns, cells: list[list[str]]) -> str:
@@ -403,11 +403,10 @@ def headline(rows: list[dict], head: dict, report_link: str) -> str:
     def rank(row):
         return -row["acc_mean"] if row.get("acc_mean") is not None else math.inf
 
-    def label(row):
-        return row["method"] + (f" ({row['differs']})" if row.get("differs") else "")
+    def labelled(row):
+        return {**row, "method": row["method"] + (f" ({row['differs']})" if row.get("differs") else "")}
 
-    cells = [[label(r) if k == "method" else _figure(r, k) if k in DECIMALS else _cell(k, r.get(k))
-              for k, _ in HEADLINE] for r in sorted(rows, key=rank)]
+    cells = [row_cells(labelled(r), HEADLINE) for r in sorted(rows, key=rank)]
     seeds = sorted({s for r in rows for s in r["seeds"].split(",") if s}, key=int)
     measured = (f"Measured {head['date']} on {'; '.join(head['machine'])}, commit {', '.join(head['commit'])}; "
                 f"mean ± std over seeds {', '.join(seeds)} ({head['finished']} of {head['runs']} runs finished):")
