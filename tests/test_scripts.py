@@ -5,6 +5,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 REPO = Path(__file__).resolve().parents[1]
 
 
@@ -20,3 +22,39 @@ def test_synthesis_speed_compares_both_methods_under_the_given_setting():
     rows = {line.split()[0]: line.split() for line in lines if line.startswith(("fastdfkd_2", "deepinversion-3"))}
     assert set(rows) == {"fastdfkd_2", "deepinversion-3"} and all(row[1] == "4" for row in rows.values())
     assert "speed-up fastdfkd_2 / deepinversion-3:" in out.stdout
+
+
+def _gpu_check(tmp_path, env, *args):
+    env = {**os.environ, "GPU_CHECK_DIR": str(tmp_path / "gc"), "OMP_NUM_THREADS": "1", **env}
+    return subprocess.run(["bash", str(REPO / "scripts" / "gpu_check.sh"), *args], check=False, cwd=REPO,
+                          env=env, capture_output=True, text=True, timeout=1800)
+
+
+def test_gpu_check_stops_when_its_first_run_fails(tmp_path):
+    """A broken set-up fails every run: the check says so after the first instead of spending
+    the GPU's minutes on sixteen more failures."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "python3").write_text("#!/bin/sh\nexit 7\n")
+    (bin_dir / "python3").chmod(0o755)
+    env = {"VENV": str(tmp_path / "no-venv"), "PATH": f"{bin_dir}:{os.environ['PATH']}"}
+    out = _gpu_check(tmp_path, env, "--dry-run")
+    assert out.returncode == 1
+    assert "the first run failed: stopping" in out.stdout
+    rows = (tmp_path / "gc" / "steps.tsv").read_text().splitlines()
+    assert rows[0] == "run\texit\tseconds"
+    assert [row.split("\t")[:2] for row in rows[1:]] == [["methods/adi", "7"]]
+
+
+@pytest.mark.slow
+def test_gpu_check_dry_run_runs_every_step_and_tabulates_them(tmp_path):
+    out = _gpu_check(tmp_path, {"VENV": str(Path(sys.executable).parents[1])}, "--dry-run")
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    rows = [row.split("\t") for row in (tmp_path / "gc" / "steps.tsv").read_text().splitlines()[1:]]
+    presets = sorted(p.stem for p in (REPO / "src/dfkd_lab/conf/experiment").glob("cifar10_cpu_*.yaml"))
+    methods = [f"methods/{p.removeprefix('cifar10_cpu_')}" for p in presets if p not in
+               ("cifar10_cpu_kd", "cifar10_cpu_scratch")]
+    assert [row[0] for row in rows] == [*methods, "teacher_epoch", "paper_teacher", "paper_fastdfkd_2"]
+    assert all(row[1] == "0" for row in rows)
+    report = (tmp_path / "gc" / "gpu_check.md").read_text()
+    assert f"runs: {len(rows)} ({len(rows)} finished)" in report
