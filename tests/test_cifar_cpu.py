@@ -45,9 +45,18 @@ def test_the_shipped_cpu_teacher_and_a_student_a_third_its_size_or_less():
     entry = zoo_entry("wrn16_2_cifar10")
     assert (entry.arch, entry.dataset, entry.num_classes, entry.in_channels) == ("wrn16_2", "cifar10", 10, 3)
     assert entry.metadata["activations"]["layers"]  # Lopes' method reads the recorded statistics
-    assert entry.command == "dfkd-train experiment=teacher_cifar10_cpu" and 0 < entry.test_acc < 1
+    assert entry.command.startswith("dfkd-train experiment=teacher_cifar10_cpu") and 0 < entry.test_acc < 1
     assert sha256(Path(CONF_DIR).parent / "checkpoints" / entry.file) == entry.sha256
     assert 3 * parameters("wrn16_1") <= parameters("wrn16_2")
+
+
+def test_the_cpu_teacher_preset_alone_reproduces_the_shipped_teachers_command(tmp_path):
+    """The zoo entry records the command as it ran; the preset must say the same on its own."""
+    recorded = zoo_entry("wrn16_2_cifar10").command.split()[1:]
+    ran, preset = (compose_config(overrides, output_dir=tmp_path)
+                   for overrides in (recorded, ["experiment=teacher_cifar10_cpu"]))
+    for key in ("method", "trainer", "data", "teacher"):
+        assert ran[key] == preset[key], key
 
 
 @pytest.mark.parametrize("preset", CPU_PRESETS)
