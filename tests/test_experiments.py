@@ -53,10 +53,11 @@ def test_preset_composes_and_resolves(preset, pair, tmp_path):
 
 def test_the_cpu_teacher_preset_trains_wrn16_2_into_the_zoo(tmp_path):
     cfg = compose_config(["experiment=teacher_cifar10_cpu"], output_dir=tmp_path)
-    assert (cfg.teacher.arch, cfg.data.name, cfg.method.epochs) == ("wrn16_2", "cifar10", 40)
+    assert (cfg.teacher.arch, cfg.data.name, cfg.method.epochs) == ("wrn16_2", "cifar10", 55)
     assert (cfg.method.optimizer, cfg.method.lr, cfg.data.crop_pad, cfg.data.flip) == ("sgd", 0.1, 4, True)
     assert cfg.method.export.zoo_name is None and cfg.method.export.record_metadata  # the entry is shipped
     assert cfg.trainer.precision == "bf16-mixed" and cfg.method.channels_last
+    assert cfg.trainer.check_val_every_n_epoch == 5
 
 
 def test_dataset_specific_weights_follow_the_paper(tmp_path):
