@@ -39,16 +39,17 @@ else
   PAPER_FAST=(trainer.max_time=00:00:00:50 method.synthesis.warmup_epochs=2)
 fi
 
-failed=0
+runs=0 failed=0
 run() {  # run <dir> <overrides...>: one dfkd-train run; its exit code and wall time go to steps.tsv
   local dir="$DIR/$1" start=$SECONDS code=0; shift
   echo "== $dir: $*"
   dfkd train "$@" trainer="$TRAINER" logger=csv hydra.run.dir="$dir" || code=$?
   printf '%s\t%s\t%s\n' "${dir#"$DIR"/}" "$code" "$((SECONDS - start))" >>"$DIR/steps.tsv"
+  runs=$((runs + 1))
   if [ "$code" != 0 ]; then
     echo "!! $dir failed (exit $code)"
     failed=$((failed + 1))
-    if [ "$(wc -l <"$DIR/steps.tsv")" = 2 ]; then echo "!! the first run failed: stopping"; exit 1; fi
+    if [ "$runs" = 1 ]; then echo "!! the first run failed: stopping"; exit 1; fi
   fi
 }
 
