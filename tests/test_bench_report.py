@@ -54,7 +54,8 @@ def runs(tmp_path):
     for seed, acc in enumerate([0.70, 0.72, 0.77]):
         fake_run(root / f"dafl/seed{seed}", "dafl",
                  {"teacher/acc": 0.9, "test/acc": acc, "test/acc_best": acc + 0.01, "cost/synthesis_s": 40.0 + seed,
-                  "cost/kd_s": 10.0, "cost/images": 2000.0, "cost/teacher_forwards": 300.0,
+                  "cost/kd_s": 10.0, "cost/images": 2000.0, "cost/images_per_s": 20.0 + 10 * seed,
+                  "cost/teacher_forwards": 300.0,
                   "mem/peak_mb": 900.0 + 10 * seed, "time/total_s": 55.0},
                  curve=curve((10, 0.3 + seed / 10), (20, 0.5), (30, 0.6), (60, acc), (90, acc)),
                  seed=seed, max_time="00:00:01:40", samples=seed == 0)
@@ -157,6 +158,39 @@ def test_readme_headline_replaces_only_its_block_and_ranks_rows(runs, tmp_path):
     # by final accuracy: scratch 88, dafl 73 over seeds 0-2 (std of 70, 72, 77), dafl with oh=0.5 at 50
     assert [line.split(" | ")[0] for line in table] == ["| scratch", "| dafl", "| dafl (loss.weights.oh=0.5)"]
     assert table[0].split(" | ")[1] == "real data" and "73.00 ± 3.61" in table[1]
+
+
+def test_share_of_a_reference_row_and_images_per_s_in_table_and_headline(runs, tmp_path):
+    readme = tmp_path / "README.md"
+    readme.write_text(README)
+    out = tmp_path / "out"
+    report.main([str(runs), "-o", str(out), "--stem", "benchmark", "--relative-to", "scratch", "--readme", str(readme),
+                 "--readme-columns", "method", "acc", "share", "images_per_s"])
+    rows = {r["differs"] + r["method"]: r for r in json.loads((out / "benchmark.json").read_text())["rows"]}
+    # dafl 73 ± sqrt(13) against scratch's 88; images/s 20, 30, 40 over seeds 0-2
+    assert rows["dafl"]["share_mean"] == pytest.approx(100 * 73 / 88)
+    assert rows["dafl"]["share_std"] == pytest.approx(100 * math.sqrt(13) / 88)
+    assert rows["scratch"]["share_mean"] == pytest.approx(100.0) and rows["scratch"]["images_per_s_mean"] is None
+    assert rows["dafl"]["images_per_s_mean"] == pytest.approx(30.0) and rows["dafl"]["images_per_s_std"] == pytest.approx(10.0)
+    assert "| final acc % | best acc % | % of scratch acc | acc % at 1/4 budget |" in (out / "benchmark.md").read_text()
+    assert (out / "benchmark.csv").read_text().splitlines()[0].endswith("share_mean,share_std")
+    text = readme.read_text()
+    assert "| method | final acc % | % of scratch acc | images/s |" in text
+    assert "| dafl | 73.00 ± 3.61 | 83.0 ± 4.1 | 30.0 ± 10.0 |" in text and "| scratch | 88.00 | 100.0 | - |" in text
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--readme-columns", "method", "acc_typo"], "unknown column acc_typo; columns: method transfer"),
+    (["--readme-columns", "method", "share"], "the share column needs --relative-to METHOD"),
+    (["--relative-to", "nayer"], "relative to nayer: needs one row of it with a final accuracy, 0 rows of it"),
+])
+def test_bad_headline_columns_or_reference_are_refused_with_the_readme_unchanged(runs, tmp_path, capsys, args, message):
+    readme = tmp_path / "README.md"
+    readme.write_text(README)
+    with pytest.raises(SystemExit):
+        report.main([str(runs), "-o", str(tmp_path / "out"), "--readme", str(readme), *args])
+    assert message in capsys.readouterr().err
+    assert readme.read_text() == README and not list((tmp_path).glob("out/*"))
 
 
 def test_readme_without_the_markers_is_refused_unchanged(runs, tmp_path, capsys):

@@ -31,6 +31,7 @@ METRICS = {
     "cost/synthesis_s": ("synthesis_s", 1),
     "cost/kd_s": ("kd_s", 1),
     "cost/images": ("images", 1),
+    "cost/images_per_s": ("images_per_s", 1),
     "cost/teacher_forwards": ("teacher_passes", 1),
     "mem/peak_mb": ("peak_mb", 1),
     "time/total_s": ("total_s", 1),
@@ -45,6 +46,7 @@ FIGURES = [
     ("synthesis_s", "synthesis s", 0),
     ("kd_s", "KD s", 0),
     ("images", "images made", 0),
+    ("images_per_s", "images/s", 1),
     ("teacher_passes", "teacher passes", 0),
     ("peak_mb", "peak MB", 0),
     ("total_s", "total s", 0),
@@ -56,7 +58,7 @@ LABELS = [("method", "method"), ("transfer", "student learns from"), ("data", "d
 RUN_COLUMNS = [*LABELS, ("seed", "seed"), *[(k, h) for k, h, _ in FIGURES], ("status", "status"),
                ("run", "run dir")]
 ROW_COLUMNS = [*LABELS, ("seeds", "seeds"), *[(k, h) for k, h, _ in FIGURES], ("status", "status")]
-DECIMALS = {k: d for k, _, d in FIGURES}
+DECIMALS = {k: d for k, _, d in FIGURES} | {"share": 1}
 
 # overrides that never distinguish one row from another: the seed (averaged over), the method
 # (its own column), and where or how a run was launched and logged
@@ -274,6 +276,30 @@ def aggregate(group: list[Run], differ: str) -> dict:
     return out
 
 
+def add_share(rows: list[dict], method: str) -> None:
+    """Each row's final accuracy as a % of the final accuracy of ``method``'s row (the reference a
+    reader compares with, such as KD with real data): ``share_mean`` and ``share_std``."""
+    refs = [r for r in rows if r["method"] == method]
+    if len(refs) != 1 or refs[0].get("acc_mean") is None:
+        found = f"{len(refs)} rows of it" if len(refs) != 1 else "its row has no final accuracy"
+        raise ValueError(f"relative to {method}: needs one row of it with a final accuracy, {found} "
+                         f"(methods here: {', '.join(sorted({r['method'] for r in rows}))})")
+    reference = refs[0]["acc_mean"]
+    for row in rows:
+        mean, std = row.get("acc_mean"), row.get("acc_std")
+        row["share_mean"] = None if mean is None else 100 * mean / reference
+        row["share_std"] = None if std is None else 100 * std / reference
+
+
+def with_share(columns: list[tuple], head: dict) -> list[tuple]:
+    """``columns`` with the share-of-reference column after the best accuracy, when the report has one."""
+    reference = head.get("relative_to")
+    if not reference:
+        return columns
+    at = [k for k, _ in columns].index("acc_best") + 1
+    return [*columns[:at], ("share", f"% of {reference} acc"), *columns[at:]]
+
+
 # --- the table ---------------------------------------------------------------------------------
 def _cell(key: str, value) -> str:
     if value is None or value == "":
@@ -329,7 +355,8 @@ NOTE = ("Mean ± sample std over the seeds of the finished runs (not finished ru
         "evaluation, best the best one (what reference code reports); at 1/4 and 1/2 budget is the "
         "last evaluation made by then (of the wall-clock budget, or of the teacher-pass budget when "
         "the run had one). Teacher passes count the teacher's forward (and backward, where "
-        "synthesis differentiates through it) calls on a batch. Peak MB is the run's peak host "
+        "synthesis differentiates through it) calls on a batch; images/s are images made per second of "
+        "synthesis. `% of M acc` (with `--relative-to M`) is the final accuracy as a share of method M's row. Peak MB is the run's peak host "
         "memory (max RSS of its own process). `differs` names the overrides that set a row apart "
         "from the other rows of its method.")
 
@@ -337,7 +364,8 @@ NOTE = ("Mean ± sample std over the seeds of the finished runs (not finished ru
 def write_tables(rows: list[dict], run_rows: list[dict], head: dict, out_dir: Path, stem: str,
                  title: str, reach: list[dict] | None = None) -> str:
     """``<stem>.md``, ``<stem>.json`` and ``<stem>.csv``; returns the markdown table of rows."""
-    table = markdown_table(ROW_COLUMNS, [row_cells(r) for r in rows])
+    columns = with_share(ROW_COLUMNS, head)
+    table = markdown_table(columns, [row_cells(r, columns) for r in rows])
     runs_table = markdown_table(RUN_COLUMNS, [[_cell(k, r.get(k)) for k, _ in RUN_COLUMNS] for r in run_rows])
     reach_part = ["## Time to reach another row's accuracy", "", reach_table(reach), REACH_NOTE, ""] if reach else []
     text = "\n".join([f"# {title}", "", *header_lines(head), "", table, NOTE, "", *reach_part,
@@ -345,8 +373,8 @@ def write_tables(rows: list[dict], run_rows: list[dict], head: dict, out_dir: Pa
     (out_dir / f"{stem}.md").write_text(text)
     saved = {"header": head, "rows": rows, **({"reach": reach} if reach else {}), "runs": run_rows}
     (out_dir / f"{stem}.json").write_text(json.dumps(saved, indent=2) + "\n")
-    fields = [k for k, _ in LABELS] + ["seeds", "n", "status"] + \
-        [f"{k}_{s}" for k, _, _ in FIGURES for s in ("mean", "std")]
+    figures = [k for k, _, _ in FIGURES] + (["share"] if head.get("relative_to") else [])
+    fields = [k for k, _ in LABELS] + ["seeds", "n", "status"] + [f"{k}_{s}" for k in figures for s in ("mean", "std")]
     with open(out_dir / f"{stem}.csv", "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=fields, extrasaction="ignore")
         writer.writeheader()
@@ -395,24 +423,41 @@ REACH_NOTE = ("Wall time and teacher passes of a run's first evaluation at or ab
 HEADLINE = [("method", "method"), ("transfer", "student learns from"), ("teacher", "teacher"),
             ("acc", "final acc %"), ("acc_best", "best acc %"), ("acc_q2", "acc % at 1/2 budget"),
             ("teacher_passes", "teacher passes"), ("total_s", "total s")]
+# what a headline may show instead: every label and figure of the full table, and the share of a reference row
+HEADLINE_KEYS = [k for k, _ in LABELS] + ["seeds"] + [k for k, _, _ in FIGURES] + ["share"]
 
 
-def headline(rows: list[dict], head: dict, report_link: str) -> str:
+def headline_columns(keys: list[str] | None, head: dict) -> list[tuple]:
+    """The headline's (key, header) pairs: ``keys`` in that order, or the default columns (with
+    the share of the reference row when the report has one)."""
+    if not keys:
+        return with_share(HEADLINE, head)
+    unknown = [k for k in keys if k not in HEADLINE_KEYS]
+    if unknown:
+        raise ValueError(f"unknown column {', '.join(unknown)}; columns: {' '.join(HEADLINE_KEYS)}")
+    if "share" in keys and not head.get("relative_to"):
+        raise ValueError("the share column needs --relative-to METHOD")
+    headers = dict(with_share(ROW_COLUMNS, head))
+    return [(k, headers[k]) for k in keys]
+
+
+def headline(rows: list[dict], head: dict, report_link: str, columns: list[tuple] | None = None) -> str:
     """The short table a product page shows: rows by final accuracy, best first, under the
     date, machine, commit and command of the benchmark, with a link to the full report."""
+    columns = columns or headline_columns(None, head)
     def rank(row):
         return -row["acc_mean"] if row.get("acc_mean") is not None else math.inf
 
     def labelled(row):
         return {**row, "method": row["method"] + (f" ({row['differs']})" if row.get("differs") else "")}
 
-    cells = [row_cells(labelled(r), HEADLINE) for r in sorted(rows, key=rank)]
+    cells = [row_cells(labelled(r), columns) for r in sorted(rows, key=rank)]
     seeds = sorted({s for r in rows for s in r["seeds"].split(",") if s}, key=int)
     measured = (f"Measured {head['date']} on {'; '.join(head['machine'])}, commit {', '.join(head['commit'])}; "
                 f"mean ± std over seeds {', '.join(seeds)} ({head['finished']} of {head['runs']} runs finished):")
     lines = [measured, ""]
     lines += [f"```bash\n{c}\n```\n" for c in head["command"]]
-    return "\n".join(lines) + "\n" + markdown_table(HEADLINE, cells) + \
+    return "\n".join(lines) + "\n" + markdown_table(columns, cells) + \
         f"\nEvery column, the curves and the samples: [{report_link}]({report_link}).\n"
 
 
@@ -526,7 +571,7 @@ td,th{{border:1px solid #999;padding:4px 8px;text-align:right}} td:nth-child(-n+
 img{{max-width:100%;border:1px solid #ccc}}</style></head>
 <body><h1>{html.escape(title)}</h1>
 <ul>{facts}</ul>
-{_html_table("results", ROW_COLUMNS, [row_cells(r) for r in rows])}
+{_html_table("results", with_share(ROW_COLUMNS, head), [row_cells(r, with_share(ROW_COLUMNS, head)) for r in rows])}
 <p>{html.escape(NOTE)}</p>
 {figures}<h2>Runs</h2>
 {_html_table("runs", RUN_COLUMNS, runs)}</body></html>
@@ -535,10 +580,11 @@ img{{max-width:100%;border:1px solid #ccc}}</style></head>
 
 
 def write_report(paths, out_dir: Path, stem: str = "report", title: str = "dfkd-lab report", missing=(),
-                 reach=()):
+                 reach=(), relative_to: str | None = None):
     """Tables (``<stem>.md/.json/.csv``), figures and ``report.html`` for the runs under ``paths``;
     ``missing`` names runs that failed before writing metrics (listed in the header); ``reach``
-    names methods whose rows are compared by how soon each reaches the others' accuracy.
+    names methods whose rows are compared by how soon each reaches the others' accuracy;
+    ``relative_to`` names the method whose final accuracy every row is also shown as a share of.
     Returns the aggregated rows, their markdown table and the header."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -550,9 +596,11 @@ def write_report(paths, out_dir: Path, stem: str = "report", title: str = "dfkd-
     if unknown:
         raise ValueError(f"no runs of {', '.join(unknown)} to compare (methods here: "
                          f"{', '.join(sorted({r['method'] for r in rows}))})")
+    if relative_to:
+        add_share(rows, relative_to)
     labels = [f"{g[0].method} {d}".strip() for g, d in zip(groups, differ)]
     run_rows = [{**run_row(r, out_dir.resolve()), "differs": d} for g, d in zip(groups, differ) for r in g]
-    head = header(runs, paths, missing)
+    head = {**header(runs, paths, missing), **({"relative_to": relative_to} if relative_to else {})}
     table = write_tables(rows, run_rows, head, out_dir, stem, title, reach_rows(groups, rows, labels, reach))
     images = {}
     if plot_bands(groups, labels, TIME_AXIS, "wall time (s)", out_dir / "accuracy_vs_time.png"):
@@ -576,9 +624,20 @@ def main(argv=None):
     parser.add_argument("--readme", type=Path, metavar="FILE",
                         help="also write the headline table into FILE, between the lines "
                              "'<!-- dfkd-report STEM -->' and '<!-- /dfkd-report STEM -->'")
+    parser.add_argument("--relative-to", metavar="METHOD",
+                        help="also show each row's final accuracy as a %% of this method's row (e.g. kd)")
+    parser.add_argument("--readme-columns", nargs="+", metavar="KEY",
+                        help=f"the headline's columns, in order (default: {' '.join(k for k, _ in HEADLINE)}; "
+                             f"any of {' '.join(HEADLINE_KEYS)})")
     args = parser.parse_args(argv)
     if args.readme and not args.readme.is_file():
         parser.error(f"--readme {args.readme}: no such file")
+    if args.readme_columns and not args.readme:
+        parser.error("--readme-columns needs --readme FILE")
+    try:  # the columns are checked before any file is written
+        headline_columns(args.readme_columns, {"relative_to": args.relative_to})
+    except ValueError as err:
+        parser.error(f"--readme-columns: {err}")
     try:
         runs = find_runs(args.dirs)
     except FileNotFoundError as err:
@@ -588,14 +647,15 @@ def main(argv=None):
     out = args.out or args.dirs[0]
     try:
         rows, table, head = write_report([p.resolve() for p in args.dirs], out.resolve(), args.stem, args.title,
-                                         reach=args.reach)
+                                         reach=args.reach, relative_to=args.relative_to)
     except ValueError as err:
-        parser.error(f"--reach: {err}")
+        parser.error(str(err))
     print(table + f"\nreport: {out / (args.stem + '.md')}, {out / 'report.html'}")
     if args.readme:
         link = os.path.relpath(out.resolve() / f"{args.stem}.md", args.readme.resolve().parent)
         try:
-            text = replace_block(args.readme.read_text(), args.stem, headline(rows, head, link))
+            columns = headline_columns(args.readme_columns, head)
+            text = replace_block(args.readme.read_text(), args.stem, headline(rows, head, link, columns))
         except ValueError as err:
             parser.error(f"--readme {args.readme}: {err}")
         args.readme.write_text(text)
