@@ -70,6 +70,33 @@ def test_a_finished_run_is_reported_on_its_transfer_set_and_the_real_test_split(
         fidelity(run_dir)
 
 
+@pytest.mark.parametrize("method", ["dafl", "dfq"])
+def test_a_generator_run_is_reported_on_fresh_batches_of_its_final_generators(tmp_path, method):
+    """No transfer set: the generators draw the images; DFQ's quantised student loads as trained."""
+    run_dir = tmp_path / "run"
+    cmd = [str(Path(sys.executable).with_name("dfkd-train")), f"method={method}", "method.synthesis.batch_size=16",
+           "method.synthesis.student_steps=1", "method.synthesis.steps_per_epoch=4", "method.epochs=1",
+           "trainer=cpu", "logger=none", "trainer.enable_progress_bar=false", "trainer.limit_val_batches=1",
+           f"hydra.run.dir={run_dir}"]
+    env = {**os.environ, "WANDB_MODE": "disabled", "OMP_NUM_THREADS": "1"}
+    done = subprocess.run(cmd, check=False, env=env, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert not (run_dir / "transfer_set").exists()
+    rows = fidelity(run_dir, generated_images=40)
+    assert [(name, count) for name, count, *_ in rows] == [("generator, fresh batches", 40), ("real test split", 10000)]
+    for _, _, agree, confidence, bn in rows:
+        assert 0 <= agree <= 100 and 0.1 <= confidence <= 1 and len(bn) == 2
+
+
+def test_a_run_that_is_not_data_free_is_rejected(tmp_path):
+    (tmp_path / ".hydra").mkdir()
+    (tmp_path / "checkpoints").mkdir()
+    (tmp_path / ".hydra" / "config.yaml").write_text("method:\n  name: kd\n  synthesizer: null\n")
+    (tmp_path / "checkpoints" / "last.ckpt").write_bytes(b"")
+    with pytest.raises(ConfigError, match="method=kd is not data-free"):
+        fidelity(tmp_path)
+
+
 def test_a_dir_without_a_finished_run_is_rejected_naming_what_is_missing(tmp_path):
     with pytest.raises(ConfigError, match=r"no \.hydra/config\.yaml"):
         fidelity(tmp_path)

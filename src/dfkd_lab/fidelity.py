@@ -3,7 +3,8 @@ real ones.
 
 For a run dir, the student's agreement with the teacher (same top-1 class) and the teacher's
 mean confidence on the run's transfer set as saved (its first and last quarter, no
-augmentation) and on the real test split. A student that agrees with the teacher on its
+augmentation) and on the real test split. A generator method (dafl, dfad, dfq, zskt) keeps no
+transfer set: its final generators draw fresh batches instead, as they did for the student. A student that agrees with the teacher on its
 transfer set far more than on real images needs better synthetic images; one that already
 disagrees on its own transfer set needs a better fit first (more steps, another temperature).
 
@@ -18,6 +19,7 @@ synthetic images stay well above it is one the synthesis misses.
 import argparse
 from pathlib import Path
 
+import hydra
 import torch
 from omegaconf import OmegaConf
 
@@ -54,44 +56,64 @@ def bn_distance(teacher, images: torch.Tensor, batch_size: int) -> list[float]:
 
 
 def load_run(run_dir: Path, checkpoint: str = "last"):
-    """The run's config, data, teacher and trained student (eval mode)."""
+    """The run's config, data, teacher and its method module (eval mode, on the CPU) with the
+    student as trained (a quantised one with its fake quantisation) and, for a generator method,
+    its final generators. The run's transfer set is neither opened nor reloaded."""
     config = run_dir / ".hydra" / "config.yaml"
     ckpt = run_dir / "checkpoints" / f"{checkpoint}.ckpt"
     for path in (config, ckpt):
         if not path.is_file():
             raise ConfigError(f"{run_dir}: no {path.relative_to(run_dir)}; give the output dir of a finished run")
     cfg = OmegaConf.load(config)
+    if cfg.method.get("synthesizer") is None:
+        raise ConfigError(f"{run_dir}: method={cfg.method.name} is not data-free; fidelity compares a student's "
+                          "synthetic images with real ones")
     data = build_data(cfg)
     teacher = build_teacher(cfg, data).eval()
-    student = build_student(cfg, data, teacher)
+    synthesizer = hydra.utils.instantiate(cfg.method.synthesizer, _convert_="all")
+    module = hydra.utils.get_class(cfg.method.module)(
+        build_student(cfg, data, teacher), cfg.method, cfg.loss, data.num_classes, teacher, synthesizer,
+        data.image_shape, data.value_range, cfg.seed)
+    # the student, and a generator method's generators; a pool method's pool stays on disk
+    parts = ("student.", "synthesizer.") if hasattr(synthesizer, "generate") else ("student.",)
     state = torch.load(ckpt, map_location="cpu", weights_only=False)["state_dict"]
-    weights = {k.removeprefix("student."): v for k, v in state.items() if k.startswith("student.")}
-    try:
-        student.load_state_dict(weights)
-    except RuntimeError as err:
-        raise ConfigError(f"{ckpt}: its student does not load into student={cfg.student.arch} "
-                          f"(a quantised or ensemble student is not supported here): {err}") from err
-    return cfg, data, teacher, student.eval()
+    missing, unexpected = module.load_state_dict({k: v for k, v in state.items() if k.startswith(parts)}, strict=False)
+    wrong = unexpected + [k for k in missing if k.startswith(parts)]
+    if wrong:
+        raise ConfigError(f"{ckpt}: does not load into method={cfg.method.name} student={cfg.student.arch} "
+                          f"as configured in {config} (keys {', '.join(wrong[:5])})")
+    return cfg, data, teacher, module.eval()
 
 
-def fidelity(run_dir, checkpoint: str = "last") -> list[tuple[str, int, float, float, list | None]]:
+@torch.no_grad()
+def generated(synthesizer, count: int, batch_size: int) -> torch.Tensor:
+    """``count`` images from a generator method's final generators, drawn in batches as the
+    student's were (the generators' BatchNorm on batch statistics)."""
+    synthesizer.generators.train()
+    return torch.cat([synthesizer.generate(min(batch_size, count - done), "cpu")
+                      for done in range(0, count, batch_size)])
+
+
+def fidelity(run_dir, checkpoint: str = "last", generated_images: int = 2048) -> list[tuple[str, int, float, float, list | None]]:
     """Rows of (images, count, agreement %, teacher confidence, BN distance per layer or None
-    for a teacher without BatchNorm) for the transfer set's first and last quarter and the real
-    test split."""
+    for a teacher without BatchNorm) for the transfer set's first and last quarter (a generator
+    method: ``generated_images`` fresh images from its generators) and the real test split."""
     run_dir = Path(run_dir)
-    cfg, data, teacher, student = load_run(run_dir, checkpoint)
-    if not (run_dir / "transfer_set").is_dir():
-        raise ConfigError(f"{run_dir}: no transfer_set/; only methods that distil from a pool of "
-                          "synthesised images save one (generator methods such as dafl draw fresh batches)")
-    images, _, _ = load_transfer_set(run_dir / "transfer_set", teacher_sha256(cfg))
-    quarter = max(1, len(images) // 4)
-    test_images = data.split("test").tensors[0]
-    parts = [("transfer set, first quarter", images[:quarter]),
-             ("transfer set, last quarter", images[-quarter:]),
-             ("real test split", test_images)]
+    cfg, data, teacher, module = load_run(run_dir, checkpoint)
+    student, batch_size = module.student, cfg.method.synthesis.batch_size
+    if (run_dir / "transfer_set").is_dir():
+        images, _, _ = load_transfer_set(run_dir / "transfer_set", teacher_sha256(cfg))
+        quarter = max(1, len(images) // 4)
+        parts = [("transfer set, first quarter", images[:quarter]), ("transfer set, last quarter", images[-quarter:])]
+    elif hasattr(module.synthesizer, "generate"):
+        parts = [("generator, fresh batches", generated(module.synthesizer, generated_images, batch_size))]
+    else:
+        raise ConfigError(f"{run_dir}: no transfer_set/ (moved, or saving it was switched off) and "
+                          f"method={cfg.method.name} has no generator to draw images from")
+    parts.append(("real test split", data.split("test").tensors[0]))
     has_bn = bool(bn_layers(teacher))
     return [(name, len(x), *agreement(teacher, student, x),
-             bn_distance(teacher, x, cfg.method.synthesis.batch_size) if has_bn else None) for name, x in parts]
+             bn_distance(teacher, x, batch_size) if has_bn else None) for name, x in parts]
 
 
 def main(argv=None):

@@ -65,14 +65,15 @@ class GeneratorSynthesizer(Synthesizer):
     def build_optimizers(self):
         return [torch.optim.Adam(g.parameters(), lr=self.lr, betas=self.betas) for g in self.generators]
 
-    def _generate(self, n: int, device) -> torch.Tensor:
+    def generate(self, n: int, device) -> torch.Tensor:
+        """``n`` fresh images, shared out over the generators."""
         shares = [n // self.n_generators + (i < n % self.n_generators) for i in range(self.n_generators)]
         return torch.cat([g(self.randn(k, self.nz, device=device)) for g, k in zip(self.generators, shares) if k])
 
     def synthesize(self, ctx):
         w = ctx.weights
         self.generators.train()
-        x = self._generate(ctx.batch_size, ctx.device)
+        x = self.generate(ctx.batch_size, ctx.device)
         use_bn = reads(self.terms, w, "bn_layer_losses")
         with penultimate_tap(ctx.teacher) as feat, (BNStatHooks(ctx.teacher) if use_bn else nullcontext()) as bn:
             t_logits = ctx.teacher(x)
@@ -102,7 +103,7 @@ class GeneratorSynthesizer(Synthesizer):
     def batch(self, n, ctx):
         if self._cache is None or self._cache_uses >= self.reuse or self._cache.images.shape[0] != n:
             with torch.no_grad():
-                self._cache = SynthBatch(self._generate(n, ctx.device))
+                self._cache = SynthBatch(self.generate(n, ctx.device))
             self._cache_uses = 0
             ctx.cost.add(images=n)
         self._cache_uses += 1
