@@ -70,12 +70,9 @@ def load_run(run_dir: Path, checkpoint: str = "last"):
                           "synthetic images with real ones")
     data = build_data(cfg)
     teacher = build_teacher(cfg, data).eval()
-    synthesizer = hydra.utils.instantiate(cfg.method.synthesizer, _convert_="all")
-    module = hydra.utils.get_class(cfg.method.module)(
-        build_student(cfg, data, teacher), cfg.method, cfg.loss, data.num_classes, teacher, synthesizer,
-        data.image_shape, data.value_range, cfg.seed)
+    module = hydra.utils.get_class(cfg.method.module).unbound(cfg, build_student(cfg, data, teacher), teacher, data)
     # the student, and a generator method's generators; a pool method's pool stays on disk
-    parts = ("student.", "synthesizer.") if hasattr(synthesizer, "generate") else ("student.",)
+    parts = ("student.", "synthesizer.") if hasattr(module.synthesizer, "generate") else ("student.",)
     state = torch.load(ckpt, map_location="cpu", weights_only=False)["state_dict"]
     missing, unexpected = module.load_state_dict({k: v for k, v in state.items() if k.startswith(parts)}, strict=False)
     wrong = unexpected + [k for k in missing if k.startswith(parts)]

@@ -564,6 +564,7 @@ def write_html(rows: list[dict], run_rows: list[dict], head: dict, out_dir: Path
     figures = "".join(f'<h2>{html.escape(caption)}</h2>\n<img src="{html.escape(name)}" alt="{html.escape(caption)}">\n'
                       for caption, name in images.items()) or "<p>No accuracy curves or sample grids found.</p>"
     runs = [[_cell(k, r.get(k)) for k, _ in RUN_COLUMNS] for r in run_rows]
+    columns = with_share(ROW_COLUMNS, head)
     page = f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}</title>
 <style>body{{font-family:sans-serif;margin:2em}} table{{border-collapse:collapse;margin-bottom:1em}}
@@ -571,7 +572,7 @@ td,th{{border:1px solid #999;padding:4px 8px;text-align:right}} td:nth-child(-n+
 img{{max-width:100%;border:1px solid #ccc}}</style></head>
 <body><h1>{html.escape(title)}</h1>
 <ul>{facts}</ul>
-{_html_table("results", with_share(ROW_COLUMNS, head), [row_cells(r, with_share(ROW_COLUMNS, head)) for r in rows])}
+{_html_table("results", columns, [row_cells(r, columns) for r in rows])}
 <p>{html.escape(NOTE)}</p>
 {figures}<h2>Runs</h2>
 {_html_table("runs", RUN_COLUMNS, runs)}</body></html>

@@ -98,15 +98,21 @@ class DataFreeDistillation(DistillationModule):
         return (*self.student_terms, *self.synthesizer_terms)
 
     @classmethod
-    def from_config(cls, cfg, student, teacher, data):
+    def unbound(cls, cfg, student, teacher, data):
+        """The module as configured, not yet tied to a run dir: its transfer set is not opened
+        (what reads a finished run without writing to it needs)."""
         if cfg.method.synthesizer is None:
             raise ValueError(f"method={cfg.method.name} is data-free but has no method.synthesizer")
         synthesizer = hydra.utils.instantiate(cfg.method.synthesizer, _convert_="all")
-        module = cls(student, cfg.method, cfg.loss, data.num_classes, teacher, synthesizer,
-                     data.image_shape, data.value_range, cfg.seed)
-        synthesizer.bind_run(cfg)
+        return cls(student, cfg.method, cfg.loss, data.num_classes, teacher, synthesizer,
+                   data.image_shape, data.value_range, cfg.seed)
+
+    @classmethod
+    def from_config(cls, cfg, student, teacher, data):
+        module = cls.unbound(cfg, student, teacher, data)
+        module.synthesizer.bind_run(cfg)
         if cfg.get("proxy") is not None:
-            module.proxy_record = seed_pool_with_proxy(synthesizer, cfg, data)
+            module.proxy_record = seed_pool_with_proxy(module.synthesizer, cfg, data)
         return module
 
     def train_dataloader_from(self, data):
