@@ -5,6 +5,7 @@ import math
 import shutil
 import subprocess
 import sys
+from datetime import datetime
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -17,6 +18,7 @@ from PIL import Image
 
 from dfkd_lab import bench, report
 from dfkd_lab.callbacks.budget import TeacherPassBudget
+from dfkd_lab.callbacks.metrics import write_final_metrics
 from dfkd_lab.config import ConfigError
 from dfkd_lab.provenance import provenance
 from dfkd_lab.train import CONF_DIR
@@ -106,6 +108,25 @@ def test_tables_on_disk_carry_header_runs_and_status(runs, tmp_path):
     assert len(lines) == 4 and lines[1].startswith('dafl,synthetic,fashion_mnist,lenet5_fmnist,lenet5_half,,"0,1,2",3,')
     assert lines[3].startswith("scratch,real data,")
 
+
+
+def test_tables_are_dated_by_when_their_runs_ended_not_when_the_report_was_made(tmp_path):
+    for day, method in (("2026-11-30 13:02 UTC", "dafl"), ("2026-12-01 05:08 UTC", "scratch")):
+        fake_run(tmp_path / "runs" / method, method, {"test/acc": 0.5, "status": "finished", "run/ended": day})
+    rows, _, head = report.write_report([tmp_path / "runs"], tmp_path / "out", stem="benchmark")
+    assert head["ended"] == ["2026-11-30 13:02 UTC", "2026-12-01 05:08 UTC"]
+    assert "- runs: 2 (2 finished), ended 2026-11-30 13:02 UTC to 2026-12-01 05:08 UTC, report made" in \
+        (tmp_path / "out" / "benchmark.md").read_text()
+    assert report.headline(rows, head, "r.md").startswith(
+        "Measured 2026-11-30 13:02 UTC to 2026-12-01 05:08 UTC on Test CPU 9000")
+    # runs from before the date was recorded: the report's own date, as before
+    assert report.headline(rows, {**head, "ended": None}, "r.md").startswith(f"Measured {head['date']} on")
+
+
+def test_metrics_on_disk_say_when_the_run_ended(tmp_path):
+    write_final_metrics(tmp_path, {"test/acc": 0.5}, "finished")
+    ended = json.loads((tmp_path / "metrics.json").read_text())["run/ended"]
+    assert datetime.strptime(ended, "%Y-%m-%d %H:%M UTC").year >= 2026
 
 def test_time_to_reach_another_rows_accuracy(runs, tmp_path):
     out = tmp_path / "out"

@@ -337,15 +337,26 @@ def header(runs: list[Run], dirs, missing=()) -> dict:
                        for r in runs if r.metrics.get("machine/cpu")})
     commands = sorted({(Path(d) / "command.txt").read_text().strip() for d in dirs
                        if (Path(d) / "command.txt").is_file()})
+    ended = distinct("run/ended")  # the format sorts by time
     return {"date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+            "ended": [ended[0], ended[-1]] if ended else None,
             "machine": machines or ["not recorded"], "commit": distinct("run/commit") or ["not recorded"],
             "command": commands, "runs": len(runs), "finished": sum(r.finished for r in runs),
             "no_metrics": list(missing)}
 
 
+def ended_text(head: dict, prefix: str) -> str:
+    """When the runs ended ("A" or "A to B"), after ``prefix``; "" for runs that did not record it."""
+    first, last = head.get("ended") or (None, None)
+    if first is None:
+        return ""
+    return prefix + (first if first == last else f"{first} to {last}")
+
+
 def header_lines(head: dict) -> list[str]:
     lines = [f"- machine: {'; '.join(head['machine'])}", f"- commit: {', '.join(head['commit'])}",
-             f"- runs: {head['runs']} ({head['finished']} finished), report made {head['date']}"]
+             (f"- runs: {head['runs']} ({head['finished']} finished){ended_text(head, ', ended ')}, "
+              f"report made {head['date']}")]
     lines += [f"- command: `{c}`" for c in head["command"]]
     return lines + [f"- failed without metrics: {m}" for m in head.get("no_metrics", [])]
 
@@ -453,7 +464,7 @@ def headline(rows: list[dict], head: dict, report_link: str, columns: list[tuple
 
     cells = [row_cells(labelled(r), columns) for r in sorted(rows, key=rank)]
     seeds = sorted({s for r in rows for s in r["seeds"].split(",") if s}, key=int)
-    measured = (f"Measured {head['date']} on {'; '.join(head['machine'])}, commit {', '.join(head['commit'])}; "
+    measured = (f"Measured {ended_text(head, '') or head['date']} on {'; '.join(head['machine'])}, commit {', '.join(head['commit'])}; "
                 f"mean ± std over seeds {', '.join(seeds)} ({head['finished']} of {head['runs']} runs finished):")
     lines = [measured, ""]
     lines += [f"```bash\n{c}\n```\n" for c in head["command"]]
