@@ -4,6 +4,7 @@ import json
 import os
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 
 import pytest
@@ -77,6 +78,35 @@ def test_resumed_run_ends_exactly_like_an_uninterrupted_one(compose_cfg, tmp_pat
     for key, value in whole.student.state_dict().items():
         assert torch.equal(value, resumed.student.state_dict()[key]), key
 
+
+
+class CrashMidEpoch(pl.Callback):
+    """Save a checkpoint after the second round of the second epoch and fail, as a step
+    checkpoint followed by a SIGKILL would."""
+
+    def __init__(self, path):
+        self.path = path
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        if trainer.current_epoch == 1 and batch_idx == 1:
+            trainer.save_checkpoint(self.path)
+            raise Interrupted
+
+
+def test_a_mid_epoch_resume_of_a_data_free_run_is_exact_and_draws_no_lightning_warning(compose_cfg, tmp_path):
+    """The step stream has no position of its own (a round does not depend on its index), so
+    Lightning's warning that the loader cannot resume mid-epoch does not apply and must not show."""
+    cfg = compose_cfg(*TINY["dafl"])
+    whole, whole_trainer = fit_two_epochs(cfg, tmp_path / "whole")
+    with pytest.raises(Interrupted):
+        fit_two_epochs(cfg, tmp_path / "cut", callbacks=[CrashMidEpoch(tmp_path / "mid.ckpt")])
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        resumed, resumed_trainer = fit_two_epochs(cfg, tmp_path / "cut", ckpt_path=str(tmp_path / "mid.ckpt"))
+    assert not [w for w in caught if "ended before the epoch ended" in str(w.message)]
+    assert resumed_trainer.global_step == whole_trainer.global_step
+    for key, value in whole.student.state_dict().items():
+        assert torch.equal(value, resumed.student.state_dict()[key]), key
 
 def dfkd_train(*args, cwd=None):
     env = {**os.environ, "WANDB_MODE": "disabled", "OMP_NUM_THREADS": "1"}

@@ -72,6 +72,22 @@ class StepStream(IterableDataset):
         return self.steps
 
 
+class StepLoader(DataLoader):
+    """The epoch's synthesis rounds. A round does not depend on its index, so the loader has no
+    position to save: a mid-epoch resume runs the rounds Lightning's own progress says are left.
+    Declaring that (an empty state) tells Lightning the loader resumes, and keeps its warning
+    that a mid-epoch resume is unreliable out of every data-free resume."""
+
+    def __init__(self, steps: int):
+        super().__init__(StepStream(steps), batch_size=None)
+
+    def state_dict(self) -> dict:
+        return {}
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        pass
+
+
 class DataFreeDistillation(DistillationModule):
     student_terms = ("kd", "soft", "l1", "at")
 
@@ -118,7 +134,7 @@ class DataFreeDistillation(DistillationModule):
     def train_dataloader_from(self, data):
         if self.method.synthesis.steps_per_epoch < 1:
             raise ValueError("method.synthesis.steps_per_epoch must be >= 1 for a data-free method")
-        return DataLoader(StepStream(self.method.synthesis.steps_per_epoch), batch_size=None)
+        return StepLoader(self.method.synthesis.steps_per_epoch)
 
     # --- set-up ---------------------------------------------------------------------------
     def setup(self, stage=None):
