@@ -25,11 +25,19 @@ from test_reliability import cli, dfkd_train, fit_progress, hydra_record
 
 TINY = ["trainer=cpu", "method.synthesis.batch_size=16", "trainer.limit_val_batches=1", "trainer.limit_test_batches=1",
         "trainer.enable_progress_bar=false"]  # keep the progress bar last (the output test leaves it on)
-DAFL = ["method=dafl", "method.synthesizer.ngf=4", "method.synthesizer.nz=8", "method.synthesis.steps_per_epoch=30",
+# DAFL's tiny rounds take milliseconds: enough of them that the second epoch outlasts the test's
+# one-second wait before its signal
+DAFL = ["method=dafl", "method.synthesizer.ngf=4", "method.synthesizer.nz=8", "method.synthesis.steps_per_epoch=150",
         "trainer.max_epochs=2", "callbacks.step_checkpoint.every_n_train_steps=10"]
 DEEPINVERSION = ["method=deepinversion", "method.synthesizer.iterations=10", "method.synthesis.steps_per_epoch=15",
                  "trainer.max_epochs=2", "callbacks.step_checkpoint.every_n_train_steps=4"]
 RESUMABLE = {"dafl": DAFL, "deepinversion": DEEPINVERSION}
+
+
+def rounds(overrides) -> int:
+    """Synthesis rounds of a whole run of ``overrides``: steps per epoch times epochs."""
+    value = dict(o.split("=", 1) for o in overrides)
+    return int(value["method.synthesis.steps_per_epoch"]) * int(value["trainer.max_epochs"])
 
 
 def finish(proc, timeout=600) -> str:
@@ -107,7 +115,7 @@ def test_a_resume_from_the_run_dir_alone_matches_the_uninterrupted_run(tmp_path,
         assert wandb_exit_code(run_dir) == 143
     first_segment, csv_before = hydra_record(run_dir), (run_dir / "csv" / "metrics.csv").read_text()
     elapsed = torch.load(last, weights_only=False)["callbacks"]["WallClock"]["elapsed_s"]
-    assert 0 < fit_progress(last) < 60
+    assert 0 < fit_progress(last) < rounds(RESUMABLE[family])  # stopped before the end
 
     resumed = dfkd_train(None, f"resume={run_dir}", wandb="offline")
     err = finish(resumed)
