@@ -109,7 +109,6 @@ def test_tables_on_disk_carry_header_runs_and_status(runs, tmp_path):
     assert lines[3].startswith("scratch,real data,")
 
 
-
 def test_tables_are_dated_by_when_their_runs_ended_not_when_the_report_was_made(tmp_path):
     for day, method in (("2026-11-30 13:02 UTC", "dafl"), ("2026-12-01 05:08 UTC", "scratch")):
         fake_run(tmp_path / "runs" / method, method, {"test/acc": 0.5, "status": "finished", "run/ended": day})
@@ -127,6 +126,7 @@ def test_metrics_on_disk_say_when_the_run_ended(tmp_path):
     write_final_metrics(tmp_path, {"test/acc": 0.5}, "finished")
     ended = json.loads((tmp_path / "metrics.json").read_text())["run/ended"]
     assert datetime.strptime(ended, "%Y-%m-%d %H:%M UTC").year >= 2026
+
 
 def test_time_to_reach_another_rows_accuracy(runs, tmp_path):
     out = tmp_path / "out"
