@@ -327,6 +327,11 @@ def markdown_table(columns, cells: list[list[str]]) -> str:
     return "\n".join(lines + ["| " + " | ".join(c) + " |" for c in cells]) + "\n"
 
 
+def utc_minute() -> str:
+    """Now, as tables print a date (``2026-12-01 07:51 UTC``): a run's end, a report's making."""
+    return datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+
+
 def header(runs: list[Run], dirs, missing=()) -> dict:
     """Machine, commit and command: what a reader needs to compare the table with another."""
     def distinct(key):
@@ -338,7 +343,7 @@ def header(runs: list[Run], dirs, missing=()) -> dict:
     commands = sorted({(Path(d) / "command.txt").read_text().strip() for d in dirs
                        if (Path(d) / "command.txt").is_file()})
     ended = distinct("run/ended")  # the format sorts by time
-    return {"date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+    return {"date": utc_minute(),
             "ended": [ended[0], ended[-1]] if ended else None,
             "machine": machines or ["not recorded"], "commit": distinct("run/commit") or ["not recorded"],
             "command": commands, "runs": len(runs), "finished": sum(r.finished for r in runs),

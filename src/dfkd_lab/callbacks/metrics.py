@@ -8,13 +8,13 @@ Wall time counts every segment of a resumed run (``WallClock``).
 import json
 import math
 import time
-from datetime import datetime, timezone
 from pathlib import Path
 
 import pytorch_lightning as pl
 import torch
 
 from ..atomic import atomic_write, save_json
+from ..report import utc_minute
 
 
 def flat_metrics(metrics: dict) -> dict:
@@ -104,8 +104,8 @@ class EvaluationLines(pl.Callback):
 def write_final_metrics(output_dir, metrics: dict, status: str):
     """``metrics.json``, once, as the run ends: its metrics, how it ended and when (UTC; a
     report dates its table by its runs, not by the day it was made)."""
-    ended = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
-    save_json(Path(output_dir) / "metrics.json", {**metrics, "status": status, "run/ended": ended}, "metrics file")
+    save_json(Path(output_dir) / "metrics.json", {**metrics, "status": status, "run/ended": utc_minute()},
+              "metrics file")
 
 
 def last_progress(output_dir) -> dict:
