@@ -109,6 +109,13 @@ def test_tables_on_disk_carry_header_runs_and_status(runs, tmp_path):
     assert lines[3].startswith("scratch,real data,")
 
 
+@pytest.mark.parametrize("kernels, shown", [(True, "1 threads, bf16 kernels)"), (False, "1 threads, no bf16 kernels)")])
+def test_the_header_says_whether_the_cpu_had_bf16_kernels(tmp_path, kernels, shown):
+    fake_run(tmp_path / "runs/dafl/seed0", "dafl", {"test/acc": 0.7, "status": "finished", "machine/cpu_bf16": kernels})
+    report.write_report([tmp_path / "runs"], tmp_path / "out", stem="b")
+    assert f"- machine: Test CPU 9000 (2 CPUs, {shown}, GPU: none" in (tmp_path / "out" / "b.md").read_text()
+
+
 def test_tables_are_dated_by_when_their_runs_ended_not_when_the_report_was_made(tmp_path):
     for day, method in (("2026-11-30 13:02 UTC", "dafl"), ("2026-12-01 05:08 UTC", "scratch")):
         fake_run(tmp_path / "runs" / method, method, {"test/acc": 0.5, "status": "finished", "run/ended": day})
@@ -306,6 +313,7 @@ def test_provenance_names_machine_and_commit():
     info = provenance()
     assert info["machine/cpu"] and info["machine/cpus"] >= 1 and info["machine/threads"] >= 1
     assert info["machine/gpu"] is None or "x " in info["machine/gpu"]
+    assert info["machine/cpu_bf16"] in (True, False, None)
     commit = info["run/commit"]
     assert commit is None or len(commit.removesuffix("-dirty")) == 12
 

@@ -16,7 +16,7 @@ import torch
 from hydra.core.global_hydra import GlobalHydra
 
 from conftest import FAST
-from dfkd_lab import train
+from dfkd_lab import provenance, train
 from dfkd_lab.zoo import SHIPPED_CHECKPOINTS, zoo_entry
 
 TEACHER_PT = SHIPPED_CHECKPOINTS / "lenet5_fmnist.pt"
@@ -95,6 +95,19 @@ def test_mistyped_key_fails_before_any_work(monkeypatch, capsys, tmp_path):
     code, err = cli(monkeypatch, capsys, tmp_path, "trainer.max_stpes=3")
     assert code != 0 and "max_stpes" in err
     assert not (tmp_path / "run" / "checkpoints").exists()
+
+
+@pytest.mark.parametrize("kernels, precision, warned", [(False, "bf16-mixed", True), (True, "bf16-mixed", False),
+                                                       (False, "32-true", False)])
+def test_bf16_on_a_cpu_without_bf16_kernels_warns_naming_the_key_and_runs(monkeypatch, capsys, tmp_path,
+                                                                          kernels, precision, warned):
+    monkeypatch.setattr(provenance, "cpu_bf16", lambda: kernels)
+    code, err = cli(monkeypatch, capsys, tmp_path, f"trainer.precision={precision}")
+    warning = "warning: trainer.precision=bf16-mixed on a CPU that torch has no bfloat16 kernels for"
+    assert code == 0
+    assert (f"dfkd-train: {warning}" in err) == warned and ("Add trainer.precision=32-true" in err) == warned
+    assert (warning in (tmp_path / "run" / "train.log").read_text()) == warned
+    assert json.loads((tmp_path / "run" / "metrics.json").read_text())["machine/cpu_bf16"] is kernels
 
 
 # --- a killed run resumes ------------------------------------------------------------------------

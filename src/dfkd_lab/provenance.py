@@ -24,6 +24,18 @@ def cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
+def cpu_bf16() -> bool | None:
+    """Whether torch has bfloat16 kernels for this CPU (oneDNN's own check: AVX-512 or AMX on x86,
+    the BF16 extension on Arm). Without them bf16 autocast falls back to a path about ten times
+    slower than 32-bit (WRN-16-2 on an AVX2 EPYC: 14.6 s per batch of 128 against 1.3 s).
+    None where torch cannot say."""
+    check = getattr(getattr(torch.ops, "mkldnn", None), "_is_mkldnn_bf16_supported", None)
+    try:
+        return bool(check()) if check is not None else None
+    except RuntimeError:
+        return None
+
+
 def gpu_name() -> str | None:
     if torch.cuda.is_available():
         return f"{torch.cuda.device_count()}x {torch.cuda.get_device_name(0)}"
@@ -46,7 +58,7 @@ def project_commit(root: Path = PACKAGE_DIR) -> str | None:
 
 
 def provenance() -> dict:
-    """Flat ``metrics.json`` entries: machine (CPU model, threads, GPU) and project commit."""
+    """Flat ``metrics.json`` entries: machine (CPU model, threads, bf16 kernels, GPU) and project commit."""
     return {"machine/cpu": cpu_model(), "machine/cpus": os.cpu_count(),
-            "machine/threads": torch.get_num_threads(), "machine/gpu": gpu_name(),
+            "machine/threads": torch.get_num_threads(), "machine/cpu_bf16": cpu_bf16(), "machine/gpu": gpu_name(),
             "run/commit": project_commit()}

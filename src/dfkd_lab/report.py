@@ -337,9 +337,13 @@ def header(runs: list[Run], dirs, missing=()) -> dict:
     def distinct(key):
         return sorted({str(r.metrics[key]) for r in runs if r.metrics.get(key) is not None})
 
-    machines = sorted({f"{r.metrics['machine/cpu']} ({r.metrics.get('machine/cpus')} CPUs, "
-                       f"{r.metrics.get('machine/threads')} threads), GPU: {r.metrics.get('machine/gpu') or 'none'}"
-                       for r in runs if r.metrics.get("machine/cpu")})
+    def machine(m):
+        # two CPUs of one name may differ in bf16 kernels, and bf16 runs ten times slower without them
+        bf16 = {True: ", bf16 kernels", False: ", no bf16 kernels"}.get(m.get("machine/cpu_bf16"), "")
+        return (f"{m['machine/cpu']} ({m.get('machine/cpus')} CPUs, {m.get('machine/threads')} threads{bf16}), "
+                f"GPU: {m.get('machine/gpu') or 'none'}")
+
+    machines = sorted({machine(r.metrics) for r in runs if r.metrics.get("machine/cpu")})
     commands = sorted({(Path(d) / "command.txt").read_text().strip() for d in dirs
                        if (Path(d) / "command.txt").is_file()})
     ended = distinct("run/ended")  # the format sorts by time

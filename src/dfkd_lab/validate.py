@@ -10,6 +10,7 @@ import hydra
 import torch
 from omegaconf import DictConfig, OmegaConf
 
+from . import provenance
 from .config import (
     ConfigError,
     DataConfig,
@@ -118,6 +119,20 @@ def problems(cfg: DictConfig) -> list[str]:
         out.append(f"trainer.accelerator={accelerator} but this machine has no usable GPU; "
                    "use trainer=cpu (or trainer=default, which picks whatever is present)")
     return out
+
+
+def slow_precision(cfg: DictConfig) -> str | None:
+    """A warning, not an error: bf16 on a CPU that torch has no bf16 kernels for still runs, but
+    about ten times slower than 32-bit, so a preset sized for a bf16 CPU misses its time budget."""
+    precision = str(_get(cfg, "trainer.precision") or "")
+    accelerator = str(_get(cfg, "trainer.accelerator") or "auto")
+    on_cpu = accelerator == "cpu" or (accelerator == "auto" and not torch.cuda.is_available())
+    if not (on_cpu and precision.startswith("bf16") and provenance.cpu_bf16() is False):
+        return None
+    return (f"trainer.precision={precision} on a CPU that torch has no bfloat16 kernels for "
+            f"(its capability: {torch.backends.cpu.get_cpu_capability()}): each step runs about ten times slower "
+            "than in 32-bit. Add trainer.precision=32-true (a preset's trainer.max_time was sized with "
+            "bf16 on a CPU that has them, so its run may stop before its last epoch either way).")
 
 
 def override_key(arg: str) -> str:
