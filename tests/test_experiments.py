@@ -60,6 +60,17 @@ def test_the_cpu_teacher_preset_trains_wrn16_2_into_the_zoo(tmp_path):
     assert cfg.trainer.check_val_every_n_epoch == 5
 
 
+def test_the_five_class_cpu_teacher_preset_is_the_cpu_recipe_on_classes_0_to_4(tmp_path):
+    five, ten = (OmegaConf.to_container(compose_config([f"experiment={p}"], output_dir=tmp_path))
+                 for p in ("teacher_cifar10_cpu_5class", "teacher_cifar10_cpu"))
+    assert (five["data"].pop("classes"), five["data"].pop("num_classes"), ten["data"].pop("classes")) == (
+        [0, 1, 2, 3, 4], 5, None)
+    ten["data"].pop("num_classes")
+    assert (five["method"].pop("epochs"), ten["method"].pop("epochs")) == (30, 55)
+    for key in ("method", "trainer", "data", "teacher"):
+        assert five[key] == ten[key], key
+
+
 def test_dataset_specific_weights_follow_the_paper(tmp_path):
     c10 = compose_config(["experiment=cifar10_dafl"], output_dir=tmp_path)
     c100 = compose_config(["experiment=cifar100_dafl"], output_dir=tmp_path)
