@@ -19,8 +19,8 @@ from dfkd_lab.models import build_model
 from dfkd_lab.train import CONF_DIR, run
 
 ALL_PRESETS = sorted(p.stem for p in (Path(CONF_DIR) / "experiment").glob("*.yaml"))
-# the paper presets take either published pair; the CPU-scale ones fix their own pair
-PRESETS = [p for p in ALL_PRESETS if "_cpu" not in p]
+# the paper presets take either published pair; the CPU-scale and LeNet-scale ones fix their own
+PRESETS = [p for p in ALL_PRESETS if "_cpu" not in p and "_lenet" not in p]
 # pair -> (teacher, student, overrides that select it)
 PAIRS = {"resnet34_resnet18": ("resnet34", "resnet18", []),
          "wrn40_2_wrn16_1": ("wrn40_2", "wrn16_1", ["teacher=wrn40_2", "student=wrn16_1"])}

@@ -3,6 +3,7 @@ layer and generator lifetimes, each class embedding, resuming, the proxy's conve
 refusal of the teacher's own data, the class-subset option, and every new preset."""
 
 import math
+from pathlib import Path
 
 import pytest
 import torch
@@ -18,7 +19,9 @@ from dfkd_lab.losses.registry import loss_term
 from dfkd_lab.models import build_model
 from dfkd_lab.synthesis.base import CostMeter, SynthContext
 from dfkd_lab.synthesis.nayer import NoisyLayerSynthesizer, round_targets
-from dfkd_lab.train import run
+from dfkd_lab.train import CONF_DIR, run
+from dfkd_lab.zoo import sha256, zoo_entry
+from test_experiments import shrink
 
 WEIGHTS = {"target_ce": 0.5, "bn": 10.0, "adversarial_kl_agreement": 1.33}
 
@@ -269,3 +272,35 @@ def test_new_preset_composes_and_instantiates_its_module(tmp_path, monkeypatch, 
         assert module.synthesizer.embedding.shape[0] == cfg.data.num_classes
     if cfg.get("proxy") is not None:
         assert len(module.synthesizer.pool) == module.proxy_record["proxy/images"] > 0
+
+
+# --- protocol (b) at LeNet scale: the rows of one benchmark ----------------------------------
+LENET_B = sorted(p.stem for p in (Path(CONF_DIR) / "experiment").glob("cifar10_5class_lenet_*.yaml"))
+
+
+def test_protocol_b_lenet_rows_share_the_shipped_teacher_and_only_kd_proxy_reads_other_images(tmp_path):
+    assert LENET_B == [f"cifar10_5class_lenet_{m}" for m in ("deepinversion", "fastdfkd_2", "kd", "kd_proxy", "nayer")]
+    for preset in LENET_B:
+        cfg = compose_config([f"experiment={preset}"], output_dir=tmp_path)
+        assert preset == f"cifar10_5class_lenet_{cfg.method.name}"
+        assert (cfg.data.name, list(cfg.data.classes), cfg.data.num_classes) == ("cifar10", [0, 1, 2, 3, 4], 5)
+        assert (cfg.teacher.zoo, cfg.student.arch) == ("lenet5_bn_cifar10_5class", "lenet5_half")
+        if cfg.method.name == "kd_proxy":
+            assert (cfg.proxy.name, cfg.proxy.split, list(cfg.proxy.classes)) == ("cifar10", "train", [5, 6, 7, 8, 9])
+        else:  # a proxy would seed a data-free method's pool with real images
+            assert cfg.get("proxy") is None
+
+
+def test_the_shipped_five_class_lenet_teacher_records_its_preset_hash_and_statistics():
+    entry = zoo_entry("lenet5_bn_cifar10_5class")
+    assert (entry.arch, entry.dataset, entry.num_classes, entry.in_channels) == ("lenet5_bn", "cifar10", 5, 3)
+    assert entry.command == "dfkd-train experiment=teacher_cifar10_5class_lenet" and 0 < entry.test_acc < 1
+    assert sha256(entry.path()) == entry.sha256 and entry.metadata["activations"]["layers"]
+
+
+@pytest.mark.parametrize("preset", LENET_B)
+def test_protocol_b_lenet_row_runs_a_few_steps_with_the_shipped_teacher(preset, tmp_path, monkeypatch):
+    monkeypatch.setitem(sources.LOADERS, "cifar10", fake_cifar)
+    cfg = compose_config([f"experiment={preset}", *FAST, "callbacks=none"], output_dir=tmp_path / "run")
+    shrink(cfg)
+    assert 0.0 <= run(cfg)["test/acc"] <= 1.0
