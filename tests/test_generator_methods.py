@@ -20,7 +20,7 @@ from dfkd_lab.losses.kd import kd_kl
 from dfkd_lab.methods.data_free import SynthesisDiverged
 from dfkd_lab.methods.dfq import StudentEnsemble
 from dfkd_lab.models import build_model
-from dfkd_lab.quant import model_bytes, prepare_qat, to_int8
+from dfkd_lab.quant import model_bytes, prepare_qat, qat_qconfig, to_int8
 from dfkd_lab.synthesis.base import SynthBatch
 from dfkd_lab.synthesis.generator import GeneratorSynthesizer
 from dfkd_lab.train import run
@@ -154,6 +154,15 @@ def test_student_ensemble_averages_member_losses():
     stacked = StudentEnsemble.forward(type("E", (), {"members": members})(), None)
     expected = (kd_kl(a, t) + kd_kl(b, t)) / 2
     torch.testing.assert_close(kd_kl(stacked, t.repeat(2, 1)), expected)
+
+
+@pytest.mark.parametrize("bits, activation_max, weight_range", [(8, 127, (-128, 127)), (4, 15, (-8, 7))])
+def test_activations_take_at_most_7_bits_so_int8_kernels_without_vnni_cannot_saturate(bits, activation_max,
+                                                                                     weight_range):
+    config = qat_qconfig(bits)
+    activation, weight = config.activation(), config.weight()
+    assert (activation.quant_min, activation.quant_max) == (0, activation_max)
+    assert (weight.quant_min, weight.quant_max) == weight_range
 
 
 @pytest.mark.parametrize("bits", [8, 4])

@@ -1,10 +1,10 @@
 """Quantised students for DFQ-style transfer: fake quantisation while training, int8 at the end.
 
 Built on torch.ao.quantization's FX graph mode, so any traceable student works unchanged
-(no QuantStub edits): weights are fake-quantised per output channel (symmetric), activations
-per tensor (affine), both to ``bits`` bits. ``to_int8`` converts the trained fake-quant model
-into a real quantised model (int8 storage and kernels, CPU only); with ``bits`` < 8 its values
-still lie on the ``bits``-bit grid, stored in int8.
+(no QuantStub edits): weights are fake-quantised per output channel (symmetric) to ``bits``
+bits, activations per tensor (affine) to ``bits`` bits but at most 7 (see ``ACTIVATION_BITS``).
+``to_int8`` converts the trained fake-quant model into a real quantised model (int8 storage and
+kernels, CPU only); with ``bits`` < 8 its values still lie on the ``bits``-bit grid, stored in int8.
 """
 
 import copy
@@ -20,12 +20,18 @@ from torch.ao.quantization.observer import (
     MovingAveragePerChannelMinMaxObserver,
 )
 
+# x86 int8 kernels on CPUs without VNNI (AVX2 only) add pairs of 8-bit x 8-bit products in 16
+# bits, which saturate: the int8 model then departs from the fake-quant student (a LeNet-5-half
+# output off by 28% of its range). 7-bit activations cannot saturate there, so the int8 model
+# computes what the student did on every CPU (torch's x86 qconfigs do the same: reduce_range).
+ACTIVATION_BITS = 7
+
 
 def qat_qconfig(bits: int) -> QConfig:
     if not 2 <= bits <= 8:
         raise ValueError(f"method.dfq.quant_bits={bits}: choose 0 (float) or 2..8 bits")
     activation = FakeQuantize.with_args(
-        observer=MovingAverageMinMaxObserver, quant_min=0, quant_max=2**bits - 1,
+        observer=MovingAverageMinMaxObserver, quant_min=0, quant_max=2 ** min(bits, ACTIVATION_BITS) - 1,
         dtype=torch.quint8, qscheme=torch.per_tensor_affine,
     )
     weight = FakeQuantize.with_args(
