@@ -15,16 +15,16 @@ import pytorch_lightning as pl
 import torch
 from hydra.core.global_hydra import GlobalHydra
 
-from conftest import FAST
+from conftest import FAST, compose_config
 from dfkd_lab import provenance, train
 from dfkd_lab.zoo import SHIPPED_CHECKPOINTS, zoo_entry
 
 TEACHER_PT = SHIPPED_CHECKPOINTS / "lenet5_fmnist.pt"
 
 
-def cli(monkeypatch, capsys, tmp_path, *overrides):
+def cli(monkeypatch, capsys, tmp_path, *overrides, base=FAST):
     """Run the `dfkd-train` entrypoint in this process: (exit code, stderr)."""
-    monkeypatch.setattr(sys, "argv", ["dfkd-train", *FAST, f"hydra.run.dir={tmp_path / 'run'}", *overrides])
+    monkeypatch.setattr(sys, "argv", ["dfkd-train", *base, f"hydra.run.dir={tmp_path / 'run'}", *overrides])
     GlobalHydra.instance().clear()
     try:
         train.main()
@@ -108,6 +108,19 @@ def test_bf16_on_a_cpu_without_bf16_kernels_warns_naming_the_key_and_runs(monkey
     assert (f"dfkd-train: {warning}" in err) == warned and ("Add trainer.precision=32-true" in err) == warned
     assert (warning in (tmp_path / "run" / "train.log").read_text()) == warned
     assert json.loads((tmp_path / "run" / "metrics.json").read_text())["machine/cpu_bf16"] is kernels
+
+
+@pytest.mark.parametrize("kernels, ran_in", [(False, "32-true"), (True, "bf16-mixed")])
+def test_the_default_trainer_runs_a_bf16_method_in_32_bit_on_a_cpu_without_bf16_kernels(monkeypatch, capsys, tmp_path,
+                                                                                         kernels, ran_in):
+    monkeypatch.setattr(provenance, "cpu_bf16", lambda: kernels)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    default_trainer = [o for o in FAST if o != "trainer=cpu"]
+    code, err = cli(monkeypatch, capsys, tmp_path, "method=dafl", "method.synthesis.steps_per_epoch=2", base=default_trainer)
+    assert code == 0 and "warning:" not in err
+    note = "note: method.precision=bf16-mixed runs as trainer.precision=32-true"
+    assert (note in err) == (not kernels) and (note in (tmp_path / "run" / "train.log").read_text()) == (not kernels)
+    assert compose_config(["method=dafl"], output_dir=tmp_path / "composed").trainer.precision == ran_in
 
 
 # --- a killed run resumes ------------------------------------------------------------------------

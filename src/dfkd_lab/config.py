@@ -206,3 +206,11 @@ def register_configs():
     # ${first:a,b}: the first non-null value (a teacher is named by its zoo entry or its arch)
     OmegaConf.register_new_resolver("first", lambda *values: next((v for v in values if v is not None), None),
                                     replace=True)
+    # ${preferred_precision:p}: p, or 32-bit where bf16 would run on a CPU without bf16 kernels
+    OmegaConf.register_new_resolver("preferred_precision", _preferred_precision, replace=True)
+
+
+def _preferred_precision(precision):
+    from .provenance import preferred_precision  # torch stays out of the config schema's imports
+
+    return preferred_precision(precision)

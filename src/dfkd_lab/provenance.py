@@ -36,6 +36,14 @@ def cpu_bf16() -> bool | None:
         return None
 
 
+def preferred_precision(precision: str) -> str:
+    """What ``trainer=default`` runs a method's ``method.precision`` in: the method's choice, but
+    32-bit for bf16 on a CPU without bf16 kernels (and no GPU), where bf16 is several times slower."""
+    if str(precision).startswith("bf16") and not torch.cuda.is_available() and cpu_bf16() is False:
+        return "32-true"
+    return precision
+
+
 def gpu_name() -> str | None:
     if torch.cuda.is_available():
         return f"{torch.cuda.device_count()}x {torch.cuda.get_device_name(0)}"

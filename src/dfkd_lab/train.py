@@ -49,7 +49,7 @@ from .methods.data_free import SynthesisDiverged
 from .provenance import provenance
 from .quiet import silence_known_noise
 from .resume import continue_command, resume_args
-from .validate import check_overrides, check_writable, slow_precision, validate
+from .validate import check_overrides, check_writable, precision_fallback, slow_precision, validate
 from .zoo import TeacherError
 
 # The configs ship inside the package: Hydra reads them as the package's resources (CONF_PKG);
@@ -99,10 +99,10 @@ def run(cfg: DictConfig, clock: WallClock | None = None) -> dict:
     clock = clock or WallClock()
     output_dir = Path(cfg.paths.output_dir)
     validate(cfg)
-    warning = slow_precision(cfg)
-    if warning and rank_zero_only.rank == 0:
-        sys.stderr.write(f"dfkd-train: warning: {warning}\n")
-        append_log(output_dir, f"warning: {warning}")
+    for kind, text in (("warning", slow_precision(cfg)), ("note", precision_fallback(cfg))):
+        if text and rank_zero_only.rank == 0:
+            sys.stderr.write(f"dfkd-train: {kind}: {text}\n")
+            append_log(output_dir, f"{kind}: {text}")
     machine_and_commit = provenance()  # the code that runs is the code at the start
     ckpt_path = resume_checkpoint(cfg, output_dir, clock)
     pl.seed_everything(cfg.seed, workers=True, verbose=False)

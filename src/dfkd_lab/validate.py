@@ -130,9 +130,20 @@ def slow_precision(cfg: DictConfig) -> str | None:
     if not (on_cpu and precision.startswith("bf16") and provenance.cpu_bf16() is False):
         return None
     return (f"trainer.precision={precision} on a CPU that torch has no bfloat16 kernels for "
-            f"(its capability: {torch.backends.cpu.get_cpu_capability()}): each step runs about ten times slower "
-            "than in 32-bit. Add trainer.precision=32-true (a preset's trainer.max_time was sized with "
+            f"(its capability: {torch.backends.cpu.get_cpu_capability()}): each step runs several times slower "
+            "than in 32-bit (ten times for WRN-16-2). Add trainer.precision=32-true (a preset's trainer.max_time was sized with "
             "bf16 on a CPU that has them, so its run may stop before its last epoch either way).")
+
+
+def precision_fallback(cfg: DictConfig) -> str | None:
+    """A note when trainer=default runs the method's bf16 in 32-bit (provenance.preferred_precision),
+    so that the precision in the run's record is no surprise."""
+    trainer = OmegaConf.to_container(cfg.trainer, resolve=False)
+    chosen, preferred = _get(cfg, "trainer.precision"), _get(cfg, "method.precision")
+    if "preferred_precision" not in str(trainer.get("precision")) or chosen == preferred:
+        return None
+    return (f"method.precision={preferred} runs as trainer.precision={chosen}: torch has no bfloat16 kernels for "
+            f"this CPU, where bf16 would be several times slower; trainer.precision={preferred} forces it")
 
 
 def override_key(arg: str) -> str:
