@@ -123,11 +123,10 @@ def problems(cfg: DictConfig) -> list[str]:
 
 def slow_precision(cfg: DictConfig) -> str | None:
     """A warning, not an error: bf16 on a CPU that torch has no bf16 kernels for still runs, but
-    about ten times slower than 32-bit, so a preset sized for a bf16 CPU misses its time budget."""
+    several times slower than 32-bit, so a preset sized for a bf16 CPU misses its time budget."""
     precision = str(_get(cfg, "trainer.precision") or "")
     accelerator = str(_get(cfg, "trainer.accelerator") or "auto")
-    on_cpu = accelerator == "cpu" or (accelerator == "auto" and not torch.cuda.is_available())
-    if not (on_cpu and precision.startswith("bf16") and provenance.cpu_bf16() is False):
+    if not (precision.startswith("bf16") and provenance.bf16_slow_here(accelerator)):
         return None
     return (f"trainer.precision={precision} on a CPU that torch has no bfloat16 kernels for "
             f"(its capability: {torch.backends.cpu.get_cpu_capability()}): each step runs several times slower "
@@ -137,10 +136,10 @@ def slow_precision(cfg: DictConfig) -> str | None:
 
 def precision_fallback(cfg: DictConfig) -> str | None:
     """A note when trainer=default runs the method's bf16 in 32-bit (provenance.preferred_precision),
-    so that the precision in the run's record is no surprise."""
-    trainer = OmegaConf.to_container(cfg.trainer, resolve=False)
+    so that the precision in the run's record is no surprise. Only the default trainer interpolates
+    its precision from the method's."""
     chosen, preferred = _get(cfg, "trainer.precision"), _get(cfg, "method.precision")
-    if "preferred_precision" not in str(trainer.get("precision")) or chosen == preferred:
+    if not OmegaConf.is_interpolation(cfg.trainer, "precision") or chosen == preferred:
         return None
     return (f"method.precision={preferred} runs as trainer.precision={chosen}: torch has no bfloat16 kernels for "
             f"this CPU, where bf16 would be several times slower; trainer.precision={preferred} forces it")
