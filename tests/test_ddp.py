@@ -84,7 +84,7 @@ class RecordBatch(pl.Callback):
             torch.save(images.cpu(), Path(self.folder) / f"rank{trainer.global_rank}.pt")
 
 
-@pytest.mark.parametrize("method", sorted(TINY))
+@pytest.mark.parametrize("method", [m if m == "dafl" else pytest.param(m, marks=pytest.mark.slow) for m in sorted(TINY)])
 def test_ddp_sim_synthesises_per_rank_and_reduces_metrics_over_ranks(compose_cfg, tmp_path, method):
     cfg = compose_cfg(*TINY[method], *COMMON)
     data = build_data(cfg)
