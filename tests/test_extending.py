@@ -42,6 +42,33 @@ def test_the_example_method_trains_through_the_cli_with_its_own_registered_term(
     assert "synth/bn" in metrics and "synth/target_ce" not in metrics  # built in; weight 0: not computed
 
 
+def test_the_bench_runs_the_example_method_from_the_users_config_dir(tmp_path):
+    """dfkd-bench --config-dir finds the user's method and every run it starts searches that folder."""
+    user = user_copy(tmp_path)
+    bench_dir = tmp_path / "bench"
+    path = os.pathsep.join(p for p in (str(user), os.environ.get("PYTHONPATH", "")) if p)
+    env = {**os.environ, "PYTHONPATH": path, "WANDB_MODE": "disabled"}
+    overrides = "[" + ",".join(f'"{o}"' for o in TINY) + "]"
+    cmd = [str(Path(sys.executable).with_name("dfkd-bench")), "--config-dir", str(user / "conf"),
+           "methods=[my_method]", "seeds=[0]", "threads=1", f"overrides={overrides}", f"hydra.sweep.dir={bench_dir}"]
+    done = subprocess.run(cmd, check=False, cwd=user, env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
+    rows = json.loads((bench_dir / "benchmark.json").read_text())["rows"]
+    assert [(r["method"], r["status"]) for r in rows] == [("my_method", "1 finished")]
+    run = json.loads((bench_dir / "default/my_method/seed0/metrics.json").read_text())
+    assert run["synth/logit_margin"] > 0  # the user's own term ran inside the bench's run
+
+
+def test_the_bench_refuses_an_unknown_method_naming_the_users_folders(tmp_path):
+    user = user_copy(tmp_path)
+    cmd = [str(Path(sys.executable).with_name("dfkd-bench")), "--config-dir", str(user / "conf"),
+           "methods=[my_methd]", f"hydra.sweep.dir={tmp_path / 'bench'}"]
+    done = subprocess.run(cmd, check=False, capture_output=True, text=True, timeout=600)
+    assert done.returncode != 0 and "methods=['my_methd'] not found" in done.stderr
+    assert f"file://{user / 'conf'}" in done.stderr and "my_method" in done.stderr  # where it looked, what it found
+    assert not (tmp_path / "bench" / "default").exists()
+
+
 def test_hydra_searchpath_finds_the_method_as_config_dir_does(tmp_path):
     user = user_copy(tmp_path)
     GlobalHydra.instance().clear()

@@ -2,6 +2,7 @@
 
     dfkd-bench "methods=[dafl,kd]" "seeds=[0,1,2]" budget_s=300 hydra/launcher=joblib name=mine
     dfkd-report outputs/bench/mine
+    dfkd-bench --config-dir ./conf "methods=[my_method,kd]" name=mine   # a user's own method too
 
 The sweep (``hydra/sweeper=dfkd_bench``, ``hydra_plugins/dfkd_lab_sweepers``) lists the cells,
 leaves out those whose run dir holds a finished ``metrics.json`` (so the same command started
@@ -23,6 +24,7 @@ from pathlib import Path
 
 import hydra
 from hydra.core.config_store import ConfigStore
+from hydra.core.global_hydra import GlobalHydra
 from hydra.core.hydra_config import HydraConfig
 from hydra.core.utils import JobStatus
 from omegaconf import DictConfig, OmegaConf
@@ -31,7 +33,6 @@ from .config import ConfigError, is_data_free
 from .report import run_status, write_report
 from .train import CONF_DIR
 
-METHOD_DIR = Path(CONF_DIR) / "method"
 DEFAULT_SETTING = "default"
 
 
@@ -65,23 +66,43 @@ ConfigStore.instance().store(name="bench_schema", node=BenchConfig)
 
 
 # --- the cells -----------------------------------------------------------------------------------
-def method_is_data_free(method: str) -> bool:
+USER_PROVIDERS = ("command-line", "hydra.searchpath in command-line")  # --config-dir, hydra.searchpath=[...]
+
+
+def user_config_paths(config_sources) -> list[str]:
+    """The config folders a user added to the bench (``--config-dir``, ``hydra.searchpath``), as
+    search-path entries: their methods can be benchmarked, and every run of the bench searches them."""
+    return [f"{s.schema}://{s.path}" for s in config_sources if s.provider in USER_PROVIDERS]
+
+
+def searchpath_override(paths) -> list[str]:
+    return [f"hydra.searchpath=[{','.join(paths)}]"] if paths else []
+
+
+def known_methods(paths=()) -> list[str]:
+    """Every ``method`` config Hydra finds: the package's and those in ``paths``."""
+    loader = GlobalHydra.instance().config_loader()
+    return sorted(loader.get_group_options("method", overrides=searchpath_override(paths)))
+
+
+def method_is_data_free(method: str, paths=()) -> bool:
     """Compose ``method=<name>`` (the bench runs inside Hydra, so compose sees conf/)."""
-    cfg = hydra.compose("train", overrides=[f"method={method}"])
+    cfg = hydra.compose("train", overrides=[f"method={method}", *searchpath_override(paths)])
     return is_data_free(cfg.method)
 
 
-def default_methods(reference, exclude=()) -> list[str]:
+def default_methods(reference, exclude=(), paths=()) -> list[str]:
     """Every data-free method config that exists now (but ``exclude``), then the reference rows."""
-    names = sorted(p.stem for p in METHOD_DIR.glob("*.yaml"))
-    return [n for n in names if n not in {*reference, *exclude} and method_is_data_free(n)] + list(reference)
+    names = known_methods(paths)
+    return [n for n in names if n not in {*reference, *exclude} and method_is_data_free(n, paths)] + list(reference)
 
 
-def check_methods(methods):
-    known = sorted(p.stem for p in METHOD_DIR.glob("*.yaml"))
+def check_methods(methods, paths=()):
+    known = known_methods(paths)
     unknown = [m for m in methods if m not in known]
     if unknown:
-        raise ConfigError(f"methods={unknown} not found in {METHOD_DIR}; known methods: {known}")
+        raise ConfigError(f"methods={unknown} not found among the method configs (the package's, and those of "
+                          f"--config-dir or hydra.searchpath folders: {list(paths)}); known methods: {known}")
 
 
 def max_time(budget_s: float) -> str:
@@ -92,10 +113,11 @@ def max_time(budget_s: float) -> str:
     return f"{seconds // 86400:02d}:{seconds // 3600 % 24:02d}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
 
 
-def cells(cfg: DictConfig) -> list[tuple[str, str, int]]:
-    """(setting, method, seed) for every run of the benchmark, checked before any starts."""
-    methods = list(cfg.methods) if cfg.methods else default_methods(cfg.reference, cfg.exclude)
-    check_methods(methods)
+def cells(cfg: DictConfig, paths=()) -> list[tuple[str, str, int]]:
+    """(setting, method, seed) for every run of the benchmark, checked before any starts; ``paths``:
+    the user's config folders."""
+    methods = list(cfg.methods) if cfg.methods else default_methods(cfg.reference, cfg.exclude, paths)
+    check_methods(methods, paths)
     if not cfg.seeds:
         raise ConfigError("seeds=[]: give at least one seed, e.g. seeds=[0,1,2]")
     if cfg.budget_s is not None:
@@ -132,7 +154,8 @@ def run_cell(cfg: DictConfig) -> dict:
         raise ConfigError("dfkd-bench runs as a multirun (hydra.mode=MULTIRUN, hydra/sweeper=dfkd_bench)")
     out = Path(HydraConfig.get().runtime.output_dir)
     group = cfg.group or f"bench-{Path(HydraConfig.get().sweep.dir).name}"
-    overrides = [*train_overrides(cfg, group), f"hydra.run.dir={out}"]
+    paths = user_config_paths(HydraConfig.get().runtime.config_sources)
+    overrides = [*train_overrides(cfg, group), *searchpath_override(paths), f"hydra.run.dir={out}"]
     if (out / "checkpoints" / "last.ckpt").is_file():
         overrides.append("resume=last")  # a stopped cell continues; Lightning's timer resumes too
     command = [sys.executable, "-m", "dfkd_lab.train", *overrides]
@@ -157,7 +180,7 @@ def sweep(config: DictConfig, config_loader, launcher, arguments: list[str]) -> 
     """Launch every unfinished cell, then write the report; returns the cells that failed."""
     sweep_dir = Path(config.hydra.sweep.dir)
     try:
-        todo = cells(config)
+        todo = cells(config, user_config_paths(config.hydra.runtime.config_sources))
     except ConfigError as err:
         sys.exit(f"dfkd-bench: {err}")
     jobs, run_dirs, finished = [], [], 0
