@@ -387,7 +387,7 @@ def test_cells_cross_settings_methods_and_seeds_and_check_first(bench_hydra):
     cells = bench.cells(cfg)
     assert len(cells) == 8 and cells[0] == ("small", "dafl", 0) and cells[-1] == ("big", "kd", 1)
     for bad, message in (("seeds=[]", "seeds"), ("budget_s=-1", "budget_s"), ("budget_passes=0", "budget_passes"),
-                         ("methods=[dafl,nope]", "nope")):
+                         ("methods=[dafl,nope]", "nope"), ('overrides=["hydra.searchpath=[file:///x]"]', "hydra.searchpath")):
         with pytest.raises(ConfigError, match=message):
             bench.cells(compose("bench", overrides=["methods=[dafl]", bad]))
 

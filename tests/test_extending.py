@@ -13,7 +13,10 @@ from pathlib import Path
 import torch
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
+from hydra.core.override_parser.overrides_parser import OverridesParser
 
+from dfkd_lab.config import searchpath_override
+from dfkd_lab.resume import resume_args
 from dfkd_lab.train import CONF_DIR
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "my_method"
@@ -40,6 +43,8 @@ def test_the_example_method_trains_through_the_cli_with_its_own_registered_term(
     assert 0.0 <= metrics["test/acc"] <= 1.0
     assert metrics["synth/logit_margin"] > 0  # the user's term was computed, optimised and logged
     assert "synth/bn" in metrics and "synth/target_ce" not in metrics  # built in; weight 0: not computed
+    # resume=<run dir> searches the user's folder again (overrides.yaml does not record --config-dir)
+    assert f"hydra.searchpath=['file://{user / 'conf'}']" in resume_args([f"resume={run_dir}"])
 
 
 def test_the_bench_runs_the_example_method_from_the_users_config_dir(tmp_path):
@@ -57,6 +62,7 @@ def test_the_bench_runs_the_example_method_from_the_users_config_dir(tmp_path):
     assert [(r["method"], r["status"]) for r in rows] == [("my_method", "1 finished")]
     run = json.loads((bench_dir / "default/my_method/seed0/metrics.json").read_text())
     assert run["synth/logit_margin"] > 0  # the user's own term ran inside the bench's run
+    assert f"--config-dir {user / 'conf'}" in (bench_dir / "command.txt").read_text()  # the command to continue it
 
 
 def test_the_bench_refuses_an_unknown_method_naming_the_users_folders(tmp_path):
@@ -79,6 +85,13 @@ def test_hydra_searchpath_finds_the_method_as_config_dir_does(tmp_path):
         GlobalHydra.instance().clear()
     assert cfg.method.synthesizer._target_ == "my_method.MarginInversion"
     assert dict(cfg.loss.weights) == {"kd": 1.0, "target_ce": 0.0, "bn": 10.0, "logit_margin": 1.0}
+
+
+def test_a_searchpath_override_keeps_folder_names_hydra_would_split_or_misread():
+    paths = ["file:///tmp/a,b", "file:///tmp/it's (x) #1", "pkg://my_package.conf"]
+    (override,) = searchpath_override(paths)
+    assert OverridesParser.create().parse_overrides([override])[0].value() == paths
+    assert searchpath_override([]) == []
 
 
 def test_logit_margin_is_zero_once_the_target_leads_by_the_margin():

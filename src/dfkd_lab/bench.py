@@ -29,7 +29,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.core.utils import JobStatus
 from omegaconf import DictConfig, OmegaConf
 
-from .config import ConfigError, is_data_free
+from .config import ConfigError, is_data_free, searchpath_override, user_config_paths
 from .report import run_status, write_report
 from .train import CONF_DIR
 
@@ -66,19 +66,6 @@ ConfigStore.instance().store(name="bench_schema", node=BenchConfig)
 
 
 # --- the cells -----------------------------------------------------------------------------------
-USER_PROVIDERS = ("command-line", "hydra.searchpath in command-line")  # --config-dir, hydra.searchpath=[...]
-
-
-def user_config_paths(config_sources) -> list[str]:
-    """The config folders a user added to the bench (``--config-dir``, ``hydra.searchpath``), as
-    search-path entries: their methods can be benchmarked, and every run of the bench searches them."""
-    return [f"{s.schema}://{s.path}" for s in config_sources if s.provider in USER_PROVIDERS]
-
-
-def searchpath_override(paths) -> list[str]:
-    return [f"hydra.searchpath=[{','.join(paths)}]"] if paths else []
-
-
 def known_methods(paths=()) -> list[str]:
     """Every ``method`` config Hydra finds: the package's and those in ``paths``."""
     loader = GlobalHydra.instance().config_loader()
@@ -124,6 +111,10 @@ def cells(cfg: DictConfig, paths=()) -> list[tuple[str, str, int]]:
         max_time(cfg.budget_s)
     if cfg.budget_passes is not None and cfg.budget_passes <= 0:
         raise ConfigError(f"budget_passes={cfg.budget_passes}: give a positive number of teacher passes")
+    given = [*cfg.overrides, *(o for setting in cfg.settings.values() for o in setting)]
+    if any(str(o).lstrip("+~").startswith("hydra.searchpath=") for o in given):
+        raise ConfigError("hydra.searchpath in overrides or settings: give it to dfkd-bench itself "
+                          "(dfkd-bench hydra.searchpath=[...] or --config-dir DIR); every run then searches it")
     settings = list(cfg.settings) or [DEFAULT_SETTING]
     return [(s, m, int(seed)) for s in settings for m in methods for seed in cfg.seeds]
 
@@ -172,8 +163,11 @@ def run_cell(cfg: DictConfig) -> dict:
 
 # --- the sweep (called by the dfkd_bench sweeper plugin) --------------------------------------
 def command_line(config: DictConfig, arguments) -> str:
+    """The command to start this benchmark again, ``--config-dir`` included."""
+    config_dirs = [a for s in config.hydra.runtime.config_sources if s.provider == "command-line"
+                   for a in ("--config-dir", s.path)]
     hydra_overrides = list(config.hydra.overrides.hydra)
-    return shlex.join(["dfkd-bench", *arguments, *hydra_overrides])
+    return shlex.join(["dfkd-bench", *config_dirs, *arguments, *hydra_overrides])
 
 
 def sweep(config: DictConfig, config_loader, launcher, arguments: list[str]) -> list[str]:

@@ -200,6 +200,27 @@ class TrainConfig:
     test: bool = True
 
 
+USER_PROVIDERS = ("command-line", "hydra.searchpath in command-line")  # --config-dir, hydra.searchpath=[...]
+
+
+def user_config_paths(config_sources) -> list[str]:
+    """The config folders a user added (``--config-dir``, ``hydra.searchpath``), from Hydra's
+    ``runtime.config_sources`` (objects or the dicts saved in hydra.yaml), as search-path entries:
+    a run the bench starts, or a resumed run, must search them again to find the user's configs."""
+    def get(source, key):
+        return source[key] if isinstance(source, dict) else getattr(source, key)
+
+    return [f"{get(s, 'schema')}://{get(s, 'path')}" for s in config_sources if get(s, "provider") in USER_PROVIDERS]
+
+
+def searchpath_override(paths) -> list[str]:
+    """``hydra.searchpath=[...]`` for ``paths``, each quoted (a folder name may hold a comma)."""
+    def quoted(path):
+        return "'" + path.replace("'", "\\'") + "'"
+
+    return [f"hydra.searchpath=[{','.join(quoted(p) for p in paths)}]"] if paths else []
+
+
 def register_configs():
     cs = ConfigStore.instance()
     cs.store(name="train_schema", node=TrainConfig)

@@ -338,7 +338,7 @@ def header(runs: list[Run], dirs, missing=()) -> dict:
         return sorted({str(r.metrics[key]) for r in runs if r.metrics.get(key) is not None})
 
     def machine(m):
-        # two CPUs of one name may differ in bf16 kernels, and bf16 runs ten times slower without them
+        # two CPUs of one name may differ in bf16 kernels, and bf16 runs 3-11 times slower without them
         bf16 = {True: ", bf16 kernels", False: ", no bf16 kernels"}.get(m.get("machine/cpu_bf16"), "")
         return (f"{m['machine/cpu']} ({m.get('machine/cpus')} CPUs, {m.get('machine/threads')} threads{bf16}), "
                 f"GPU: {m.get('machine/gpu') or 'none'}")

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import yaml
 
-from .config import ConfigError
+from .config import ConfigError, searchpath_override, user_config_paths
 
 # Groups that make a run what it is; on resume their overrides must match the saved ones.
 MEANING = ("method", "data", "teacher", "student")
@@ -81,6 +81,18 @@ def resume_args(args: list[str]) -> list[str]:
                 f"({saved_file}). Continue it without that override, or start a new run dir")
         extra.append(arg)
     given = {_split(a)[0] for a in extra}
+    if "hydra.searchpath" not in given:
+        extra += searchpath_override(saved_config_paths(run_dir))
     segment = len(segment_dirs(run_dir)) + 2
     return [*(o for o in saved if _split(o)[0] not in given), *extra, f"hydra.run.dir={run_dir}", "resume=last",
             f"hydra.output_subdir=.hydra/segment_{segment}"]
+
+
+def saved_config_paths(run_dir: Path) -> list[str]:
+    """The user's config folders the run was started with (``--config-dir``, ``hydra.searchpath``;
+    overrides.yaml does not hold them): a user's own method is found again on resume."""
+    hydra_file = run_dir / ".hydra" / "hydra.yaml"
+    if not hydra_file.is_file():
+        return []
+    runtime = (yaml.safe_load(hydra_file.read_text()) or {}).get("hydra", {}).get("runtime", {})
+    return user_config_paths(runtime.get("config_sources") or [])

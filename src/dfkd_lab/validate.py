@@ -139,7 +139,8 @@ def precision_fallback(cfg: DictConfig) -> str | None:
     so that the precision in the run's record is no surprise. Only the default trainer interpolates
     its precision from the method's."""
     chosen, preferred = _get(cfg, "trainer.precision"), _get(cfg, "method.precision")
-    if not OmegaConf.is_interpolation(cfg.trainer, "precision") or chosen == preferred:
+    if (not OmegaConf.is_interpolation(cfg.trainer, "precision") or chosen == preferred
+            or chosen != provenance.preferred_precision(preferred)):
         return None
     return (f"method.precision={preferred} runs as trainer.precision={chosen}: torch has no bfloat16 kernels for "
             f"this CPU, where bf16 would be several times slower; trainer.precision={preferred} forces it")
