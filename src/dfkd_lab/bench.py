@@ -32,6 +32,7 @@ from omegaconf import DictConfig, OmegaConf
 from .config import ConfigError, is_data_free, searchpath_override, user_config_paths
 from .report import run_status, write_report
 from .train import CONF_DIR
+from .validate import override_key
 
 DEFAULT_SETTING = "default"
 
@@ -112,7 +113,7 @@ def cells(cfg: DictConfig, paths=()) -> list[tuple[str, str, int]]:
     if cfg.budget_passes is not None and cfg.budget_passes <= 0:
         raise ConfigError(f"budget_passes={cfg.budget_passes}: give a positive number of teacher passes")
     given = [*cfg.overrides, *(o for setting in cfg.settings.values() for o in setting)]
-    if any(str(o).lstrip("+~").startswith("hydra.searchpath=") for o in given):
+    if any(override_key(str(o)) == "hydra.searchpath" for o in given):
         raise ConfigError("hydra.searchpath in overrides or settings: give it to dfkd-bench itself "
                           "(dfkd-bench hydra.searchpath=[...] or --config-dir DIR); every run then searches it")
     settings = list(cfg.settings) or [DEFAULT_SETTING]

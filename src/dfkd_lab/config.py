@@ -205,12 +205,9 @@ USER_PROVIDERS = ("command-line", "hydra.searchpath in command-line")  # --confi
 
 def user_config_paths(config_sources) -> list[str]:
     """The config folders a user added (``--config-dir``, ``hydra.searchpath``), from Hydra's
-    ``runtime.config_sources`` (objects or the dicts saved in hydra.yaml), as search-path entries:
-    a run the bench starts, or a resumed run, must search them again to find the user's configs."""
-    def get(source, key):
-        return source[key] if isinstance(source, dict) else getattr(source, key)
-
-    return [f"{get(s, 'schema')}://{get(s, 'path')}" for s in config_sources if get(s, "provider") in USER_PROVIDERS]
+    ``runtime.config_sources``, as search-path entries: a run the bench starts, or a resumed run,
+    must search them again to find the user's configs."""
+    return [f"{s.schema}://{s.path}" for s in config_sources if s.provider in USER_PROVIDERS]
 
 
 def searchpath_override(paths) -> list[str]:

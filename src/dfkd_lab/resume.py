@@ -10,6 +10,7 @@ overwritten. ``hydra.run.dir=<run dir> resume=last`` is the same thing spelled t
 from pathlib import Path
 
 import yaml
+from omegaconf import OmegaConf
 
 from .config import ConfigError, searchpath_override, user_config_paths
 
@@ -94,5 +95,4 @@ def saved_config_paths(run_dir: Path) -> list[str]:
     hydra_file = run_dir / ".hydra" / "hydra.yaml"
     if not hydra_file.is_file():
         return []
-    runtime = (yaml.safe_load(hydra_file.read_text()) or {}).get("hydra", {}).get("runtime", {})
-    return user_config_paths(runtime.get("config_sources") or [])
+    return user_config_paths(OmegaConf.select(OmegaConf.load(hydra_file), "hydra.runtime.config_sources", default=[]))
