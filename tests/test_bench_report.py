@@ -2,6 +2,7 @@
 
 import json
 import math
+import shlex
 import shutil
 import subprocess
 import sys
@@ -14,12 +15,13 @@ import torch
 import yaml
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
+from hydra.core.override_parser.overrides_parser import OverridesParser
 from PIL import Image
 
 from dfkd_lab import bench, report
 from dfkd_lab.callbacks.budget import TeacherPassBudget
 from dfkd_lab.callbacks.metrics import write_final_metrics
-from dfkd_lab.config import ConfigError
+from dfkd_lab.config import ConfigError, hydra_quoted
 from dfkd_lab.provenance import provenance
 from dfkd_lab.train import CONF_DIR
 
@@ -343,6 +345,15 @@ def test_a_teacher_run_is_listed_under_the_network_it_trains(tmp_path):
     assert (row["teacher"], row["student"]) == (None, "resnet34")
 
 
+def test_a_teacher_given_by_its_weights_file_is_named_by_that_file(tmp_path):
+    """teacher.ckpt is what the run loaded, whatever zoo entry the method's default names."""
+    run_dir = fake_run(tmp_path / "r", "fastdfkd", {"test/acc": 0.4})
+    config = yaml.safe_load((run_dir / ".hydra" / "config.yaml").read_text())
+    config["teacher"] = {"zoo": "lenet5_bn_fc_fmnist", "arch": None, "ckpt": "/runs/t/lenet5_bn_fc_image_folder.pt"}
+    (run_dir / ".hydra" / "config.yaml").write_text(yaml.safe_dump(config))
+    assert report.run_row(report.load_run(run_dir))["teacher"] == "lenet5_bn_fc_image_folder.pt"
+
+
 def test_teacher_pass_budget_stops_at_the_count():
     budget = TeacherPassBudget(max_passes=5)
     trainer = SimpleNamespace(should_stop=False)
@@ -441,6 +452,19 @@ def test_bench_skips_finished_cells(tmp_path, launcher):
         assert f"method={cell.split('/')[0]} seed={cell[-1]}" in command and "trainer.max_time=00:00:00:30" in command
         assert command.rstrip().endswith("resume=last") == (cell == "kd/seed1")  # the stopped run continues
     assert (tmp_path / "command.txt").read_text().startswith("dfkd-bench 'methods=[dafl,kd]'")
+
+
+def test_each_cell_gets_its_run_dir_even_where_hydra_would_misread_the_path(tmp_path):
+    """Cells run in absolute dirs: a sweep dir under a folder such as ``runs (1)`` or ``#2`` reaches
+    each dfkd-train quoted, so Hydra reads it back as the cell's dir."""
+    sweep_dir = tmp_path / "runs (1)" / "#2"
+    done = subprocess.run([sys.executable, "-m", "dfkd_lab.bench", f"hydra.sweep.dir={hydra_quoted(sweep_dir)}",
+                           "methods=[kd]", "seeds=[0]", "dry_run=true"],
+                          check=False, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stdout + done.stderr
+    command = shlex.split((sweep_dir / "default/kd/seed0/command.txt").read_text())
+    (run_dir,) = [a for a in command if a.startswith("hydra.run.dir=")]
+    assert OverridesParser.create().parse_override(run_dir).value() == str(sweep_dir / "default/kd/seed0")
 
 
 TINY = '["trainer.max_epochs=1","trainer.limit_train_batches=2","trainer.limit_val_batches=1",' \

@@ -10,11 +10,13 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 from hydra.core.override_parser.overrides_parser import OverridesParser
 
+from dfkd_lab import train
 from dfkd_lab.config import searchpath_override
 from dfkd_lab.resume import resume_args
 from dfkd_lab.train import CONF_DIR
@@ -85,6 +87,20 @@ def test_hydra_searchpath_finds_the_method_as_config_dir_does(tmp_path):
         GlobalHydra.instance().clear()
     assert cfg.method.synthesizer._target_ == "my_method.MarginInversion"
     assert dict(cfg.loss.weights) == {"kd": 1.0, "target_ce": 0.0, "bn": 10.0, "logit_margin": 1.0}
+
+
+@pytest.mark.parametrize("where", ["--config-dir", "hydra.searchpath"])
+def test_a_block_the_users_method_lacks_is_named_before_hydra_starts(monkeypatch, capsys, tmp_path, where):
+    """The check of block keys composes the user's method too (found through their folder)."""
+    conf = user_copy(tmp_path) / "conf"
+    folder = ["--config-dir", str(conf)] if where == "--config-dir" else [f"hydra.searchpath=[file://{conf}]"]
+    monkeypatch.setattr(sys, "argv", ["dfkd-train", *folder, "method=my_method", "method.dfq.quant_bits=4",
+                                      f"hydra.run.dir={tmp_path / 'run'}"])
+    with pytest.raises(SystemExit) as exit_:
+        train.main()
+    assert exit_.value.code == 2
+    assert "method.dfq.quant_bits: method=my_method has no method.dfq block" in capsys.readouterr().err
+    assert not (tmp_path / "run").exists()
 
 
 def test_a_searchpath_override_keeps_folder_names_hydra_would_split_or_misread():

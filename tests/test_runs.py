@@ -5,6 +5,7 @@ the behaviour is about the default path."""
 import csv
 import json
 import os
+import shlex
 import signal
 import struct
 import subprocess
@@ -15,12 +16,13 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
+from hydra.core.override_parser.overrides_parser import OverridesParser
 
 from conftest import FAST
 from dfkd_lab import train
 from dfkd_lab.config import ConfigError
 from dfkd_lab.report import UNFINISHED, load_run, run_row
-from dfkd_lab.resume import resume_args
+from dfkd_lab.resume import continue_command, resume_args
 from test_reliability import cli, dfkd_train, fit_progress, hydra_record
 
 TINY = ["trainer=cpu", "method.synthesis.batch_size=16", "trainer.limit_val_batches=1", "trainer.limit_test_batches=1",
@@ -248,13 +250,26 @@ def fake_run_dir(path: Path, overrides: list[str]) -> Path:
 
 def test_resume_restores_the_saved_overrides(tmp_path):
     run_dir = fake_run_dir(tmp_path / "run", ["method=kd", "trainer.max_epochs=1", "trainer=cpu"])
-    expected = ["method=kd", "trainer=cpu", "trainer.max_epochs=3", f"hydra.run.dir={run_dir}", "resume=last",
+    expected = ["method=kd", "trainer=cpu", "trainer.max_epochs=3", f"hydra.run.dir='{run_dir}'", "resume=last",
                 "hydra.output_subdir=.hydra/segment_2"]
     assert resume_args([f"resume={run_dir}", "trainer.max_epochs=3"]) == expected
     assert resume_args([f"hydra.run.dir={run_dir}", "resume=last", "trainer.max_epochs=3"]) == expected
     (run_dir / ".hydra" / "segment_2").mkdir()
     assert resume_args([f"resume={run_dir}"])[-1] == "hydra.output_subdir=.hydra/segment_3"
     assert resume_args(["method=kd"]) == ["method=kd"]  # not a resume
+
+
+@pytest.mark.parametrize("name", ["runs (1)/it's #2", "multirun/1_method=kd,seed=1", "a,b"])
+def test_resume_of_a_run_dir_whose_name_hydra_would_misread(tmp_path, name):
+    """A folder named like ``run (1)``, ``#2`` or a multirun job's ``1_method=kd,seed=1``: the resumed
+    run's ``hydra.run.dir`` reads back as that folder, and the quoted form the bench passes
+    (``hydra.run.dir='...' resume=last``) resumes too."""
+    run_dir = fake_run_dir(tmp_path / name, ["method=kd"])
+    args = resume_args([f"resume={run_dir}"])
+    (run_dir_override,) = [a for a in args if a.startswith("hydra.run.dir=")]
+    assert OverridesParser.create().parse_override(run_dir_override).value() == str(run_dir)
+    assert resume_args([run_dir_override, "resume=last"]) == args
+    assert shlex.split(continue_command(run_dir)) == ["dfkd-train", f"resume={run_dir.resolve()}"]  # for a shell
 
 
 def test_resume_refuses_an_override_that_changes_the_run(tmp_path):

@@ -29,7 +29,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.core.utils import JobStatus
 from omegaconf import DictConfig, OmegaConf
 
-from .config import ConfigError, is_data_free, searchpath_override, user_config_paths
+from .config import ConfigError, hydra_quoted, is_data_free, searchpath_override, user_config_paths
 from .report import run_status, write_report
 from .train import CONF_DIR
 from .validate import override_key
@@ -147,7 +147,7 @@ def run_cell(cfg: DictConfig) -> dict:
     out = Path(HydraConfig.get().runtime.output_dir)
     group = cfg.group or f"bench-{Path(HydraConfig.get().sweep.dir).name}"
     paths = user_config_paths(HydraConfig.get().runtime.config_sources)
-    overrides = [*train_overrides(cfg, group), *searchpath_override(paths), f"hydra.run.dir={out}"]
+    overrides = [*train_overrides(cfg, group), *searchpath_override(paths), f"hydra.run.dir={hydra_quoted(out)}"]
     if (out / "checkpoints" / "last.ckpt").is_file():
         overrides.append("resume=last")  # a stopped cell continues; Lightning's timer resumes too
     command = [sys.executable, "-m", "dfkd_lab.train", *overrides]

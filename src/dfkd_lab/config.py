@@ -210,12 +210,28 @@ def user_config_paths(config_sources) -> list[str]:
     return [f"{s.schema}://{s.path}" for s in config_sources if s.provider in USER_PROVIDERS]
 
 
+def hydra_quoted(value) -> str:
+    """``value`` as a quoted string of a Hydra override: unquoted, a path's ``,`` ``(`` ``=`` ``#``
+    ``'`` or ``~`` would be read as override grammar (a sweep, a function call, ...) or refused."""
+    return "'" + str(value).replace("'", "\\'") + "'"
+
+
+def override_value(arg: str):
+    """The value of the override ``arg`` as Hydra reads it (quotes removed, ``null`` None), or as
+    written when Hydra's grammar cannot read it (``resume=/runs/a (1)`` never reaches Hydra)."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.errors import HydraException
+
+    try:
+        override = OverridesParser.create().parse_override(arg)
+    except HydraException:
+        return arg.partition("=")[2]
+    return arg.partition("=")[2] if override.is_sweep_override() else override.value()  # a folder "a,b"
+
+
 def searchpath_override(paths) -> list[str]:
     """``hydra.searchpath=[...]`` for ``paths``, each quoted (a folder name may hold a comma)."""
-    def quoted(path):
-        return "'" + path.replace("'", "\\'") + "'"
-
-    return [f"hydra.searchpath=[{','.join(quoted(p) for p in paths)}]"] if paths else []
+    return [f"hydra.searchpath=[{','.join(hydra_quoted(p) for p in paths)}]"] if paths else []
 
 
 def register_configs():

@@ -178,8 +178,10 @@ def first_reaching(curve: list, axis: str, acc_pct: float) -> float | None:
 
 # --- rows ----------------------------------------------------------------------------------------
 def _network_name(spec: dict | None) -> str | None:
+    """A network as the table names it: the weights file it was loaded from (``teacher.ckpt``
+    wins over the zoo entry a method's default names), else its zoo entry or arch."""
     spec = spec or {}
-    return spec.get("zoo") or spec.get("arch")
+    return Path(spec["ckpt"]).name if spec.get("ckpt") else spec.get("zoo") or spec.get("arch")
 
 
 def transfer_data(config: dict) -> str:

@@ -7,12 +7,19 @@ own config goes to ``.hydra/segment_<n>/`` so the first segment's record is neve
 overwritten. ``hydra.run.dir=<run dir> resume=last`` is the same thing spelled the old way.
 """
 
+import shlex
 from pathlib import Path
 
 import yaml
 from omegaconf import OmegaConf
 
-from .config import ConfigError, searchpath_override, user_config_paths
+from .config import (
+    ConfigError,
+    hydra_quoted,
+    override_value,
+    searchpath_override,
+    user_config_paths,
+)
 
 # Groups that make a run what it is; on resume their overrides must match the saved ones.
 MEANING = ("method", "data", "teacher", "student")
@@ -20,7 +27,7 @@ MEANING = ("method", "data", "teacher", "student")
 
 def continue_command(run_dir) -> str:
     """The exact command that continues the run in ``run_dir``."""
-    return f"dfkd-train resume={Path(run_dir).resolve()}"
+    return shlex.join(["dfkd-train", f"resume={Path(run_dir).resolve()}"])
 
 
 def _split(override: str) -> tuple[str, str]:
@@ -30,16 +37,16 @@ def _split(override: str) -> tuple[str, str]:
 
 def _run_dir(args: list[str]) -> Path | None:
     """The run dir a ``resume=`` argument names, or None when it names a checkpoint file or nothing."""
-    values = dict(_split(a) for a in args if "=" in a and not a.startswith("-"))
+    values = {_split(a)[0]: override_value(a) for a in args if "=" in a and not a.startswith("-")}
     resume = values.get("resume")
-    if resume in (None, "", "null"):
+    if resume in (None, ""):
         return None
     if resume == "last":
         if "hydra.run.dir" not in values:
             raise ConfigError("resume=last needs the run dir: give resume=<run dir> "
                               "(or hydra.run.dir=<run dir> resume=last)")
-        return Path(values["hydra.run.dir"])
-    path = Path(resume)
+        return Path(str(values["hydra.run.dir"]))
+    path = Path(str(resume))
     if path.is_dir():
         return path
     if not path.is_file():
@@ -85,8 +92,8 @@ def resume_args(args: list[str]) -> list[str]:
     if "hydra.searchpath" not in given:
         extra += searchpath_override(saved_config_paths(run_dir))
     segment = len(segment_dirs(run_dir)) + 2
-    return [*(o for o in saved if _split(o)[0] not in given), *extra, f"hydra.run.dir={run_dir}", "resume=last",
-            f"hydra.output_subdir=.hydra/segment_{segment}"]
+    return [*(o for o in saved if _split(o)[0] not in given), *extra, f"hydra.run.dir={hydra_quoted(run_dir)}",
+            "resume=last", f"hydra.output_subdir=.hydra/segment_{segment}"]
 
 
 def saved_config_paths(run_dir: Path) -> list[str]:

@@ -10,7 +10,9 @@ import signal
 import sys
 import time
 import traceback
+from functools import partial
 from importlib import resources
+from itertools import pairwise
 from pathlib import Path
 
 import hydra
@@ -41,7 +43,7 @@ from .callbacks.metrics import (
     peak_memory,
     write_final_metrics,
 )
-from .config import ConfigError, register_configs
+from .config import ConfigError, override_value, register_configs, searchpath_override
 from .data import TrainSplitForbidden
 from .data.sources import DatasetUnavailable
 from .losses.weighting import UnknownLossWeight
@@ -49,7 +51,14 @@ from .methods.data_free import SynthesisDiverged
 from .provenance import provenance
 from .quiet import silence_known_noise
 from .resume import continue_command, resume_args
-from .validate import check_overrides, check_writable, precision_fallback, slow_precision, validate
+from .validate import (
+    check_overrides,
+    check_writable,
+    override_key,
+    precision_fallback,
+    slow_precision,
+    validate,
+)
 from .zoo import TeacherError
 
 # The configs ship inside the package: Hydra reads them as the package's resources (CONF_PKG);
@@ -245,15 +254,25 @@ def hydra_main(cfg: DictConfig) -> float | None:
     return metrics.get(cfg.optimized_metric)
 
 
-def compose_train(overrides: list[str]) -> DictConfig:
-    """The run's config as ``dfkd-train <overrides>`` would compose it (for checks made before
-    Hydra starts)."""
+def compose_train(overrides: list[str], config_dirs=()) -> DictConfig:
+    """The run's config as ``dfkd-train [--config-dir DIR ...] <overrides>`` would compose it (for
+    checks made before Hydra starts); the user's config folders are searched as Hydra would."""
     from hydra import compose, initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
 
+    given = [override_value(o) for o in overrides if override_key(o) == "hydra.searchpath"]
+    given = [v for v in given if isinstance(v, list)]  # anything else Hydra reports itself
+    paths = [*(f"file://{Path(d).absolute()}" for d in config_dirs), *(given[-1] if given else [])]
     GlobalHydra.instance().clear()
     with initialize_config_dir(CONF_DIR, version_base="1.3"):
-        return compose("train", overrides=[o for o in overrides if not o.startswith("hydra.")])
+        return compose("train", overrides=[*(o for o in overrides if not o.startswith("hydra.")),
+                                           *searchpath_override(paths)])
+
+
+def config_dirs(args: list[str]) -> list[str]:
+    """The folders of ``--config-dir DIR`` / ``-cd DIR`` / ``--config-dir=DIR`` in ``args``."""
+    found = [b for a, b in pairwise(args) if a in ("--config-dir", "-cd")]
+    return found + [a.split("=", 1)[1] for a in args if a.startswith("--config-dir=")]
 
 
 def main():
@@ -261,11 +280,12 @@ def main():
     must be writable, both checked before Hydra writes anything."""
     try:
         args = resume_args(sys.argv[1:])
-        given = dict(a.split("=", 1) for a in args if "=" in a and not a.startswith("-"))
         multirun = any(a in ("-m", "--multirun") for a in args)
+        run_dir_key = "hydra.sweep.dir" if multirun else "hydra.run.dir"
+        given = [override_value(a) for a in args if a.startswith(f"{run_dir_key}=")]
         default = Path(os.environ.get("PROJECT_ROOT", ".")) / "outputs"  # conf/paths/default.yaml
-        check_writable(given.get("hydra.sweep.dir" if multirun else "hydra.run.dir", default))
-        check_overrides(args, compose_train)
+        check_writable(Path(str(given[-1])) if given else default)
+        check_overrides(args, partial(compose_train, config_dirs=config_dirs(args)))
     except ConfigError as err:
         report_error(err)
         sys.exit(2)
