@@ -29,10 +29,16 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.core.utils import JobStatus
 from omegaconf import DictConfig, OmegaConf
 
-from .config import ConfigError, hydra_quoted, is_data_free, searchpath_override, user_config_paths
+from .config import (
+    ConfigError,
+    hydra_quoted,
+    is_data_free,
+    override_key,
+    searchpath_override,
+    user_config_paths,
+)
 from .report import run_status, write_report
 from .train import CONF_DIR
-from .validate import override_key
 
 DEFAULT_SETTING = "default"
 

@@ -216,6 +216,10 @@ def hydra_quoted(value) -> str:
     return "'" + str(value).replace("'", "\\'") + "'"
 
 
+def override_key(arg: str) -> str:
+    return arg.split("=", 1)[0].lstrip("+~")
+
+
 def override_value(arg: str):
     """The value of the override ``arg`` as Hydra reads it (quotes removed, ``null`` None), or as
     written when Hydra's grammar cannot read it (``resume=/runs/a (1)`` never reaches Hydra)."""
@@ -227,6 +231,13 @@ def override_value(arg: str):
     except HydraException:
         return arg.partition("=")[2]
     return arg.partition("=")[2] if override.is_sweep_override() else override.value()  # a folder "a,b"
+
+
+def given_value(args: list[str], key: str, default=None):
+    """The value of the last ``key=...`` override in ``args`` (``+key``/``~key`` too) as Hydra
+    reads it (``override_value``), or ``default`` when none is given."""
+    found = [override_value(a) for a in args if "=" in a and not a.startswith("-") and override_key(a) == key]
+    return found[-1] if found else default
 
 
 def searchpath_override(paths) -> list[str]:

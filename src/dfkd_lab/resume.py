@@ -15,8 +15,9 @@ from omegaconf import OmegaConf
 
 from .config import (
     ConfigError,
+    given_value,
     hydra_quoted,
-    override_value,
+    override_key,
     searchpath_override,
     user_config_paths,
 )
@@ -31,21 +32,20 @@ def continue_command(run_dir) -> str:
 
 
 def _split(override: str) -> tuple[str, str]:
-    key, _, value = override.partition("=")
-    return key.lstrip("+~"), value
+    return override_key(override), override.partition("=")[2]
 
 
 def _run_dir(args: list[str]) -> Path | None:
     """The run dir a ``resume=`` argument names, or None when it names a checkpoint file or nothing."""
-    values = {_split(a)[0]: override_value(a) for a in args if "=" in a and not a.startswith("-")}
-    resume = values.get("resume")
+    resume = given_value(args, "resume")
     if resume in (None, ""):
         return None
     if resume == "last":
-        if "hydra.run.dir" not in values:
+        run_dir = given_value(args, "hydra.run.dir")
+        if run_dir is None:
             raise ConfigError("resume=last needs the run dir: give resume=<run dir> "
                               "(or hydra.run.dir=<run dir> resume=last)")
-        return Path(str(values["hydra.run.dir"]))
+        return Path(str(run_dir))
     path = Path(str(resume))
     if path.is_dir():
         return path

@@ -43,7 +43,7 @@ from .callbacks.metrics import (
     peak_memory,
     write_final_metrics,
 )
-from .config import ConfigError, override_value, register_configs, searchpath_override
+from .config import ConfigError, given_value, register_configs, searchpath_override
 from .data import TrainSplitForbidden
 from .data.sources import DatasetUnavailable
 from .losses.weighting import UnknownLossWeight
@@ -54,7 +54,6 @@ from .resume import continue_command, resume_args
 from .validate import (
     check_overrides,
     check_writable,
-    override_key,
     precision_fallback,
     slow_precision,
     validate,
@@ -260,9 +259,9 @@ def compose_train(overrides: list[str], config_dirs=()) -> DictConfig:
     from hydra import compose, initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
 
-    given = [override_value(o) for o in overrides if override_key(o) == "hydra.searchpath"]
-    given = [v for v in given if isinstance(v, list)]  # anything else Hydra reports itself
-    paths = [*(f"file://{Path(d).absolute()}" for d in config_dirs), *(given[-1] if given else [])]
+    given = given_value(overrides, "hydra.searchpath", [])
+    given = given if isinstance(given, list) else []  # anything else Hydra reports itself
+    paths = [*(f"file://{Path(d).absolute()}" for d in config_dirs), *given]
     GlobalHydra.instance().clear()
     with initialize_config_dir(CONF_DIR, version_base="1.3"):
         return compose("train", overrides=[*(o for o in overrides if not o.startswith("hydra.")),
@@ -281,10 +280,8 @@ def main():
     try:
         args = resume_args(sys.argv[1:])
         multirun = any(a in ("-m", "--multirun") for a in args)
-        run_dir_key = "hydra.sweep.dir" if multirun else "hydra.run.dir"
-        given = [override_value(a) for a in args if a.startswith(f"{run_dir_key}=")]
         default = Path(os.environ.get("PROJECT_ROOT", ".")) / "outputs"  # conf/paths/default.yaml
-        check_writable(Path(str(given[-1])) if given else default)
+        check_writable(Path(str(given_value(args, "hydra.sweep.dir" if multirun else "hydra.run.dir", default))))
         check_overrides(args, partial(compose_train, config_dirs=config_dirs(args)))
     except ConfigError as err:
         report_error(err)

@@ -24,6 +24,7 @@ from .config import (
     TeacherConfig,
     TrainConfig,
     TrainerConfig,
+    override_key,
 )
 
 # Groups with a schema: a key the schema does not have (e.g. ``+method.epochz=3``, which Hydra
@@ -144,10 +145,6 @@ def precision_fallback(cfg: DictConfig) -> str | None:
         return None
     return (f"method.precision={preferred} runs as trainer.precision={chosen}: torch has no bfloat16 kernels for "
             f"this CPU, where bf16 would be several times slower; trainer.precision={preferred} forces it")
-
-
-def override_key(arg: str) -> str:
-    return arg.split("=", 1)[0].lstrip("+~")
 
 
 def check_overrides(args: list[str], compose) -> None:
