@@ -1,6 +1,7 @@
 """Hyperparameter search on Optuna >= 4 through hparams_search= (our own Hydra sweeper)."""
 
 import json
+import os
 import subprocess
 import sys
 from types import SimpleNamespace
@@ -93,18 +94,19 @@ def test_pruning_callback_reports_the_curve_and_stops_a_trailing_trial(tmp_path)
 
 def test_three_trial_study_through_hparams_search(tmp_path):
     """dfkd-train hparams_search=dafl_optuna end to end: 3 tiny DAFL trials in a stored study."""
-    done = subprocess.run(
+    env = {k: v for k, v in os.environ.items() if k != "PROJECT_ROOT"}
+    done = subprocess.run(  # the documented command as it is: the study and its dirs under ./outputs/optuna
         [sys.executable, "-m", "dfkd_lab.train", "hparams_search=dafl_optuna", "debug=default",
-         "hydra.sweeper.n_trials=3", f"hydra.sweeper.storage=sqlite:///{tmp_path}/db/optuna.db",
-         f"hydra.sweep.dir={tmp_path}/sweep"], check=False, capture_output=True, text=True, timeout=600)
+         "hydra.sweeper.n_trials=3"], cwd=tmp_path, env=env, check=False, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-    study = optuna.load_study(study_name="dafl_loss_weights", storage=f"sqlite:///{tmp_path}/db/optuna.db")
+    study = optuna.load_study(study_name="dafl_loss_weights", storage=f"sqlite:///{tmp_path}/outputs/optuna/optuna.db")
+    sweep = tmp_path / "outputs" / "optuna" / "dafl_loss_weights"
     assert len(study.trials) == 3 and all(t.state.is_finished() for t in study.trials)
     assert all(t.intermediate_values for t in study.trials)  # the evaluation curve was reported
     for t in study.trials:
-        metrics = json.loads((tmp_path / "sweep" / f"trial_{t.number}" / "metrics.json").read_text())
+        metrics = json.loads((sweep / f"trial_{t.number}" / "metrics.json").read_text())
         if t.state == optuna.trial.TrialState.COMPLETE:
             assert t.value == metrics["test/acc"]
-    config = yaml.safe_load((tmp_path / "sweep" / "trial_2" / ".hydra" / "overrides.yaml").read_text())
+    config = yaml.safe_load((sweep / "trial_2" / ".hydra" / "overrides.yaml").read_text())
     assert any(o.startswith("loss.weights.argmax_ce=") for o in config)
-    assert "best_params" in yaml.safe_load((tmp_path / "sweep" / "optimization_results.yaml").read_text())
+    assert "best_params" in yaml.safe_load((sweep / "optimization_results.yaml").read_text())
