@@ -2,10 +2,14 @@
 
 import json
 import math
+import os
 import shlex
 import shutil
+import signal
 import subprocess
 import sys
+import threading
+import time
 from datetime import datetime
 from pathlib import Path
 from types import SimpleNamespace
@@ -213,14 +217,15 @@ def test_share_of_a_reference_row_and_images_per_s_in_table_and_headline(runs, t
     (["--readme-columns", "method", "acc_typo"], "unknown column acc_typo; columns: method transfer"),
     (["--readme-columns", "method", "share"], "the share column needs --relative-to METHOD"),
     (["--relative-to", "nayer"], "relative to nayer: needs one row of it with a final accuracy, 0 rows of it"),
+    (["--reach", "nayer"], "no runs of nayer to compare"),
 ])
 def test_bad_headline_columns_or_reference_are_refused_with_the_readme_unchanged(runs, tmp_path, capsys, args, message):
     readme = tmp_path / "README.md"
     readme.write_text(README)
     with pytest.raises(SystemExit):
-        report.main([str(runs), "-o", str(tmp_path / "out"), "--readme", str(readme), *args])
+        report.main([str(runs), "-o", str(tmp_path / "out"), "--stem", "benchmark", "--readme", str(readme), *args])
     assert message in capsys.readouterr().err
-    assert readme.read_text() == README and not list((tmp_path).glob("out/*"))
+    assert readme.read_text() == README and not (tmp_path / "out").exists()
 
 
 def test_readme_without_the_markers_is_refused_unchanged(runs, tmp_path, capsys):
@@ -229,7 +234,16 @@ def test_readme_without_the_markers_is_refused_unchanged(runs, tmp_path, capsys)
     with pytest.raises(SystemExit):
         report.main([str(runs), "-o", str(tmp_path / "out"), "--readme", str(readme)])
     assert "'<!-- dfkd-report report -->'" in capsys.readouterr().err
-    assert readme.read_text() == "# Tool\nno markers\n"
+    assert readme.read_text() == "# Tool\nno markers\n" and not (tmp_path / "out").exists()
+
+
+def test_a_record_that_does_not_parse_is_named(runs, tmp_path, capsys):
+    broken = next(runs.rglob("metrics.json"))
+    broken.write_text('{"test/acc": 0.5,')
+    with pytest.raises(SystemExit):
+        report.main([str(runs), "-o", str(tmp_path / "out")])
+    assert f"{broken} is not valid JSON" in capsys.readouterr().err
+    assert not bench.is_finished(broken.parent)  # the bench runs such a cell again
 
 
 def test_status_field_wins_over_the_old_rule():
@@ -403,6 +417,21 @@ def test_cells_cross_settings_methods_and_seeds_and_check_first(bench_hydra):
             bench.cells(compose("bench", overrides=["methods=[dafl]", bad]))
 
 
+def test_overrides_and_settings_that_do_not_compose_are_refused_before_any_run(bench_hydra):
+    cfg = compose("bench", overrides=["methods=[dafl,kd]", 'overrides=["data.batch_size=8"]',
+                                      '+settings.fast=["method.epochs=1"]', '+settings.typo=["method.epoch=1"]'])
+    with pytest.raises(ConfigError, match=r"method=dafl does not compose with the overrides and settings.typo: "
+                                          r"Could not override 'method.epoch'\.$"):
+        bench.check_cell_configs(cfg, bench.cells(cfg))
+    for bad, message in (('overrides=["data.batchsize=8"]', "data.batchsize"),
+                         ('overrides=["method.synthesizer.ngf=8"]', "method=kd does not compose with the overrides: .*method.synthesizer.ngf")):
+        cfg = compose("bench", overrides=["methods=[dafl,kd]", bad])
+        with pytest.raises(ConfigError, match=message):
+            bench.check_cell_configs(cfg, bench.cells(cfg))
+    cfg = compose("bench", overrides=["methods=[dafl,kd]", '+settings.fast=["method.epochs=1"]'])
+    bench.check_cell_configs(cfg, bench.cells(cfg))
+
+
 def test_cell_overrides_carry_equal_budgets_and_the_setting(bench_hydra):
     cfg = compose("bench", overrides=["budget_s=90", "budget_passes=500", 'overrides=["data=mnist"]',
                                       '+settings.small=["data.batch_size=8"]', "cell.setting=small",
@@ -495,8 +524,31 @@ def test_bench_runs_under_joblib_and_a_second_start_skips_everything(tmp_path):
 @pytest.mark.slow
 def test_a_failing_cell_is_reported_and_the_bench_exits_1(tmp_path):
     done = subprocess.run([sys.executable, "-m", "dfkd_lab.bench", f"hydra.sweep.dir={tmp_path}", "methods=[kd]",
-                           "seeds=[0]", 'overrides=["data.batchsize=8"]'],  # a typo: Hydra stops dfkd-train, exit 1
+                           "seeds=[0]", 'overrides=["resume=/nonexistent/run"]'],  # dfkd-train refuses it up front
                           check=False, capture_output=True, text=True, timeout=600)
     assert done.returncode == 1, done.stdout + done.stderr
-    assert "dfkd-train exit 1" in done.stderr and "batchsize" in (tmp_path / "default/kd/seed0/bench_job.log").read_text()
+    assert "dfkd-train exit 2" in done.stderr
+    assert "no such run dir" in (tmp_path / "default/kd/seed0/bench_job.log").read_text()
     assert "- failed without metrics: " in (tmp_path / "benchmark.md").read_text()
+
+
+def test_ctrl_c_asks_a_running_cell_to_stop_and_waits_for_it(tmp_path):
+    """A cell is stopped as dfkd-train honours it (SIGTERM: it saves its checkpoint), not killed."""
+    saved = tmp_path / "saved"
+    child = ("import pathlib, signal, sys, time\n"
+             f"def stop(*_): pathlib.Path({str(saved)!r}).write_text('checkpoint'); sys.exit(143)\n"
+             "signal.signal(signal.SIGTERM, stop)\n"
+             f"pathlib.Path({str(tmp_path / 'started')!r}).touch()\n"
+             "time.sleep(60)\n")
+    ctrl_c = threading.Thread(target=lambda: (_wait_for(tmp_path / "started"), os.kill(os.getpid(), signal.SIGINT)))
+    ctrl_c.start()
+    with pytest.raises(KeyboardInterrupt):
+        bench.run_until_stopped([sys.executable, "-c", child])
+    ctrl_c.join()
+    assert saved.read_text() == "checkpoint"
+
+
+def _wait_for(path: Path, timeout_s: float = 30):
+    deadline = time.monotonic() + timeout_s
+    while not path.exists() and time.monotonic() < deadline:
+        time.sleep(0.05)

@@ -14,9 +14,9 @@ standing. A stopped cell resumes from its last checkpoint. At the end the table,
 ``report.html`` are written into the benchmark dir (``dfkd_lab.report``).
 """
 
-import json
 import os
 import shlex
+import signal
 import subprocess
 import sys
 from dataclasses import dataclass, field
@@ -29,6 +29,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.core.utils import JobStatus
 from omegaconf import DictConfig, OmegaConf
 
+from . import stop
 from .config import (
     ConfigError,
     hydra_quoted,
@@ -37,7 +38,7 @@ from .config import (
     searchpath_override,
     user_config_paths,
 )
-from .report import run_status, write_report
+from .report import read_json, run_status, write_report
 from .train import CONF_DIR
 
 DEFAULT_SETTING = "default"
@@ -99,6 +100,25 @@ def check_methods(methods, paths=()):
                           f"--config-dir or hydra.searchpath folders: {list(paths)}); known methods: {known}")
 
 
+def check_cell_configs(cfg: DictConfig, todo, paths=()):
+    """Each (setting, method) composes as ``dfkd-train`` will compose it: a typo in ``overrides``
+    or a setting fails the benchmark before any run starts, instead of every run after it."""
+    from hydra.errors import HydraException
+    from omegaconf.errors import OmegaConfBaseException
+
+    for setting, method in dict.fromkeys((s, m) for s, m, _ in todo):
+        given = [*cfg.overrides, *(cfg.settings[setting] if cfg.settings else [])]
+        try:
+            hydra.compose("train", overrides=[f"method={method}", *(str(o) for o in given
+                                                                     if not str(o).startswith("hydra")),
+                                              *searchpath_override(paths)])
+        except (HydraException, OmegaConfBaseException) as err:
+            where = f"overrides and settings.{setting}" if cfg.settings else "overrides"
+            reason = " ".join(line for line in str(err).splitlines()  # '+key' would add a key no code reads
+                              if line.strip() and not line.startswith("To append to your config"))
+            raise ConfigError(f"method={method} does not compose with the {where}: {reason}") from err
+
+
 def max_time(budget_s: float) -> str:
     """Seconds -> Lightning's ``DD:HH:MM:SS``."""
     if budget_s <= 0:
@@ -140,9 +160,13 @@ def train_overrides(cfg: DictConfig, group: str) -> list[str]:
 
 
 def is_finished(run_dir: Path) -> bool:
-    """True when the run dir holds the metrics of a run that finished."""
+    """True when the run dir holds the metrics of a run that finished (a metrics.json that does
+    not parse is no record: the cell runs again, continuing from its checkpoint)."""
     path = run_dir / "metrics.json"
-    return path.is_file() and run_status(json.loads(path.read_text())) == "finished"
+    try:
+        return path.is_file() and run_status(read_json(path)) == "finished"
+    except ValueError:
+        return False
 
 
 # --- one cell (the task function every launcher runs) ---------------------------------------
@@ -164,8 +188,21 @@ def run_cell(cfg: DictConfig) -> dict:
     if cfg.threads:
         env.update(OMP_NUM_THREADS=str(cfg.threads), MKL_NUM_THREADS=str(cfg.threads))
     with open(out / "bench_job.log", "a") as log:
-        code = subprocess.call(command, stdout=log, stderr=subprocess.STDOUT, env=env)
+        code = run_until_stopped(command, stdout=log, stderr=subprocess.STDOUT, env=env)
     return {"dir": str(out), "exit": code}
+
+
+def run_until_stopped(command: list[str], **popen) -> int:
+    """Run ``command`` to its end. On Ctrl-C it is asked to stop (SIGTERM: it saves its
+    checkpoint, so the same benchmark command continues it) and waited for, where
+    ``subprocess.call`` would SIGKILL it and lose the cell's progress."""
+    with subprocess.Popen(command, **popen) as process:
+        try:
+            return process.wait()
+        except KeyboardInterrupt:
+            process.terminate()
+            process.wait()
+            raise
 
 
 # --- the sweep (called by the dfkd_bench sweeper plugin) --------------------------------------
@@ -181,7 +218,9 @@ def sweep(config: DictConfig, config_loader, launcher, arguments: list[str]) -> 
     """Launch every unfinished cell, then write the report; returns the cells that failed."""
     sweep_dir = Path(config.hydra.sweep.dir)
     try:
-        todo = cells(config, user_config_paths(config.hydra.runtime.config_sources))
+        paths = user_config_paths(config.hydra.runtime.config_sources)
+        todo = cells(config, paths)
+        check_cell_configs(config, todo, paths)
     except ConfigError as err:
         sys.exit(f"dfkd-bench: {err}")
     jobs, run_dirs, finished = [], [], 0
@@ -199,7 +238,12 @@ def sweep(config: DictConfig, config_loader, launcher, arguments: list[str]) -> 
     (sweep_dir / "command.txt").write_text(command_line(config, arguments) + "\n")
     print(f"dfkd-bench: {len(todo)} runs in {sweep_dir}: {finished} finished before, {len(jobs)} to run",
           flush=True)
-    returns = launcher.launch(jobs, initial_job_idx=0) if jobs else []
+    try:
+        returns = launcher.launch(jobs, initial_job_idx=0) if jobs else []
+    except KeyboardInterrupt:
+        print(f"dfkd-bench: stopped; the running cells saved their checkpoints. Continue with: "
+              f"{command_line(config, arguments)}", file=sys.stderr)
+        sys.exit(stop.exit_code(signal.SIGINT))
     failed, missing = [], []
     for run_dir, ret in zip(run_dirs, returns):
         if ret.status != JobStatus.COMPLETED:

@@ -126,12 +126,19 @@ def _yaml(path: Path):
     return yaml.safe_load(path.read_text()) if path.is_file() else None
 
 
+def read_json(path: Path) -> dict:
+    """A run's JSON record; one that does not parse is named, with what to do."""
+    try:
+        return json.loads(path.read_text())
+    except ValueError as err:
+        raise ValueError(f"{path} is not valid JSON ({err}); fix it or remove it") from err
+
+
 def load_run(path: Path) -> Run:
     config = _yaml(path / ".hydra" / "config.yaml") or {}
     overrides = _yaml(path / ".hydra" / "overrides.yaml") or []
     ended = path / "metrics.json"
-    metrics = json.loads(ended.read_text()) if ended.is_file() else \
-        {**json.loads((path / "progress.json").read_text()), "status": UNFINISHED}
+    metrics = read_json(ended) if ended.is_file() else {**read_json(path / "progress.json"), "status": UNFINISHED}
     curve_file = path / "curve.jsonl"
     curve = [json.loads(line) for line in curve_file.read_text().splitlines() if line.strip()] \
         if curve_file.is_file() else []
@@ -610,7 +617,6 @@ def write_report(paths, out_dir: Path, stem: str = "report", title: str = "dfkd-
     ``relative_to`` names the method whose final accuracy every row is also shown as a share of.
     Returns the aggregated rows, their markdown table and the header."""
     out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
     runs = [load_run(p) for p in find_runs(paths)]
     groups = group_runs(runs)
     differ = differs(groups)
@@ -624,6 +630,7 @@ def write_report(paths, out_dir: Path, stem: str = "report", title: str = "dfkd-
     labels = [f"{g[0].method} {d}".strip() for g, d in zip(groups, differ)]
     run_rows = [{**run_row(r, out_dir.resolve()), "differs": d} for g, d in zip(groups, differ) for r in g]
     head = {**header(runs, paths, missing), **({"relative_to": relative_to} if relative_to else {})}
+    out_dir.mkdir(parents=True, exist_ok=True)  # only once every request could be met
     table = write_tables(rows, run_rows, head, out_dir, stem, title, reach_rows(groups, rows, labels, reach))
     images = {}
     if plot_bands(groups, labels, TIME_AXIS, "wall time (s)", out_dir / "accuracy_vs_time.png"):
@@ -661,6 +668,11 @@ def main(argv=None):
         headline_columns(args.readme_columns, {"relative_to": args.relative_to})
     except ValueError as err:
         parser.error(f"--readme-columns: {err}")
+    if args.readme:
+        try:  # its markers are checked before any file is written
+            replace_block(args.readme.read_text(), args.stem, "")
+        except ValueError as err:
+            parser.error(f"--readme {args.readme}: {err}")
     try:
         runs = find_runs(args.dirs)
     except FileNotFoundError as err:
