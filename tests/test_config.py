@@ -12,7 +12,7 @@ from omegaconf import MISSING, OmegaConf
 from dfkd_lab.build import trainer_kwargs
 from dfkd_lab.config import ConfigError, DFQConfig, is_data_free
 from dfkd_lab.train import CONF_DIR
-from dfkd_lab.validate import METHOD_BLOCKS, block_problems, check_overrides
+from dfkd_lab.validate import METHOD_BLOCKS, block_problems, check_overrides, student_never_trains
 
 CONF = Path(CONF_DIR)
 GROUPS = ["data", "teacher", "student", "method", "loss", "trainer", "logger", "callbacks", "debug",
@@ -131,3 +131,13 @@ def test_a_data_free_run_logs_every_synthesis_round_when_an_epoch_has_few():
     assert trainer_kwargs(compose_train("method=deepinversion"))["log_every_n_steps"] == 6
     assert trainer_kwargs(compose_train("method=dafl"))["log_every_n_steps"] == 10
     assert trainer_kwargs(compose_train("method=kd"))["log_every_n_steps"] == 10
+
+
+def test_a_run_inside_its_synthesis_warm_up_warns_that_the_student_never_trains(compose_cfg):
+    """fastdfkd's first 2 epochs only synthesise: a 2-epoch run ends with the student untouched."""
+    def warning(*overrides):
+        return student_never_trains(compose_cfg(*overrides, fast=False))
+
+    assert "will not train at all" in warning("method=fastdfkd", "method.epochs=2")
+    assert warning("method=fastdfkd", "method.epochs=3") is None
+    assert warning("method=kd", "method.epochs=1") is None  # no warm-up

@@ -86,7 +86,7 @@ def write_folder(root, classes=("cat", "dog"), per_class=3, size=8):
 @pytest.mark.parametrize("channels", [1, 3])
 def test_image_folder_resizes_converts_and_normalises(tmp_path, channels):
     write_folder(tmp_path)
-    data = ClassificationData("image_folder", str(tmp_path), 2, channels, 16)
+    data = ClassificationData("image_folder", str(tmp_path), 2, channels, 16, batch_size=6)
     data.setup("fit")
     x, y = data.split("train").tensors
     assert x.shape == (6, channels, 16, 16)
@@ -101,6 +101,14 @@ def test_image_folder_class_count_mismatch_names_the_key(tmp_path):
     write_folder(tmp_path)
     with pytest.raises(ConfigError, match="data.num_classes=2"):
         ClassificationData("image_folder", str(tmp_path), 5, 3, 16).setup("fit")
+
+
+def test_fewer_training_images_than_a_batch_is_refused_naming_the_key(tmp_path):
+    """The incomplete last batch is dropped, so 6 images in batches of 8 would never train."""
+    write_folder(tmp_path)
+    with pytest.raises(ConfigError, match=r"has 6 images, fewer than data.batch_size=8: set data.batch_size=6"):
+        ClassificationData("image_folder", str(tmp_path), 2, 3, 16, batch_size=8).setup("fit")
+    ClassificationData("image_folder", str(tmp_path), 2, 3, 16, batch_size=6).setup("fit")
 
 
 @pytest.mark.parametrize("case", ["missing", "empty", "unreadable"])

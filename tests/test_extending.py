@@ -45,8 +45,9 @@ def test_the_example_method_trains_through_the_cli_with_its_own_registered_term(
     assert 0.0 <= metrics["test/acc"] <= 1.0
     assert metrics["synth/logit_margin"] > 0  # the user's term was computed, optimised and logged
     assert "synth/bn" in metrics and "synth/target_ce" not in metrics  # built in; weight 0: not computed
-    # resume=<run dir> searches the user's folder again (overrides.yaml does not record --config-dir)
-    assert f"hydra.searchpath=['file://{user / 'conf'}']" in resume_args([f"resume={run_dir}"])
+    # resume=<run dir> (here: of the finished run, to train it longer) searches the user's folder
+    # again (overrides.yaml does not record --config-dir)
+    assert f"hydra.searchpath=['file://{user / 'conf'}']" in resume_args([f"resume={run_dir}", "trainer.max_epochs=2"])
 
 
 def test_the_bench_runs_the_example_method_from_the_users_config_dir(tmp_path):

@@ -77,6 +77,22 @@ def test_bad_input_ends_with_one_clear_paragraph_and_exit_2(monkeypatch, capsys,
     assert "Traceback" not in err
 
 
+@pytest.mark.parametrize("content, message", [
+    (b"", "is empty (0 bytes)"),
+    (b"hello\n", "cannot read"),
+    ("list", "holds a list, not a state dict"),
+])
+def test_a_teacher_file_without_weights_is_named_as_such(monkeypatch, capsys, tmp_path, content, message):
+    path = tmp_path / "t.pt"
+    if content == "list":
+        torch.save([1, 2], path)
+    else:
+        path.write_bytes(content)
+    code, err = cli(monkeypatch, capsys, tmp_path, "teacher=custom", "teacher.arch=lenet5", f"teacher.ckpt={path}")
+    assert code == 2 and "teacher.ckpt: " in err and str(path) in err and message in err
+    assert "Traceback" not in err
+
+
 def test_corrupt_teacher_checkpoint_fails_the_hash_check(monkeypatch, capsys, tmp_path):
     sha = zoo_entry("lenet5_fmnist").sha256
     code, err = cli(monkeypatch, capsys, tmp_path, f"teacher.ckpt={corrupt_copy(tmp_path)}", f"teacher.sha256={sha}")
@@ -91,9 +107,11 @@ def test_dfkd_debug_keeps_the_traceback(monkeypatch, capsys, tmp_path):
     assert "Traceback" in err and "TeacherError: teacher: the teacher predicts 10 classes" in err
 
 
-def test_mistyped_key_fails_before_any_work(monkeypatch, capsys, tmp_path):
-    code, err = cli(monkeypatch, capsys, tmp_path, "trainer.max_stpes=3")
-    assert code != 0 and "max_stpes" in err
+@pytest.mark.parametrize("override", ["trainer.max_stpes=3", "method.epochs=abc", "student=nosuch"])
+def test_a_command_line_hydra_refuses_exits_2_before_any_work(monkeypatch, capsys, tmp_path, override):
+    """Hydra's own refusals (unknown key, wrong type, missing option) are bad input too: exit 2."""
+    code, err = cli(monkeypatch, capsys, tmp_path, override)
+    assert code == 2 and override.split("=")[0].split(".")[-1] in err
     assert not (tmp_path / "run" / "checkpoints").exists()
 
 

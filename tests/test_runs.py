@@ -281,13 +281,42 @@ def test_resume_refuses_an_override_that_changes_the_run(tmp_path):
     assert resume_args([f"resume={run_dir}", "method=kd"])[0] == "method=kd"  # the same value is fine
 
 
-def test_a_checkpoint_of_another_method_is_refused_before_anything_is_written(monkeypatch, capsys, tmp_path):
-    ckpt = tmp_path / "kd.ckpt"
-    torch.save({"hyper_parameters": {"method": {"name": "kd", "module": "dfkd_lab.methods.kd.KnowledgeDistillation"}}},
-               ckpt)
+@pytest.mark.parametrize("saved, message", [
+    ({"name": "kd", "module": "dfkd_lab.methods.kd.KnowledgeDistillation"}, "holds a method=kd run"),
+    # the same module serves every data-free method: the name tells them apart
+    ({"name": "fastdfkd", "module": "dfkd_lab.methods.data_free.DataFreeDistillation"}, "holds a method=fastdfkd run"),
+    ([1, 2], "is not a checkpoint of a run (it holds a list)"),
+    (b"", "cannot read"),
+])
+def test_a_checkpoint_of_another_method_is_refused_before_anything_is_written(monkeypatch, capsys, tmp_path,
+                                                                             saved, message):
+    ckpt = tmp_path / "other.ckpt"
+    if isinstance(saved, bytes):
+        ckpt.write_bytes(saved)
+    else:
+        torch.save({"hyper_parameters": {"method": saved}} if isinstance(saved, dict) else saved, ckpt)
     code, err = cli(monkeypatch, capsys, tmp_path, "method=dafl", f"resume={ckpt}")
-    assert code == 2 and "holds a method=kd run" in err
+    assert code == 2 and message in err and "Traceback" not in err
     assert not (tmp_path / "run" / "checkpoints").exists()
+
+
+def test_a_finished_run_keeps_its_results_when_resumed(monkeypatch, capsys, tmp_path):
+    """A second resume of a finished run changes nothing; a run killed between its last checkpoint
+    and metrics.json (the bench continues it with resume=last) gets its last evaluation back."""
+    run_dir = tmp_path / "run"
+    code, err = cli(monkeypatch, capsys, tmp_path, "method=dafl")
+    assert code == 0, err
+    finished = (run_dir / "metrics.json").read_bytes()
+    code, err = cli(monkeypatch, capsys, tmp_path, f"resume={run_dir}", base=())
+    assert code == 0 and "finished already (test acc" in err
+    assert (run_dir / "metrics.json").read_bytes() == finished
+    (run_dir / "metrics.json").unlink()
+    code, err = cli(monkeypatch, capsys, tmp_path, "method=dafl", "resume=last")
+    assert code == 0, err
+    before, after = json.loads(finished), json.loads((run_dir / "metrics.json").read_text())
+    assert after["status"] == "finished"
+    for key in ("test/acc", "test/acc_best", "val/acc", "val/acc_best"):
+        assert after[key] == before[key], key
 
 
 # --- one meaning of "step" ---------------------------------------------------------------------------

@@ -7,6 +7,7 @@ own config goes to ``.hydra/segment_<n>/`` so the first segment's record is neve
 overwritten. ``hydra.run.dir=<run dir> resume=last`` is the same thing spelled the old way.
 """
 
+import json
 import shlex
 from pathlib import Path
 
@@ -54,6 +55,23 @@ def _run_dir(args: list[str]) -> Path | None:
     return None
 
 
+class RunFinished(Exception):
+    """``resume=`` names a run that finished, with nothing asked of it beyond continuing."""
+
+
+def finished_status(run_dir: Path) -> str | None:
+    """The recorded result of a finished run in ``run_dir``, or None when it did not finish."""
+    path = run_dir / "metrics.json"
+    try:
+        metrics = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    if metrics.get("status") != "finished":
+        return None
+    acc = metrics.get("test/acc")
+    return f"test acc {100 * acc:.2f}%" if isinstance(acc, (int, float)) else "finished"
+
+
 def segment_dirs(run_dir: Path) -> list[Path]:
     """The config records of the segments after the first, oldest first."""
     return sorted((run_dir / ".hydra").glob("segment_*"), key=lambda p: int(p.name.split("_")[1]))
@@ -88,6 +106,11 @@ def resume_args(args: list[str]) -> list[str]:
                 f"resume: {arg} would change what the run in {run_dir} is; it was started with {was} "
                 f"({saved_file}). Continue it without that override, or start a new run dir")
         extra.append(arg)
+    done = finished_status(run_dir)
+    if done and not extra:
+        raise RunFinished(f"{run_dir} finished already ({done}, {run_dir / 'metrics.json'}); nothing to "
+                          "continue, and its results are left as they are (to train it longer, add "
+                          "e.g. trainer.max_epochs=N)")
     given = {_split(a)[0] for a in extra}
     if "hydra.searchpath" not in given:
         extra += searchpath_override(saved_config_paths(run_dir))

@@ -50,12 +50,13 @@ from .losses.weighting import UnknownLossWeight
 from .methods.data_free import SynthesisDiverged
 from .provenance import provenance
 from .quiet import silence_known_noise
-from .resume import continue_command, resume_args
+from .resume import RunFinished, continue_command, resume_args
 from .validate import (
     check_overrides,
     check_writable,
     precision_fallback,
     slow_precision,
+    student_never_trains,
     validate,
 )
 from .zoo import TeacherError
@@ -72,16 +73,24 @@ def last_checkpoint(output_dir) -> Path:
 
 
 def resume_checkpoint(cfg: DictConfig, output_dir: Path, clock: WallClock) -> str | None:
-    """The checkpoint to continue from, refused when it holds another method's module; the
+    """The checkpoint to continue from, refused when it holds another method's run; the
     clock takes the time of the earlier segments from it."""
     if not cfg.resume:
         return None
     path = last_checkpoint(output_dir) if cfg.resume == "last" else Path(cfg.resume)
     if not path.is_file():
         raise FileNotFoundError(f"resume={cfg.resume}: no checkpoint at {path}; give resume=<the run dir>")
-    state = torch.load(path, map_location="cpu", weights_only=False, mmap=True)
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=False, mmap=True)
+    except Exception as err:
+        raise ConfigError(f"resume={cfg.resume}: cannot read {path} as a checkpoint of a run: "
+                          f"{type(err).__name__}: {err}") from err
+    if not isinstance(state, dict):
+        raise ConfigError(f"resume={cfg.resume}: {path} is not a checkpoint of a run (it holds a "
+                          f"{type(state).__name__}); give the run dir or its checkpoints/last.ckpt")
     saved = (state.get("hyper_parameters") or {}).get("method") or {}
-    if saved.get("module", cfg.method.module) != cfg.method.module:
+    mine = (cfg.method.module, cfg.method.name)
+    if (saved.get("module", mine[0]), saved.get("name", mine[1])) != mine:
         raise ConfigError(
             f"resume={cfg.resume}: {path} holds a method={saved.get('name')} run ({saved.get('module')}), "
             f"not method={cfg.method.name}; resume it with its own method, or start a new run")
@@ -107,7 +116,8 @@ def run(cfg: DictConfig, clock: WallClock | None = None) -> dict:
     clock = clock or WallClock()
     output_dir = Path(cfg.paths.output_dir)
     validate(cfg)
-    for kind, text in (("warning", slow_precision(cfg)), ("note", precision_fallback(cfg))):
+    for kind, text in (("warning", slow_precision(cfg)), ("warning", student_never_trains(cfg)),
+                       ("note", precision_fallback(cfg))):
         if text and rank_zero_only.rank == 0:
             sys.stderr.write(f"dfkd-train: {kind}: {text}\n")
             append_log(output_dir, f"{kind}: {text}")
@@ -136,6 +146,9 @@ def run(cfg: DictConfig, clock: WallClock | None = None) -> dict:
         trainer.test(module, dataloaders=data.test_dataloader(), verbose=False)
         metrics.update(flat_metrics(trainer.callback_metrics))
     metrics.pop("step", None)  # the loggers' x-axis, not a result
+    if "val/acc" not in metrics:  # a segment with nothing left to train: its last evaluation stands
+        saved = {k: v for k, v in last_progress(output_dir).items() if k not in ("epoch", "step")}
+        metrics = {**saved, **metrics}
     if "val/acc_best" in metrics:
         metrics["test/acc_best"] = metrics["val/acc_best"]  # validation runs on the real test split
     metrics["time/total_s"] = clock.elapsed()
@@ -153,7 +166,8 @@ def summary(cfg: DictConfig, metrics: dict, output_dir: Path) -> str:
     model = cfg.teacher.arch if cfg.method.trains == "teacher" else cfg.student.arch
     parts = [f"dfkd-lab | method={cfg.method.name} | {model} on {cfg.data.name}"]
     if "test/acc" in metrics:
-        parts.append(f"test acc {100 * metrics['test/acc']:.2f}% (best {100 * metrics.get('test/acc_best', 0):.2f}%)")
+        best = f" (best {100 * metrics['test/acc_best']:.2f}%)" if "test/acc_best" in metrics else ""
+        parts.append(f"test acc {100 * metrics['test/acc']:.2f}%{best}")
     if "teacher/acc" in metrics:
         parts.append(f"teacher {100 * metrics['teacher/acc']:.2f}%")
     parts.append(f"{metrics['time/total_s']:.0f} s")
@@ -286,8 +300,31 @@ def main():
     except ConfigError as err:
         report_error(err)
         sys.exit(2)
+    except RunFinished as done:
+        sys.stderr.write(f"dfkd-train: {done}\n")
+        sys.exit(0)
     sys.argv = [sys.argv[0], *args]
-    hydra_main()
+    try:
+        hydra_main()
+    except SystemExit as exit_:
+        if exit_.code == 1 and refused_by_hydra(args):
+            sys.exit(2)  # bad input, as our own checks report it; Hydra's message is above
+        raise
+
+
+def refused_by_hydra(args: list[str]) -> bool:
+    """Whether ``args`` fail to compose (an unknown key, a wrong type, a missing option): Hydra
+    reports those itself and exits 1, which says "unexpected error" to a script."""
+    from hydra.errors import HydraException
+    from omegaconf.errors import OmegaConfBaseException
+
+    try:
+        compose_train([a for a in args if "=" in a and not a.startswith("-")], config_dirs(args))
+    except (HydraException, OmegaConfBaseException):
+        return True
+    except Exception:  # noqa: BLE001 - anything else is not the command line's fault
+        return False
+    return False
 
 
 silence_known_noise()

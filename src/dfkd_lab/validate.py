@@ -99,7 +99,7 @@ def block_problems(method: DictConfig) -> list[str]:
 
 
 def problems(cfg: DictConfig) -> list[str]:
-    out = [f"{key} is not a setting (a typo? see src/dfkd_lab/conf for the keys of each group)" for key in unknown_keys(cfg)]
+    out = [f"{key} is not a setting (a typo? dfkd-train --cfg job prints every key of the run)" for key in unknown_keys(cfg)]
     for key, low in AT_LEAST:
         value = _get(cfg, key)
         if isinstance(value, (int, float)) and value < low:
@@ -133,6 +133,17 @@ def slow_precision(cfg: DictConfig) -> str | None:
             f"(its capability: {torch.backends.cpu.get_cpu_capability()}): each step runs several times slower "
             "than in 32-bit (ten times for WRN-16-2). Add trainer.precision=32-true (a preset's trainer.max_time was sized with "
             "bf16 on a CPU that has them, so its run may stop before its last epoch either way).")
+
+
+def student_never_trains(cfg: DictConfig) -> str | None:
+    """A warning, not an error (a smoke run of a few synthesis rounds is legitimate): a run whose
+    epochs all fall in the synthesis warm-up ends with the student as it started."""
+    warmup, epochs = _get(cfg, "method.synthesis.warmup_epochs"), _get(cfg, "trainer.max_epochs")
+    if not (isinstance(warmup, int) and isinstance(epochs, int) and 0 < epochs <= warmup):
+        return None
+    return (f"method.synthesis.warmup_epochs={warmup} but the run has {epochs} epoch(s) (trainer.max_epochs): "
+            "the student trains only after the warm-up, so it will not train at all; give more epochs "
+            "(method.epochs) or a shorter warm-up")
 
 
 def precision_fallback(cfg: DictConfig) -> str | None:

@@ -105,14 +105,20 @@ def load_state(path: Path, expected_sha256: str | None, key: str) -> dict:
             f"{key}: {path} has sha256 {actual}, expected {expected_sha256} "
             "(file corrupt or replaced; restore it or set teacher.sha256=null to accept it)"
         )
+    if path.stat().st_size == 0:
+        raise TeacherError(f"{key}: {path} is empty (0 bytes); give a saved state dict or checkpoint")
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:
-        raise TeacherError(f"{key}: cannot read {path} as a torch checkpoint: {err}") from err
+        raise TeacherError(f"{key}: cannot read {path} as a checkpoint torch.save wrote: "
+                           f"{type(err).__name__}: {err}".rstrip(": ")) from err
     if isinstance(state, dict) and "state_dict" in state:
         # A Lightning checkpoint of this project: its trained network is the `student.` part.
         full = state["state_dict"]
         state = {k.removeprefix("student."): v for k, v in full.items() if k.startswith("student.")} or full
+    if not isinstance(state, dict):
+        raise TeacherError(f"{key}: {path} holds a {type(state).__name__}, not a state dict "
+                           "(save one with torch.save(model.state_dict(), path))")
     return state
 
 

@@ -124,7 +124,10 @@ class ClassificationData(pl.LightningDataModule):
 
     def setup(self, stage=None):
         if self.train_split:
-            self.split("train")
+            images = len(self.split("train"))
+            if images < self.batch_size:  # the last incomplete batch is dropped: not one batch would train
+                raise ConfigError(f"{self.name} train split at {self.root} has {images} images, fewer than "
+                                  f"data.batch_size={self.batch_size}: set data.batch_size={images} or less")
         self.split("test")
 
     def train_dataloader(self):
