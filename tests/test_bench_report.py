@@ -22,7 +22,7 @@ from hydra.core.global_hydra import GlobalHydra
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from PIL import Image
 
-from dfkd_lab import bench, report
+from dfkd_lab import bench, report, stop
 from dfkd_lab.callbacks.budget import TeacherPassBudget
 from dfkd_lab.callbacks.metrics import write_final_metrics
 from dfkd_lab.config import ConfigError, hydra_quoted
@@ -532,8 +532,10 @@ def test_a_failing_cell_is_reported_and_the_bench_exits_1(tmp_path):
     assert "- failed without metrics: " in (tmp_path / "benchmark.md").read_text()
 
 
-def test_ctrl_c_asks_a_running_cell_to_stop_and_waits_for_it(tmp_path):
-    """A cell is stopped as dfkd-train honours it (SIGTERM: it saves its checkpoint), not killed."""
+@pytest.mark.parametrize("handled", [True, False])
+def test_a_stop_asks_the_running_cell_to_stop_and_waits_for_it(tmp_path, handled):
+    """A cell is stopped as dfkd-train honours it (SIGTERM: it saves its checkpoint), not killed:
+    a stop requested while the bench listens for one (``handled``), and a bare KeyboardInterrupt."""
     saved = tmp_path / "saved"
     child = ("import pathlib, signal, sys, time\n"
              f"def stop(*_): pathlib.Path({str(saved)!r}).write_text('checkpoint'); sys.exit(143)\n"
@@ -542,10 +544,48 @@ def test_ctrl_c_asks_a_running_cell_to_stop_and_waits_for_it(tmp_path):
              "time.sleep(60)\n")
     ctrl_c = threading.Thread(target=lambda: (_wait_for(tmp_path / "started"), os.kill(os.getpid(), signal.SIGINT)))
     ctrl_c.start()
-    with pytest.raises(KeyboardInterrupt):
-        bench.run_until_stopped([sys.executable, "-c", child])
+    if handled:
+        with stop.on_signals():
+            assert bench.run_until_stopped([sys.executable, "-c", child]) == 143
+    else:
+        with pytest.raises(KeyboardInterrupt):
+            bench.run_until_stopped([sys.executable, "-c", child])
     ctrl_c.join()
     assert saved.read_text() == "checkpoint"
+
+
+def test_a_stopped_bench_saves_the_running_cell_and_starts_no_other(tmp_path):
+    """SIGINT to the bench alone (no terminal forwards it to the cell here): the cell is asked to
+    stop and saves its checkpoint, the next cell never starts, the bench exits 130 naming the
+    command that continues it."""
+    overrides = TINY.replace('"trainer.limit_train_batches=2",', "").replace('"trainer.max_epochs=1",', "")
+    long = ('+settings.long=["method.synthesis.steps_per_epoch=400","method.synthesis.batch_size=16",'
+            '"callbacks.step_checkpoint.every_n_train_steps=1000"]')
+    bench_proc = subprocess.Popen(
+        [sys.executable, "-m", "dfkd_lab.bench", f"hydra.sweep.dir={tmp_path}", "methods=[dafl]", "seeds=[0,1]",
+         f"overrides={overrides}", long], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    log = tmp_path / "long/dafl/seed0/train.log"
+    deadline = time.monotonic() + 300
+    while not (log.is_file() and "training method=dafl" in log.read_text()) and time.monotonic() < deadline:
+        assert bench_proc.poll() is None, bench_proc.communicate()
+        time.sleep(0.2)
+    time.sleep(2)
+    bench_proc.send_signal(signal.SIGINT)
+    _, err = bench_proc.communicate(timeout=300)
+    assert bench_proc.returncode == 130, err[-2000:]
+    assert "Continue with: dfkd-bench" in err
+    cell = tmp_path / "long/dafl/seed0"
+    assert json.loads((cell / "metrics.json").read_text())["status"] == "stopped"
+    assert (cell / "checkpoints" / "last.ckpt").is_file()
+    assert not (tmp_path / "long/dafl/seed1/bench_job.log").exists()  # never started
+
+
+def test_a_typo_in_the_overrides_stops_the_bench_before_any_cell(tmp_path):
+    done = subprocess.run([sys.executable, "-m", "dfkd_lab.bench", f"hydra.sweep.dir={tmp_path}", "methods=[kd]",
+                           "seeds=[0]", 'overrides=["data.batchsize=8"]'], check=False, capture_output=True,
+                          text=True, timeout=600)
+    assert done.returncode == 1 and "method=kd does not compose with the overrides" in done.stderr
+    assert "data.batchsize" in done.stderr and not (tmp_path / "default").exists()
 
 
 def _wait_for(path: Path, timeout_s: float = 30):

@@ -192,6 +192,20 @@ def test_an_unexpected_error_exits_1_with_its_traceback_in_the_run_log(monkeypat
     assert json.loads((tmp_path / "run" / "metrics.json").read_text())["status"] == "failed: RuntimeError: broken on purpose"
 
 
+def test_an_unexpected_error_in_a_multirun_job_stays_exit_1(monkeypatch, capsys, tmp_path):
+    """A sweep's command line does not compose as one run: that must not make a job's crash bad input."""
+    monkeypatch.setattr(train, "build_module", lambda *a, **k: (_ for _ in ()).throw(RuntimeError("broken")))
+    code, err = cli(monkeypatch, capsys, tmp_path, "seed=0,1", f"hydra.sweep.dir={tmp_path / 'sweep'}",
+                    base=("-m", *FAST))
+    assert code == 1 and "RuntimeError: broken" in err
+
+
+def test_a_run_inside_its_warm_up_says_the_student_will_not_train(monkeypatch, capsys, tmp_path):
+    code, err = cli(monkeypatch, capsys, tmp_path, "method=fastdfkd", "method.synthesis.batch_size=8")
+    assert code == 0 and "dfkd-train: warning: method.synthesis.warmup_epochs=2" in err
+    assert "will not train at all" in (tmp_path / "run" / "train.log").read_text()
+
+
 def test_a_bad_value_stops_before_wandb_starts(tmp_path):
     run_dir = tmp_path / "run"
     proc = dfkd_train(None, *TINY, *DAFL, "method.epochs=-3", f"hydra.run.dir={run_dir}", wandb="offline")
@@ -307,9 +321,15 @@ def test_a_finished_run_keeps_its_results_when_resumed(monkeypatch, capsys, tmp_
     code, err = cli(monkeypatch, capsys, tmp_path, "method=dafl")
     assert code == 0, err
     finished = (run_dir / "metrics.json").read_bytes()
+    for extra in ([], ["logger=csv"]):  # an override that gives it nothing more to train changes nothing
+        code, err = cli(monkeypatch, capsys, tmp_path, f"resume={run_dir}", *extra, base=())
+        assert code == 0 and "finished already (test acc" in err
+        assert (run_dir / "metrics.json").read_bytes() == finished
+    checkpoint = run_dir / "checkpoints" / "last.ckpt"
+    checkpoint.rename(checkpoint.with_suffix(".kept"))  # finished, its checkpoints deleted: still finished
     code, err = cli(monkeypatch, capsys, tmp_path, f"resume={run_dir}", base=())
-    assert code == 0 and "finished already (test acc" in err
-    assert (run_dir / "metrics.json").read_bytes() == finished
+    assert code == 0 and "finished already" in err
+    checkpoint.with_suffix(".kept").rename(checkpoint)
     (run_dir / "metrics.json").unlink()
     code, err = cli(monkeypatch, capsys, tmp_path, "method=dafl", "resume=last")
     assert code == 0, err

@@ -106,11 +106,10 @@ def check_cell_configs(cfg: DictConfig, todo, paths=()):
     from hydra.errors import HydraException
     from omegaconf.errors import OmegaConfBaseException
 
-    for setting, method in dict.fromkeys((s, m) for s, m, _ in todo):
-        given = [*cfg.overrides, *(cfg.settings[setting] if cfg.settings else [])]
+    for setting, method, seed in {(s, m): (s, m, seed) for s, m, seed in todo}.values():
+        given = train_overrides(cfg, "check", CellConfig(setting=setting, method=method, seed=seed))
         try:
-            hydra.compose("train", overrides=[f"method={method}", *(str(o) for o in given
-                                                                     if not str(o).startswith("hydra")),
+            hydra.compose("train", overrides=[*(o for o in given if not o.startswith("hydra")),
                                               *searchpath_override(paths)])
         except (HydraException, OmegaConfBaseException) as err:
             where = f"overrides and settings.{setting}" if cfg.settings else "overrides"
@@ -146,9 +145,9 @@ def cells(cfg: DictConfig, paths=()) -> list[tuple[str, str, int]]:
     return [(s, m, int(seed)) for s in settings for m in methods for seed in cfg.seeds]
 
 
-def train_overrides(cfg: DictConfig, group: str) -> list[str]:
-    """The ``dfkd-train`` overrides of the cell ``cfg.cell``: equal budgets, then the setting."""
-    cell = cfg.cell
+def train_overrides(cfg: DictConfig, group: str, cell=None) -> list[str]:
+    """The ``dfkd-train`` overrides of ``cell`` (default: ``cfg.cell``): equal budgets, then the setting."""
+    cell = cell or cfg.cell
     out = [f"method={cell.method}", f"seed={cell.seed}", f"task_name={group}"]
     if cfg.budget_s is not None:
         out.append(f"trainer.max_time={max_time(cfg.budget_s)}")
@@ -187,18 +186,28 @@ def run_cell(cfg: DictConfig) -> dict:
     env = dict(os.environ)
     if cfg.threads:
         env.update(OMP_NUM_THREADS=str(cfg.threads), MKL_NUM_THREADS=str(cfg.threads))
-    with open(out / "bench_job.log", "a") as log:
+    if stop.requested() is not None:  # the benchmark was stopped: start no further cell
+        return {"dir": str(out), "exit": stop.exit_code(stop.requested()), "started": False}
+    with open(out / "bench_job.log", "a") as log, stop.on_signals(reset=False):
         code = run_until_stopped(command, stdout=log, stderr=subprocess.STDOUT, env=env)
     return {"dir": str(out), "exit": code}
 
 
 def run_until_stopped(command: list[str], **popen) -> int:
-    """Run ``command`` to its end. On Ctrl-C it is asked to stop (SIGTERM: it saves its
-    checkpoint, so the same benchmark command continues it) and waited for, where
-    ``subprocess.call`` would SIGKILL it and lose the cell's progress."""
+    """Run ``command`` to its end. Once a stop is requested in this process (``stop.on_signals``:
+    Ctrl-C or SIGTERM) it is asked to stop too (SIGTERM: it saves its checkpoint, so the same
+    benchmark command continues it) and waited for; ``subprocess.call`` would SIGKILL it on
+    Ctrl-C and lose the cell's progress. A second Ctrl-C still ends both at once."""
     with subprocess.Popen(command, **popen) as process:
+        asked = False
         try:
-            return process.wait()
+            while True:
+                try:
+                    return process.wait(timeout=0.5)
+                except subprocess.TimeoutExpired:
+                    if stop.requested() is not None and not asked:
+                        process.terminate()
+                        asked = True
         except KeyboardInterrupt:
             process.terminate()
             process.wait()
@@ -238,12 +247,18 @@ def sweep(config: DictConfig, config_loader, launcher, arguments: list[str]) -> 
     (sweep_dir / "command.txt").write_text(command_line(config, arguments) + "\n")
     print(f"dfkd-bench: {len(todo)} runs in {sweep_dir}: {finished} finished before, {len(jobs)} to run",
           flush=True)
+    # A stop request (Ctrl-C, SIGTERM) is recorded, not raised: a launcher interrupted by it
+    # (joblib) would SIGKILL its workers and the cells they run, before those could save.
     try:
-        returns = launcher.launch(jobs, initial_job_idx=0) if jobs else []
-    except KeyboardInterrupt:
-        print(f"dfkd-bench: stopped; the running cells saved their checkpoints. Continue with: "
-              f"{command_line(config, arguments)}", file=sys.stderr)
-        sys.exit(stop.exit_code(signal.SIGINT))
+        with stop.on_signals():
+            returns = launcher.launch(jobs, initial_job_idx=0) if jobs else []
+    except KeyboardInterrupt:  # a second Ctrl-C
+        returns = None
+    if returns is None or stop.requested() is not None:
+        signum = stop.requested() or signal.SIGINT
+        print(f"dfkd-bench: stopped by {signal.Signals(signum).name}; the running cells saved their "
+              f"checkpoints. Continue with: {command_line(config, arguments)}", file=sys.stderr)
+        sys.exit(stop.exit_code(signum))
     failed, missing = [], []
     for run_dir, ret in zip(run_dirs, returns):
         if ret.status != JobStatus.COMPLETED:

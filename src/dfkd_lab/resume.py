@@ -25,6 +25,8 @@ from .config import (
 
 # Groups that make a run what it is; on resume their overrides must match the saved ones.
 MEANING = ("method", "data", "teacher", "student")
+# What gives a finished run more to train when it is resumed.
+LONGER = ("trainer.max_epochs", "trainer.max_steps", "trainer.max_time")
 
 
 def continue_command(run_dir) -> str:
@@ -86,6 +88,11 @@ def resume_args(args: list[str]) -> list[str]:
     saved_file = run_dir / ".hydra" / "overrides.yaml"
     if not saved_file.is_file():
         raise ConfigError(f"resume: {run_dir} is not a run dir (it has no .hydra/overrides.yaml)")
+    longer = any(_split(a)[0] in LONGER for a in args if "=" in a and not a.startswith("-"))
+    if not longer and (done := finished_status(run_dir)):
+        raise RunFinished(f"{run_dir} finished already ({done}, {run_dir / 'metrics.json'}); nothing to "
+                          "continue, and its results are left as they are (to train it longer, give "
+                          f"a larger {' or '.join(LONGER)})")
     if not (run_dir / "checkpoints" / "last.ckpt").is_file():
         raise ConfigError(f"resume: {run_dir} has no checkpoints/last.ckpt to continue from "
                           "(the run stopped before its first checkpoint); start it again")
@@ -106,11 +113,6 @@ def resume_args(args: list[str]) -> list[str]:
                 f"resume: {arg} would change what the run in {run_dir} is; it was started with {was} "
                 f"({saved_file}). Continue it without that override, or start a new run dir")
         extra.append(arg)
-    done = finished_status(run_dir)
-    if done and not extra:
-        raise RunFinished(f"{run_dir} finished already ({done}, {run_dir / 'metrics.json'}); nothing to "
-                          "continue, and its results are left as they are (to train it longer, add "
-                          "e.g. trainer.max_epochs=N)")
     given = {_split(a)[0] for a in extra}
     if "hydra.searchpath" not in given:
         extra += searchpath_override(saved_config_paths(run_dir))

@@ -46,9 +46,12 @@ def _handle(signum, frame):
 
 
 @contextmanager
-def on_signals():
-    """While a run is in progress, SIGTERM and SIGINT request a stop instead of killing it."""
-    _state.signum, _state.abortable = None, False
+def on_signals(reset: bool = True):
+    """While a run is in progress, SIGTERM and SIGINT request a stop instead of killing it;
+    ``reset=False`` keeps a stop requested earlier in this process (a benchmark's later cells)."""
+    if reset:
+        _state.signum = None
+    _state.abortable = False
     previous = {s: signal.getsignal(s) for s in STOP_SIGNALS}
     for s in STOP_SIGNALS:
         signal.signal(s, _handle)

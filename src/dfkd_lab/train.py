@@ -146,7 +146,7 @@ def run(cfg: DictConfig, clock: WallClock | None = None) -> dict:
         trainer.test(module, dataloaders=data.test_dataloader(), verbose=False)
         metrics.update(flat_metrics(trainer.callback_metrics))
     metrics.pop("step", None)  # the loggers' x-axis, not a result
-    if "val/acc" not in metrics:  # a segment with nothing left to train: its last evaluation stands
+    if ckpt_path and "val/acc" not in metrics:  # resumed with nothing left to train: its last evaluation stands
         saved = {k: v for k, v in last_progress(output_dir).items() if k not in ("epoch", "step")}
         metrics = {**saved, **metrics}
     if "val/acc_best" in metrics:
@@ -245,8 +245,13 @@ def end_unfinished(cfg: DictConfig, err: BaseException, clock: WallClock) -> int
 register_configs()
 
 
+class _Jobs:
+    started = 0  # jobs hydra_main began in this process: a failure after that is the run's own
+
+
 @hydra.main(version_base="1.3", config_path=CONF_PKG, config_name="train")
 def hydra_main(cfg: DictConfig) -> float | None:
+    _Jobs.started += 1
     clock, code = WallClock(), 0
     try:
         with stop.on_signals():
@@ -304,10 +309,12 @@ def main():
         sys.stderr.write(f"dfkd-train: {done}\n")
         sys.exit(0)
     sys.argv = [sys.argv[0], *args]
+    started = _Jobs.started
     try:
         hydra_main()
     except SystemExit as exit_:
-        if exit_.code == 1 and refused_by_hydra(args):
+        # a multirun's jobs may run in other processes (joblib), where this one cannot see them start
+        if exit_.code == 1 and not multirun and _Jobs.started == started and refused_by_hydra(args):
             sys.exit(2)  # bad input, as our own checks report it; Hydra's message is above
         raise
 
