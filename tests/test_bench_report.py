@@ -532,8 +532,17 @@ def test_a_failing_cell_is_reported_and_the_bench_exits_1(tmp_path):
     assert "- failed without metrics: " in (tmp_path / "benchmark.md").read_text()
 
 
+@pytest.fixture
+def clears_the_stop_request():
+    """A stop requested in this process outlives its ``on_signals`` block (the caller reads it
+    after); entering a new block clears it, so later tests in this process run."""
+    yield
+    with stop.on_signals():
+        pass
+
+
 @pytest.mark.parametrize("handled", [True, False])
-def test_a_stop_asks_the_running_cell_to_stop_and_waits_for_it(tmp_path, handled):
+def test_a_stop_asks_the_running_cell_to_stop_and_waits_for_it(tmp_path, handled, clears_the_stop_request):
     """A cell is stopped as dfkd-train honours it (SIGTERM: it saves its checkpoint), not killed:
     a stop requested while the bench listens for one (``handled``), and a bare KeyboardInterrupt."""
     saved = tmp_path / "saved"
