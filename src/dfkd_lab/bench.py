@@ -31,6 +31,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from . import stop
 from .config import (
+    COMPOSITION_ERRORS,
     ConfigError,
     hydra_quoted,
     is_data_free,
@@ -38,7 +39,7 @@ from .config import (
     searchpath_override,
     user_config_paths,
 )
-from .report import read_json, run_status, write_report
+from .report import finished_metrics, write_report
 from .train import CONF_DIR
 
 DEFAULT_SETTING = "default"
@@ -103,15 +104,12 @@ def check_methods(methods, paths=()):
 def check_cell_configs(cfg: DictConfig, todo, paths=()):
     """Each (setting, method) composes as ``dfkd-train`` will compose it: a typo in ``overrides``
     or a setting fails the benchmark before any run starts, instead of every run after it."""
-    from hydra.errors import HydraException
-    from omegaconf.errors import OmegaConfBaseException
-
     for setting, method, seed in {(s, m): (s, m, seed) for s, m, seed in todo}.values():
         given = train_overrides(cfg, "check", CellConfig(setting=setting, method=method, seed=seed))
         try:
             hydra.compose("train", overrides=[*(o for o in given if not o.startswith("hydra")),
                                               *searchpath_override(paths)])
-        except (HydraException, OmegaConfBaseException) as err:
+        except COMPOSITION_ERRORS as err:
             where = f"overrides and settings.{setting}" if cfg.settings else "overrides"
             reason = " ".join(line for line in str(err).splitlines()  # '+key' would add a key no code reads
                               if line.strip() and not line.startswith("To append to your config"))
@@ -156,16 +154,6 @@ def train_overrides(cfg: DictConfig, group: str, cell=None) -> list[str]:
                    f"max_passes:{cfg.budget_passes}}}")
     setting = list(cfg.settings[cell.setting]) if cfg.settings else []
     return out + list(cfg.overrides) + setting
-
-
-def is_finished(run_dir: Path) -> bool:
-    """True when the run dir holds the metrics of a run that finished (a metrics.json that does
-    not parse is no record: the cell runs again, continuing from its checkpoint)."""
-    path = run_dir / "metrics.json"
-    try:
-        return path.is_file() and run_status(read_json(path)) == "finished"
-    except ValueError:
-        return False
 
 
 # --- one cell (the task function every launcher runs) ---------------------------------------
@@ -237,7 +225,7 @@ def sweep(config: DictConfig, config_loader, launcher, arguments: list[str]) -> 
         overrides = [*arguments, f"cell.setting={setting}", f"cell.method={method}", f"cell.seed={seed}"]
         job = config_loader.load_sweep_config(config, overrides)
         run_dir = Path(job.hydra.sweep.dir) / job.hydra.sweep.subdir
-        if is_finished(run_dir):
+        if finished_metrics(run_dir) is not None:  # else it runs (again), from its checkpoint if any
             finished += 1
         else:
             jobs.append(overrides)

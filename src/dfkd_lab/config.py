@@ -9,7 +9,9 @@ from dataclasses import dataclass, field
 from typing import Any, Optional
 
 from hydra.core.config_store import ConfigStore
+from hydra.errors import HydraException
 from omegaconf import MISSING, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
 
 
 class ConfigError(ValueError):
@@ -214,6 +216,11 @@ def hydra_quoted(value) -> str:
     """``value`` as a quoted string of a Hydra override: unquoted, a path's ``,`` ``(`` ``=`` ``#``
     ``'`` or ``~`` would be read as override grammar (a sweep, a function call, ...) or refused."""
     return "'" + str(value).replace("'", "\\'") + "'"
+
+
+# What composing a command line raises when Hydra cannot (an unknown key, a wrong type, a
+# missing option): bad input, not an unexpected error.
+COMPOSITION_ERRORS = (HydraException, OmegaConfBaseException)
 
 
 def override_key(arg: str) -> str:

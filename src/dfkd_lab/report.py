@@ -134,6 +134,17 @@ def read_json(path: Path) -> dict:
         raise ValueError(f"{path} is not valid JSON ({err}); fix it or remove it") from err
 
 
+def finished_metrics(run_dir: Path) -> dict | None:
+    """The final metrics of the run in ``run_dir`` if it finished, else None (a metrics.json that
+    does not parse is no record of a finished run)."""
+    path = Path(run_dir) / "metrics.json"
+    try:
+        metrics = read_json(path) if path.is_file() else None
+    except ValueError:
+        return None
+    return metrics if metrics is not None and run_status(metrics) == "finished" else None
+
+
 def load_run(path: Path) -> Run:
     config = _yaml(path / ".hydra" / "config.yaml") or {}
     overrides = _yaml(path / ".hydra" / "overrides.yaml") or []

@@ -7,7 +7,6 @@ own config goes to ``.hydra/segment_<n>/`` so the first segment's record is neve
 overwritten. ``hydra.run.dir=<run dir> resume=last`` is the same thing spelled the old way.
 """
 
-import json
 import shlex
 from pathlib import Path
 
@@ -22,6 +21,7 @@ from .config import (
     searchpath_override,
     user_config_paths,
 )
+from .report import finished_metrics
 
 # Groups that make a run what it is; on resume their overrides must match the saved ones.
 MEANING = ("method", "data", "teacher", "student")
@@ -61,19 +61,6 @@ class RunFinished(Exception):
     """``resume=`` names a run that finished, with nothing asked of it beyond continuing."""
 
 
-def finished_status(run_dir: Path) -> str | None:
-    """The recorded result of a finished run in ``run_dir``, or None when it did not finish."""
-    path = run_dir / "metrics.json"
-    try:
-        metrics = json.loads(path.read_text())
-    except (OSError, ValueError):
-        return None
-    if metrics.get("status") != "finished":
-        return None
-    acc = metrics.get("test/acc")
-    return f"test acc {100 * acc:.2f}%" if isinstance(acc, (int, float)) else "finished"
-
-
 def segment_dirs(run_dir: Path) -> list[Path]:
     """The config records of the segments after the first, oldest first."""
     return sorted((run_dir / ".hydra").glob("segment_*"), key=lambda p: int(p.name.split("_")[1]))
@@ -89,8 +76,10 @@ def resume_args(args: list[str]) -> list[str]:
     if not saved_file.is_file():
         raise ConfigError(f"resume: {run_dir} is not a run dir (it has no .hydra/overrides.yaml)")
     longer = any(_split(a)[0] in LONGER for a in args if "=" in a and not a.startswith("-"))
-    if not longer and (done := finished_status(run_dir)):
-        raise RunFinished(f"{run_dir} finished already ({done}, {run_dir / 'metrics.json'}); nothing to "
+    if not longer and (done := finished_metrics(run_dir)) is not None:
+        acc = done.get("test/acc")
+        result = f"test acc {100 * acc:.2f}%, " if isinstance(acc, (int, float)) else ""
+        raise RunFinished(f"{run_dir} finished already ({result}{run_dir / 'metrics.json'}); nothing to "
                           "continue, and its results are left as they are (to train it longer, give "
                           f"a larger {' or '.join(LONGER)})")
     if not (run_dir / "checkpoints" / "last.ckpt").is_file():

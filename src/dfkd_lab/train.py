@@ -43,7 +43,13 @@ from .callbacks.metrics import (
     peak_memory,
     write_final_metrics,
 )
-from .config import ConfigError, given_value, register_configs, searchpath_override
+from .config import (
+    COMPOSITION_ERRORS,
+    ConfigError,
+    given_value,
+    register_configs,
+    searchpath_override,
+)
 from .data import TrainSplitForbidden
 from .data.sources import DatasetUnavailable
 from .losses.weighting import UnknownLossWeight
@@ -322,12 +328,9 @@ def main():
 def refused_by_hydra(args: list[str]) -> bool:
     """Whether ``args`` fail to compose (an unknown key, a wrong type, a missing option): Hydra
     reports those itself and exits 1, which says "unexpected error" to a script."""
-    from hydra.errors import HydraException
-    from omegaconf.errors import OmegaConfBaseException
-
     try:
         compose_train([a for a in args if "=" in a and not a.startswith("-")], config_dirs(args))
-    except (HydraException, OmegaConfBaseException):
+    except COMPOSITION_ERRORS:
         return True
     except Exception:  # noqa: BLE001 - anything else is not the command line's fault
         return False
