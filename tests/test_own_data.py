@@ -134,3 +134,17 @@ def test_bad_own_data_stops_the_cli_before_anything_starts(tmp_path, case, key):
     assert status.startswith("failed: ConfigError") and key in status
     assert not (tmp_path / "wandb").exists()
     assert (run_dir / ".hydra" / "config.yaml").is_file()  # what was asked is kept
+
+
+def test_a_folder_smaller_than_one_batch_is_refused_before_wandb_starts(tmp_path):
+    """The training split is read and checked before the loggers start: no W&B run, no checkpoint."""
+    root = write_folder(tmp_path / "rgb", channels=3)
+    run_dir = tmp_path / "run"
+    env = {k: v for k, v in os.environ.items() if k != "WANDB_MODE"}
+    proc = subprocess.run(
+        [sys.executable, "-m", "dfkd_lab.train", "method=teacher", "data=image_folder", f"data.root={root}",
+         "teacher=lenet5_bn", f"hydra.run.dir={run_dir}"],
+        capture_output=True, text=True, env={**env, "WANDB_DIR": str(tmp_path)}, timeout=300, check=False)
+    assert proc.returncode == 2 and "has 6 images, fewer than data.batch_size=128" in proc.stderr
+    assert not {p.name for p in run_dir.iterdir()} & {"wandb", "wandb_id.txt", "checkpoints", "csv"}
+    assert not (tmp_path / "wandb").exists()

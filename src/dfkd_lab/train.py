@@ -131,6 +131,7 @@ def run(cfg: DictConfig, clock: WallClock | None = None) -> dict:
     ckpt_path = resume_checkpoint(cfg, output_dir, clock)
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
     data = build_data(cfg)
+    data.setup("fit")  # the splits are read, and checked, before W&B or any checkpoint starts
     teacher = build_teacher(cfg, data) if cfg.method.uses_teacher else None
     student = build_student(cfg, data, teacher)
     module = build_module(cfg, student, teacher, data)
@@ -140,7 +141,6 @@ def run(cfg: DictConfig, clock: WallClock | None = None) -> dict:
         kwargs["enable_progress_bar"] = False  # a redrawn bar fills a log file: one line per evaluation instead
         callbacks.append(EvaluationLines())
     trainer = pl.Trainer(**kwargs, logger=loggers or False, callbacks=callbacks)
-    data.setup("fit")
     if stop.requested():
         raise SIGTERMException  # stopped while setting up: nothing trained yet
     if trainer.is_global_zero:
