@@ -64,7 +64,13 @@ BAD_INPUT = {
     "non-finite loss": (
         ["method=dafl", "loss.weights.kd=nan", "method.synthesis.steps_per_epoch=2", "method.synthesis.batch_size=8",
          "method.synthesizer.ngf=4"],
-        "SynthesisDiverged", "non-finite loss"),
+        "TrainingDiverged", "non-finite loss ['weighted sum'] in the student update"),
+    "non-finite loss, kd": (
+        ["method=kd", "method.lr=1e30", "trainer.max_steps=4", "data.batch_size=8"],
+        "TrainingDiverged", "in the student update"),
+    "non-finite loss, scratch": (
+        ["method=scratch", "method.lr=1e30", "trainer.max_steps=4", "data.batch_size=8"],
+        "TrainingDiverged", "non-finite loss ['ce', 'weighted sum'] in the training step"),
 }
 
 
@@ -91,6 +97,16 @@ def test_a_teacher_file_without_weights_is_named_as_such(monkeypatch, capsys, tm
     code, err = cli(monkeypatch, capsys, tmp_path, "teacher=custom", "teacher.arch=lenet5", f"teacher.ckpt={path}")
     assert code == 2 and "teacher.ckpt: " in err and str(path) in err and message in err
     assert "Traceback" not in err
+
+
+def test_a_teacher_with_nan_weights_is_refused_before_training(monkeypatch, capsys, tmp_path):
+    state = torch.load(TEACHER_PT, weights_only=True)
+    state[next(iter(state))][0] = float("nan")
+    path = tmp_path / "nan.pt"
+    torch.save(state, path)
+    code, err = cli(monkeypatch, capsys, tmp_path, "teacher=custom", "teacher.arch=lenet5", f"teacher.ckpt={path}")
+    assert code == 2 and f"{path} holds NaN/inf weights (first in {next(iter(state))})" in err
+    assert not (tmp_path / "run" / "checkpoints").exists()
 
 
 def test_corrupt_teacher_checkpoint_fails_the_hash_check(monkeypatch, capsys, tmp_path):

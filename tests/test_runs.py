@@ -173,10 +173,10 @@ def test_a_failed_run_says_so_in_every_record(tmp_path):
                       "method.synthesizer.ngf=4", f"hydra.run.dir={run_dir}", wandb="offline")
     err = finish(proc)
     assert proc.returncode == 2
-    assert "dfkd-train: SynthesisDiverged: non-finite loss" in err and "Traceback" not in err
-    assert json.loads((run_dir / "metrics.json").read_text())["status"].startswith("failed: SynthesisDiverged")
+    assert "dfkd-train: TrainingDiverged: non-finite loss" in err and "Traceback" not in err
+    assert json.loads((run_dir / "metrics.json").read_text())["status"].startswith("failed: TrainingDiverged")
     log = (run_dir / "train.log").read_text()
-    assert "Traceback" in log and "SynthesisDiverged: non-finite loss" in log
+    assert "Traceback" in log and "TrainingDiverged: non-finite loss" in log
     assert wandb_exit_code(run_dir) == 2
 
 

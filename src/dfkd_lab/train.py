@@ -53,6 +53,7 @@ from .config import (
 from .data import TrainSplitForbidden
 from .data.sources import DatasetUnavailable
 from .losses.weighting import UnknownLossWeight
+from .methods.base import TrainingDiverged
 from .methods.data_free import SynthesisDiverged
 from .provenance import provenance
 from .quiet import silence_known_noise
@@ -191,7 +192,7 @@ def finish_wandb(exit_code: int):
 
 # Errors whose message already names the cause and the fix: shown without a traceback, exit 2.
 USER_ERRORS = (ConfigError, TeacherError, DatasetUnavailable, TrainSplitForbidden, UnknownLossWeight,
-               SynthesisDiverged, FileNotFoundError, DiskWriteError)
+               TrainingDiverged, SynthesisDiverged, FileNotFoundError, DiskWriteError)
 
 
 def report_error(err: BaseException, log: Path | None = None):
@@ -245,6 +246,8 @@ def end_unfinished(cfg: DictConfig, err: BaseException, clock: WallClock) -> int
             report_error(err, None if code == 2 else log)
             if isinstance(err, DiskWriteError) and checkpoint.is_file():
                 sys.stderr.write(f"Continue with: {continue_command(output_dir)}\n")
+            elif isinstance(err, (TrainingDiverged, SynthesisDiverged)) and checkpoint.is_file():
+                sys.stderr.write(f"The checkpoints written before it are intact ({checkpoint}).\n")
     return code
 
 

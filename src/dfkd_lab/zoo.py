@@ -119,6 +119,11 @@ def load_state(path: Path, expected_sha256: str | None, key: str) -> dict:
     if not isinstance(state, dict):
         raise TeacherError(f"{key}: {path} holds a {type(state).__name__}, not a state dict "
                            "(save one with torch.save(model.state_dict(), path))")
+    broken = next((k for k, v in state.items()
+                   if torch.is_tensor(v) and v.is_floating_point() and not torch.isfinite(v).all()), None)
+    if broken is not None:
+        raise TeacherError(f"{key}: {path} holds NaN/inf weights (first in {broken}): it was saved from a "
+                           "run that diverged; train the teacher again or give another file")
     return state
 
 

@@ -40,6 +40,10 @@ def build_schedule(optimizer, method, total_steps: int):
     raise ValueError(f"method.schedule={method.schedule!r}: choose cosine or constant")
 
 
+class TrainingDiverged(RuntimeError):
+    """NaN/inf in a loss: the run stops before a spoiled state reaches its checkpoints."""
+
+
 def _destroy_process_group():
     if dist.is_initialized():
         dist.destroy_process_group()
@@ -153,6 +157,15 @@ class DistillationModule(pl.LightningModule):
             self.log("teacher/acc", self.teacher_acc.compute(), sync_dist=True)
             self.teacher_acc.reset()
         self.log_step(sync_dist=True)
+
+    def check_finite(self, terms: dict, where: str):
+        """Stop the run at the first NaN/inf loss: a run that trained on one must not end as finished."""
+        bad = [k for k, v in terms.items() if not torch.isfinite(v).all()]
+        if bad:
+            raise TrainingDiverged(
+                f"non-finite loss {bad} in {where} at epoch {self.current_epoch}: lower the learning "
+                "rates or the loss weights"
+            )
 
     # --- the student's optimiser ----------------------------------------------------------
     def student_parameters(self):

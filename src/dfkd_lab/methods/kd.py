@@ -55,5 +55,7 @@ class KnowledgeDistillation(DistillationModule):
             "student_features": s_feats, "teacher_features": t_feats,
             "projected_student_features": Lazy(lambda: [p(f) for p, f in zip(self.projections, s_feats)]),
         })
+        loss = weighted_sum(terms, self.weights)
+        self.check_finite({**terms, "weighted sum": loss}, "the student update")
         self.log_dict({f"train/{k}": v for k, v in terms.items()}, prog_bar=False)
-        return weighted_sum(terms, self.weights)
+        return loss

@@ -51,9 +51,11 @@ class SupervisedTraining(DistillationModule):
 
     def training_step(self, batch, batch_idx):
         x, y = batch
-        loss = F.cross_entropy(self.student(x), y)
-        self.log("train/ce", loss, prog_bar=True)
-        return loss * self.weights["ce"]
+        ce = F.cross_entropy(self.student(x), y)
+        loss = ce * self.weights["ce"]
+        self.check_finite({"ce": ce, "weighted sum": loss}, "the training step")
+        self.log("train/ce", ce, prog_bar=True)
+        return loss
 
     def record_metadata(self) -> dict:
         """Lopes-style activation statistics over one pass of the training split, when asked."""
