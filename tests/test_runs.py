@@ -200,6 +200,17 @@ def test_an_unexpected_error_in_a_multirun_job_stays_exit_1(monkeypatch, capsys,
     assert code == 1 and "RuntimeError: broken" in err
 
 
+def test_a_failed_job_leaves_the_rest_of_its_sweep_running(monkeypatch, capsys, tmp_path):
+    """One diverging job of a sweep (a learning-rate search hits one) must not end the sweep: the
+    other jobs run and finish, each record says how it ended, and the sweep exits 1."""
+    sweep = tmp_path / "sweep"
+    code, err = cli(monkeypatch, capsys, tmp_path, "method=kd", "loss.weights.kd=nan,1.0", f"hydra.sweep.dir={sweep}",
+                    base=("-m", *FAST))
+    assert code == 1 and "JobFailed" in err and "TrainingDiverged: non-finite loss" in err
+    status = {p.parent.name.split("_")[0]: json.loads(p.read_text())["status"] for p in sweep.glob("*/metrics.json")}
+    assert status["0"].startswith("failed: TrainingDiverged") and status["1"] == "finished"
+
+
 def test_a_run_inside_its_warm_up_says_the_student_will_not_train(monkeypatch, capsys, tmp_path):
     code, err = cli(monkeypatch, capsys, tmp_path, "method=fastdfkd", "method.synthesis.batch_size=8")
     assert code == 0 and "dfkd-train: warning: method.synthesis.warmup_epochs=2" in err

@@ -254,6 +254,18 @@ def end_unfinished(cfg: DictConfig, err: BaseException, clock: WallClock) -> int
 register_configs()
 
 
+class JobFailed(Exception):
+    """One job of a multirun failed (its records say so); the sweep goes on with the others and
+    ends with exit 1 naming the first failure."""
+
+
+def in_multirun() -> bool:
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
+
+
 class _Jobs:
     started = 0  # jobs hydra_main began in this process: a failure after that is the run's own
 
@@ -271,6 +283,10 @@ def hydra_main(cfg: DictConfig) -> float | None:
         code = end_unfinished(cfg, err, clock)
         if debugging() and code in (1, 2):
             raise
+        if code in (1, 2) and in_multirun():
+            # an exception, not an exit: Hydra records the job as failed and runs the sweep's other
+            # jobs (an exit would end the sweep, and joblib would kill the jobs running beside it)
+            raise JobFailed(f"{cfg.paths.output_dir} (exit {code}): {type(err).__name__}: {err}") from None
         sys.exit(code)
     finally:
         finish_wandb(code)
