@@ -601,3 +601,20 @@ def _wait_for(path: Path, timeout_s: float = 30):
     deadline = time.monotonic() + timeout_s
     while not path.exists() and time.monotonic() < deadline:
         time.sleep(0.05)
+
+
+def test_a_curve_cut_short_in_its_last_line_is_read_and_resumed(tmp_path):
+    from types import SimpleNamespace
+
+    from dfkd_lab.callbacks.metrics import MetricsWriter
+
+    curve = tmp_path / "curve.jsonl"
+    curve.write_text('{"step": 5, "val/acc": 0.1}\n{"step": 10, "val/acc": 0.2}\n{"step": 15, "val/acc": 0.3}\n{"step": 2')
+    assert [r["step"] for r in report.read_curve(curve)] == [5, 10, 15]
+    MetricsWriter(str(tmp_path / "metrics.json")).on_train_start(
+        SimpleNamespace(is_global_zero=True, ckpt_path="last.ckpt", global_step=10), None)
+    assert curve.read_text() == '{"step": 5, "val/acc": 0.1}\n{"step": 10, "val/acc": 0.2}\n'
+    curve.write_text('{"step": 5}\n{"step": \n{"step": 15}\n')
+    with pytest.raises(ValueError, match="curve.jsonl, line 2, is not valid JSON"):
+        report.read_curve(curve)
+

@@ -109,6 +109,23 @@ def test_a_teacher_with_nan_weights_is_refused_before_training(monkeypatch, caps
     assert not (tmp_path / "run" / "checkpoints").exists()
 
 
+def test_a_new_run_is_refused_a_dir_that_holds_another_run(monkeypatch, capsys, tmp_path):
+    assert cli(monkeypatch, capsys, tmp_path, "seed=1")[0] == 0
+    saved = (tmp_path / "run" / ".hydra" / "overrides.yaml").read_text()
+    code, err = cli(monkeypatch, capsys, tmp_path, "seed=2")
+    assert code == 2 and f"the run dir {tmp_path / 'run'} holds a finished run" in err
+    assert (tmp_path / "run" / ".hydra" / "overrides.yaml").read_text() == saved  # refused before Hydra wrote
+    (tmp_path / "run" / "metrics.json").unlink()  # as if killed after its last checkpoint
+    code, err = cli(monkeypatch, capsys, tmp_path, "seed=2")
+    assert code == 2 and "holds a run that did not finish" in err and "resume=" in err
+
+
+def test_a_new_run_gets_a_new_wandb_id_and_a_resumed_one_keeps_its_own(tmp_path):
+    first = train.wandb_run_id(tmp_path, resumed=False)
+    assert train.wandb_run_id(tmp_path, resumed=True) == first
+    assert train.wandb_run_id(tmp_path, resumed=False) != first
+
+
 def test_corrupt_teacher_checkpoint_fails_the_hash_check(monkeypatch, capsys, tmp_path):
     sha = zoo_entry("lenet5_fmnist").sha256
     code, err = cli(monkeypatch, capsys, tmp_path, f"teacher.ckpt={corrupt_copy(tmp_path)}", f"teacher.sha256={sha}")

@@ -134,6 +134,22 @@ def read_json(path: Path) -> dict:
         raise ValueError(f"{path} is not valid JSON ({err}); fix it or remove it") from err
 
 
+def read_curve(path: Path) -> list[dict]:
+    """A run's ``curve.jsonl``, one evaluation a line. A last line cut short (the run was killed,
+    or the disk filled, as it was appended) is left out; any other line that does not parse is named."""
+    if not path.is_file():
+        return []
+    lines = [line for line in path.read_text().splitlines() if line.strip()]
+    rows = []
+    for number, line in enumerate(lines, 1):
+        try:
+            rows.append(json.loads(line))
+        except ValueError as err:
+            if number < len(lines):
+                raise ValueError(f"{path}, line {number}, is not valid JSON ({err}); fix it or remove it") from err
+    return rows
+
+
 def finished_metrics(run_dir: Path) -> dict | None:
     """The final metrics of the run in ``run_dir`` if it finished, else None (a metrics.json that
     does not parse is no record of a finished run)."""
@@ -150,9 +166,7 @@ def load_run(path: Path) -> Run:
     overrides = _yaml(path / ".hydra" / "overrides.yaml") or []
     ended = path / "metrics.json"
     metrics = read_json(ended) if ended.is_file() else {**read_json(path / "progress.json"), "status": UNFINISHED}
-    curve_file = path / "curve.jsonl"
-    curve = [json.loads(line) for line in curve_file.read_text().splitlines() if line.strip()] \
-        if curve_file.is_file() else []
+    curve = read_curve(path / "curve.jsonl")
     samples = path / "samples" / "latest.png"
     return Run(path, config, metrics, overrides, curve, samples if samples.is_file() else None)
 

@@ -59,6 +59,7 @@ from .provenance import provenance
 from .quiet import silence_known_noise
 from .resume import RunFinished, continue_command, resume_args
 from .validate import (
+    check_new_run_dir,
     check_overrides,
     check_writable,
     precision_fallback,
@@ -105,10 +106,11 @@ def resume_checkpoint(cfg: DictConfig, output_dir: Path, clock: WallClock) -> st
     return str(path)
 
 
-def wandb_run_id(output_dir: Path) -> str:
-    """One W&B id per run dir, so a resumed run continues the same W&B run."""
+def wandb_run_id(output_dir: Path, resumed: bool) -> str:
+    """One W&B id per run dir, so a resumed run continues the same W&B run (a new run in a dir an
+    earlier attempt left, one that never reached a checkpoint, gets its own)."""
     path = output_dir / "wandb_id.txt"
-    if path.is_file():
+    if resumed and path.is_file():
         return path.read_text().strip()
     from wandb.sdk.lib.runid import generate_id  # wandb.util.generate_id is gone in wandb 0.31
 
@@ -123,6 +125,8 @@ def run(cfg: DictConfig, clock: WallClock | None = None) -> dict:
     clock = clock or WallClock()
     output_dir = Path(cfg.paths.output_dir)
     validate(cfg)
+    if not cfg.resume:
+        check_new_run_dir(output_dir)
     for kind, text in (("warning", slow_precision(cfg)), ("warning", student_never_trains(cfg)),
                        ("note", precision_fallback(cfg))):
         if text and rank_zero_only.rank == 0:
@@ -136,7 +140,7 @@ def run(cfg: DictConfig, clock: WallClock | None = None) -> dict:
     teacher = build_teacher(cfg, data) if cfg.method.uses_teacher else None
     student = build_student(cfg, data, teacher)
     module = build_module(cfg, student, teacher, data)
-    loggers = build_loggers(cfg, wandb_run_id(output_dir) if cfg.logger and "wandb" in cfg.logger else None)
+    loggers = build_loggers(cfg, wandb_run_id(output_dir, resumed=bool(ckpt_path)) if cfg.logger and "wandb" in cfg.logger else None)
     kwargs, callbacks = trainer_kwargs(cfg), [*build_callbacks(cfg), clock]
     if kwargs.get("enable_progress_bar", True) and not sys.stdout.isatty():
         kwargs["enable_progress_bar"] = False  # a redrawn bar fills a log file: one line per evaluation instead
@@ -326,6 +330,8 @@ def main():
         multirun = any(a in ("-m", "--multirun") for a in args)
         default = Path(os.environ.get("PROJECT_ROOT", ".")) / "outputs"  # conf/paths/default.yaml
         check_writable(Path(str(given_value(args, "hydra.sweep.dir" if multirun else "hydra.run.dir", default))))
+        if not multirun and given_value(args, "resume") in (None, "") and given_value(args, "hydra.run.dir"):
+            check_new_run_dir(Path(str(given_value(args, "hydra.run.dir"))))  # before Hydra rewrites its .hydra/
         check_overrides(args, partial(compose_train, config_dirs=config_dirs(args)))
     except ConfigError as err:
         report_error(err)

@@ -26,6 +26,8 @@ from .config import (
     TrainerConfig,
     override_key,
 )
+from .report import finished_metrics
+from .resume import continue_command
 
 # Groups with a schema: a key the schema does not have (e.g. ``+method.epochz=3``, which Hydra
 # itself suggests for a typo) would otherwise be accepted and never read.
@@ -195,3 +197,16 @@ def check_writable(run_dir: Path):
         what = "is not a directory" if not existing.is_dir() else "is not writable"
         raise ConfigError(f"the run dir {run_dir} cannot be created: {existing} {what}; "
                           "give a writable hydra.run.dir=<dir>")
+
+
+def check_new_run_dir(run_dir: Path):
+    """A new run (no ``resume=``) must not start in a dir that holds another run's checkpoint or
+    finished record: the two runs' curves, logs, saved overrides and W&B run would mix."""
+    run_dir = Path(run_dir)
+    if finished_metrics(run_dir) is not None:
+        raise ConfigError(f"the run dir {run_dir} holds a finished run ({run_dir / 'metrics.json'}); give "
+                          "a new hydra.run.dir=<dir> (or remove that dir to replace the run)")
+    if any((run_dir / "checkpoints").glob("*.ckpt")):
+        raise ConfigError(f"the run dir {run_dir} holds a run that did not finish (its checkpoints/); "
+                          f"continue it with: {continue_command(run_dir)}, or give a new hydra.run.dir=<dir>")
+

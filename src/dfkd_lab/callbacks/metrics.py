@@ -14,7 +14,7 @@ import pytorch_lightning as pl
 import torch
 
 from ..atomic import atomic_write, save_json
-from ..report import utc_minute
+from ..report import read_curve, utc_minute
 
 
 def flat_metrics(metrics: dict) -> dict:
@@ -62,13 +62,15 @@ class MetricsWriter(pl.Callback):
 
     def on_train_start(self, trainer, pl_module):
         """A resumed run redoes what came after its checkpoint (a SIGKILL can land after an
-        evaluation's row but before its checkpoint): drop those rows, so none is listed twice."""
-        if trainer.ckpt_path is None or not trainer.is_global_zero or not self.curve.is_file():
+        evaluation's row, or half-way through writing it, but before its checkpoint): drop those
+        rows, so none is listed twice. A new run starts its own curve."""
+        if not trainer.is_global_zero or not self.curve.is_file():
             return
-        lines = self.curve.read_text().splitlines(keepends=True)
-        kept = [line for line in lines if line.strip() and json.loads(line)["step"] <= trainer.global_step]
-        if len(kept) < len(lines):
-            atomic_write(self.curve, lambda tmp: tmp.write_text("".join(kept)), "accuracy curve")
+        kept = [row for row in read_curve(self.curve) if row["step"] <= trainer.global_step] \
+            if trainer.ckpt_path is not None else []
+        text = "".join(json.dumps(row) + "\n" for row in kept)
+        if text != self.curve.read_text():
+            atomic_write(self.curve, lambda tmp: tmp.write_text(text), "accuracy curve")
 
     def on_validation_end(self, trainer, pl_module):
         if trainer.sanity_checking or not trainer.is_global_zero:
