@@ -332,6 +332,7 @@ def test_provenance_names_machine_and_commit():
     assert info["machine/cpu_bf16"] in (True, False, None)
     commit = info["run/commit"]
     assert commit is None or len(commit.removesuffix("-dirty")) == 12
+    assert info["env/torch"] == torch.__version__ and info["run/version"] and info["env/python"].count(".") == 2
 
 
 def test_a_run_records_the_commit_it_started_from(compose_cfg, monkeypatch):

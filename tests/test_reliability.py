@@ -111,6 +111,9 @@ def test_a_teacher_with_nan_weights_is_refused_before_training(monkeypatch, caps
 
 def test_a_new_run_is_refused_a_dir_that_holds_another_run(monkeypatch, capsys, tmp_path):
     assert cli(monkeypatch, capsys, tmp_path, "seed=1")[0] == 0
+    record = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert record["run/seed"] == 1 and record["run/command"].startswith("dfkd-train ") and "seed=1" in record["run/command"]
+    assert record["env/torch"] == torch.__version__
     saved = (tmp_path / "run" / ".hydra" / "overrides.yaml").read_text()
     code, err = cli(monkeypatch, capsys, tmp_path, "seed=2")
     assert code == 2 and f"the run dir {tmp_path / 'run'} holds a finished run" in err

@@ -59,21 +59,42 @@ def gpu_name() -> str | None:
 
 def project_commit(root: Path = PACKAGE_DIR) -> str | None:
     """``git describe``-like: the commit hash of the checkout this package is imported from,
-    ``-dirty`` when tracked files were changed; None outside a git checkout (an installed package)."""
+    ``-dirty`` when tracked files were changed or the package has files git does not track; None
+    outside a git checkout (an installed package: ``run/version`` names it)."""
     def git(*args):
         return subprocess.run(["git", "-C", str(root), *args], capture_output=True, text=True,
                               timeout=10, check=True).stdout.strip()
 
     try:
         commit = git("rev-parse", "--short=12", "HEAD")
-        dirty = git("status", "--porcelain", "--untracked-files=no")
+        dirty = git("status", "--porcelain", "--untracked-files=no") or git("status", "--porcelain", "--", ".")
     except (OSError, subprocess.SubprocessError):
         return None
     return commit + ("-dirty" if dirty else "")
 
 
+def run_command() -> str:
+    """The command line of this run (its overrides; a zoo entry's recipe, a result's record)."""
+    from hydra.core.hydra_config import HydraConfig
+
+    if not HydraConfig.initialized():
+        return ""
+    return " ".join(["dfkd-train", *HydraConfig.get().overrides.task])
+
+
+def versions() -> dict:
+    """The versions a result depends on beyond the project's own code."""
+    import pytorch_lightning
+
+    from . import __version__
+
+    return {"run/version": __version__, "env/python": platform.python_version(), "env/torch": torch.__version__,
+            "env/lightning": pytorch_lightning.__version__}
+
+
 def provenance() -> dict:
-    """Flat ``metrics.json`` entries: machine (CPU model, threads, bf16 kernels, GPU) and project commit."""
+    """Flat ``metrics.json`` entries: machine (CPU model, threads, bf16 kernels, GPU), project
+    commit and version, and the versions of Python, torch and Lightning."""
     return {"machine/cpu": cpu_model(), "machine/cpus": os.cpu_count(),
             "machine/threads": torch.get_num_threads(), "machine/cpu_bf16": cpu_bf16(), "machine/gpu": gpu_name(),
-            "run/commit": project_commit()}
+            "run/commit": project_commit(), **versions()}

@@ -55,7 +55,7 @@ from .data.sources import DatasetUnavailable
 from .losses.weighting import UnknownLossWeight
 from .methods.base import TrainingDiverged
 from .methods.data_free import SynthesisDiverged
-from .provenance import provenance
+from .provenance import provenance, run_command
 from .quiet import silence_known_noise
 from .resume import RunFinished, continue_command, resume_args
 from .validate import (
@@ -164,7 +164,7 @@ def run(cfg: DictConfig, clock: WallClock | None = None) -> dict:
         metrics["test/acc_best"] = metrics["val/acc_best"]  # validation runs on the real test split
     metrics["time/total_s"] = clock.elapsed()
     metrics.update(peak_memory())
-    metrics.update(machine_and_commit)
+    metrics.update(machine_and_commit, **{"run/seed": cfg.seed, "run/command": run_command()})
     metrics.update(largest_checkpoint(trainer))
     if trainer.is_global_zero:
         module.on_run_end(output_dir, metrics)

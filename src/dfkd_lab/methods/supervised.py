@@ -7,18 +7,10 @@ from torch.nn import functional as F
 
 from ..atomic import atomic_write, save_torch
 from ..config import ConfigError
+from ..provenance import run_command
 from ..synthesis.lopes import KEY, record_activation_stats
 from ..zoo import ZooEntry, sha256, zoo_names
 from .base import DistillationModule
-
-
-def run_command() -> str:
-    """The exact command line of this run, for the zoo entry's recipe."""
-    from hydra.core.hydra_config import HydraConfig
-
-    if not HydraConfig.initialized():
-        return ""
-    return " ".join(["dfkd-train", *HydraConfig.get().overrides.task])
 
 
 class SupervisedTraining(DistillationModule):
