@@ -58,26 +58,37 @@ def wait_for(path: Path, proc, timeout=300):
     assert proc.poll() is None, f"run ended before {path.name} appeared: {proc.stderr.read()[-2000:]}"
 
 
-def wandb_exit_code(run_dir: Path) -> int:
-    """The exit code in the latest W&B offline run file (a LevelDB-style log of protobuf records)."""
+def wandb_records(run_dir: Path, kind: str) -> list:
+    """The records of one kind ("exit", "summary", ...) in the latest W&B offline run file (a
+    LevelDB-style log of protobuf records)."""
     from wandb.proto import wandb_internal_pb2
 
     path = max(run_dir.glob("wandb/offline-run-*/run-*.wandb"))  # each segment writes its own file
-    data, pos, payload, codes = path.read_bytes(), 7, b"", []
+    data, pos, payload, found = path.read_bytes(), 7, b"", []
     while pos + 7 <= len(data):
         if 32768 - pos % 32768 < 7:  # a block's tail too short for a record header is padding
             pos += 32768 - pos % 32768
             continue
-        _, length, kind = struct.unpack("<IHB", data[pos:pos + 7])
+        _, length, record_kind = struct.unpack("<IHB", data[pos:pos + 7])
         payload, pos = payload + data[pos + 7:pos + 7 + length], pos + 7 + length
-        if kind in (1, 4):  # a whole record, or the last part of one
+        if record_kind in (1, 4):  # a whole record, or the last part of one
             record = wandb_internal_pb2.Record()
             record.ParseFromString(payload)
             payload = b""
-            if record.WhichOneof("record_type") == "exit":
-                codes.append(record.exit.exit_code)
-    assert codes, f"no exit record in {path}"
-    return codes[-1]
+            if record.WhichOneof("record_type") == kind:
+                found.append(getattr(record, kind))
+    assert found, f"no {kind} record in {path}"
+    return found
+
+
+def wandb_exit_code(run_dir: Path) -> int:
+    return wandb_records(run_dir, "exit")[-1].exit_code
+
+
+def wandb_summary(run_dir: Path) -> dict:
+    """The run's summary as W&B saved it (the last value of each key)."""
+    return {item.key: json.loads(item.value_json) for summary in wandb_records(run_dir, "summary")
+            for item in summary.update}
 
 
 def csv_rows(text: str) -> list[dict]:
@@ -178,6 +189,7 @@ def test_a_failed_run_says_so_in_every_record(tmp_path):
     log = (run_dir / "train.log").read_text()
     assert "Traceback" in log and "TrainingDiverged: non-finite loss" in log
     assert wandb_exit_code(run_dir) == 2
+    assert wandb_summary(run_dir)["status"].startswith("failed: TrainingDiverged: non-finite loss")
 
 
 def test_an_unexpected_error_exits_1_with_its_traceback_in_the_run_log(monkeypatch, capsys, tmp_path):
@@ -204,11 +216,15 @@ def test_a_failed_job_leaves_the_rest_of_its_sweep_running(monkeypatch, capsys, 
     """One diverging job of a sweep (a learning-rate search hits one) must not end the sweep: the
     other jobs run and finish, each record says how it ended, and the sweep exits 1."""
     sweep = tmp_path / "sweep"
+    monkeypatch.setenv("WANDB_MODE", "offline")
     code, err = cli(monkeypatch, capsys, tmp_path, "method=kd", "loss.weights.kd=nan,1.0", f"hydra.sweep.dir={sweep}",
-                    base=("-m", *FAST))
+                    "logger=wandb", base=("-m", *FAST))
     assert code == 1 and "JobFailed" in err and "TrainingDiverged: non-finite loss" in err
-    status = {p.parent.name.split("_")[0]: json.loads(p.read_text())["status"] for p in sweep.glob("*/metrics.json")}
+    jobs = {p.name.split("_")[0]: p for p in sweep.glob("*_*")}
+    status = {n: json.loads((p / "metrics.json").read_text())["status"] for n, p in jobs.items()}
     assert status["0"].startswith("failed: TrainingDiverged") and status["1"] == "finished"
+    assert [wandb_summary(jobs[n])["status"] for n in "01"] == [status["0"], "finished"]
+    assert {wandb_records(p, "run")[0].run_group for p in jobs.values()} == {"train-sweep"}  # one group per sweep
 
 
 def test_a_run_inside_its_warm_up_says_the_student_will_not_train(monkeypatch, capsys, tmp_path):

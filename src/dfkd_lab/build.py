@@ -8,7 +8,7 @@ from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
 from .callbacks.checkpointing import AtomicCheckpointIO
-from .config import ConfigError, is_data_free
+from .config import ConfigError, in_multirun, is_data_free, sweep_name
 from .data import ClassificationData
 from .data.sources import image_folder_layout
 from .models import build_model, model_names
@@ -251,7 +251,10 @@ def build_loggers(cfg: DictConfig, wandb_id: str | None):
         if spec is None:
             continue
         if "WandbLogger" in spec._target_:
-            loggers.append(hydra.utils.instantiate(spec, id=wandb_id, resume="allow"))
+            group = {}
+            if in_multirun() and spec.get("group") == cfg.task_name:  # the default: one group per sweep
+                group = {"group": f"{cfg.task_name}-{sweep_name()}"}
+            loggers.append(hydra.utils.instantiate(spec, id=wandb_id, resume="allow", **group))
         else:
             loggers.append(hydra.utils.instantiate(spec))
     config = OmegaConf.to_container(cfg, resolve=True)

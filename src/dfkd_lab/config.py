@@ -6,6 +6,7 @@ constructors reject unknown arguments by name.
 """
 
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Optional
 
 from hydra.core.config_store import ConfigStore
@@ -266,3 +267,19 @@ def _preferred_precision(precision):
     from .provenance import preferred_precision  # torch stays out of the config schema's imports
 
     return preferred_precision(precision)
+
+
+def in_multirun() -> bool:
+    """Whether this is a job of a Hydra multirun (``-m``, a benchmark's or a search's sweep)."""
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
+
+
+def sweep_name() -> str:
+    """The name of this multirun's sweep dir (a W&B group for its jobs)."""
+    from hydra.core.hydra_config import HydraConfig
+
+    return Path(HydraConfig.get().sweep.dir).name
+

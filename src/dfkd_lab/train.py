@@ -47,6 +47,7 @@ from .config import (
     COMPOSITION_ERRORS,
     ConfigError,
     given_value,
+    in_multirun,
     register_configs,
     searchpath_override,
 )
@@ -169,7 +170,7 @@ def run(cfg: DictConfig, clock: WallClock | None = None) -> dict:
     if trainer.is_global_zero:
         module.on_run_end(output_dir, metrics)
         write_final_metrics(output_dir, metrics, "finished")
-        log_summary(trainer.loggers, metrics)
+        log_summary(trainer.loggers, {**metrics, "status": "finished"})
     return metrics
 
 
@@ -242,6 +243,9 @@ def end_unfinished(cfg: DictConfig, err: BaseException, clock: WallClock) -> int
         try:
             append_log(output_dir, f"run {status} (exit {code})\n{traceback_text}".rstrip())
             write_final_metrics(output_dir, {**last_progress(output_dir), "time/total_s": clock.elapsed()}, status)
+            wandb = sys.modules.get("wandb")
+            if wandb is not None and wandb.run is not None:
+                wandb.run.summary["status"] = status  # the dashboard's column, beside the exit code
         except OSError as write_error:  # a full disk or a read-only run dir: the message still goes out
             sys.stderr.write(f"dfkd-train: could not record the end of the run in {output_dir}: {write_error}\n")
         if message:
@@ -261,13 +265,6 @@ register_configs()
 class JobFailed(Exception):
     """One job of a multirun failed (its records say so); the sweep goes on with the others and
     ends with exit 1 naming the first failure."""
-
-
-def in_multirun() -> bool:
-    from hydra.core.hydra_config import HydraConfig
-    from hydra.types import RunMode
-
-    return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
 
 
 class _Jobs:
