@@ -102,10 +102,26 @@ def test_a_dir_without_a_finished_run_is_rejected_naming_what_is_missing(tmp_pat
         fidelity(tmp_path)
 
 
-def test_the_table_says_when_the_teacher_has_no_batchnorm(monkeypatch, capsys):
+def test_the_command_names_a_wrong_dir_in_one_line_and_exits_nonzero(tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        main([str(tmp_path)])
+    assert exit_.value.code == f"python -m dfkd_lab.fidelity: {tmp_path}: no .hydra/config.yaml; give the output dir of a finished run"
+    assert capsys.readouterr().out == ""  # no table header before the error
+
+
+def test_the_table_says_when_the_teacher_has_no_batchnorm(monkeypatch, capsys, tmp_path):
     rows = [("real test split", 10, 90.0, 0.95, None), ("transfer set, last quarter", 4, 50.0, 0.8, [0.25, 2.0])]
     monkeypatch.setattr(fidelity_module, "fidelity", lambda run_dir, checkpoint: rows)
-    main(["unused"])
-    out = capsys.readouterr().out
+    (tmp_path / "metrics.json").write_text('{"status": "stopped"}')
+    main([str(tmp_path)])
+    assert f"note: the run in {tmp_path} did not end as finished: stopped; the table is of its last checkpoint" \
+        in capsys.readouterr().err
+    main([str(tmp_path / "killed")])
+    assert "did not end as finished: unfinished" in capsys.readouterr().err
+    (tmp_path / "metrics.json").write_text('{"status": "finished"}')
+    main([str(tmp_path)])
+    captured = capsys.readouterr()
+    out = captured.out
+    assert "did not end" not in captured.err
     assert "| real test split | 10 | 90.0 | 0.950 | no BatchNorm |" in out
     assert "| transfer set, last quarter | 4 | 50.0 | 0.800 | 0.25 / 2.00 |" in out

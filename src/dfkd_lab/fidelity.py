@@ -17,6 +17,7 @@ synthetic images stay well above it is one the synthesis misses.
 """
 
 import argparse
+import sys
 from pathlib import Path
 
 import hydra
@@ -25,8 +26,11 @@ from omegaconf import OmegaConf
 
 from .build import build_data, build_student, build_teacher
 from .config import ConfigError
+from .data.sources import DatasetUnavailable
 from .data.transfer_set import load_transfer_set, teacher_sha256
+from .report import UNFINISHED, read_json, run_status
 from .synthesis.bn_hooks import BNStatHooks, bn_layers
+from .zoo import TeacherError
 
 
 @torch.no_grad()
@@ -118,9 +122,17 @@ def main(argv=None):
     parser.add_argument("run_dir", type=Path)
     parser.add_argument("--checkpoint", default="last", help="last or best")
     args = parser.parse_args(argv)
+    try:
+        rows = fidelity(args.run_dir, args.checkpoint)
+    except (ConfigError, TeacherError, DatasetUnavailable, FileNotFoundError, ValueError) as err:
+        sys.exit(f"python -m dfkd_lab.fidelity: {err}")
+    status = run_status(read_json(args.run_dir / "metrics.json")) if (args.run_dir / "metrics.json").is_file() else UNFINISHED
+    if status != "finished":
+        sys.stderr.write(f"python -m dfkd_lab.fidelity: note: the run in {args.run_dir} did not end as finished: "
+                         f"{status}; the table is of its {args.checkpoint} checkpoint\n")
     print("| images | count | student agrees with teacher % | teacher confidence | BN distance per layer |")
     print("|---|---:|---:|---:|---|")
-    for name, count, agree, confidence, bn in fidelity(args.run_dir, args.checkpoint):
+    for name, count, agree, confidence, bn in rows:
         layers = " / ".join(f"{d:.2f}" for d in bn) if bn is not None else "no BatchNorm"
         print(f"| {name} | {count} | {agree:.1f} | {confidence:.3f} | {layers} |")
 
