@@ -320,6 +320,16 @@ def test_resume_refuses_an_override_that_changes_the_run(tmp_path):
     with pytest.raises(ConfigError, match="it was started with data.num_classes at its default"):
         resume_args([f"resume={run_dir}", "data.num_classes=7"])
     assert resume_args([f"resume={run_dir}", "method=kd"])[0] == "method=kd"  # the same value is fine
+    with pytest.raises(ConfigError, match="seed=5 would change what the run in .* is; it was started with seed at its"):
+        resume_args([f"resume={run_dir}", "seed=5"])  # a resumed run continues its checkpoint's random state
+
+
+def test_resume_keeps_hydras_flags_before_the_overrides(tmp_path):
+    """``dfkd-train resume=DIR trainer.max_steps=9 --cfg job``: Hydra's parser takes the overrides in
+    one run, so the ones resume adds must not come after the flags."""
+    run_dir = fake_run_dir(tmp_path / "run", ["method=kd"])
+    args = resume_args([f"resume={run_dir}", "trainer.max_steps=9", "--cfg", "job", "-cd", "/x"])
+    assert args[:4] == ["--cfg", "job", "-cd", "/x"] and all("=" in a for a in args[4:])
 
 
 @pytest.mark.parametrize("saved, message", [

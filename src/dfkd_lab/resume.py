@@ -2,7 +2,7 @@
 
 The command line is rewritten before Hydra composes anything: the first segment's overrides
 (``.hydra/overrides.yaml``) come back, overrides that would change what the run is (its
-method, data, teacher or student) are refused naming the saved value, and the new segment's
+method, data, teacher, student or seed) are refused naming the saved value, and the new segment's
 own config goes to ``.hydra/segment_<n>/`` so the first segment's record is never
 overwritten. ``hydra.run.dir=<run dir> resume=last`` is the same thing spelled the old way.
 """
@@ -23,8 +23,9 @@ from .config import (
 )
 from .report import finished_metrics
 
-# Groups that make a run what it is; on resume their overrides must match the saved ones.
-MEANING = ("method", "data", "teacher", "student")
+# What makes a run what it is; on resume their overrides must match the saved ones (the seed
+# too: a resumed run continues the random state its checkpoint saved, whatever seed is given).
+MEANING = ("method", "data", "teacher", "student", "seed")
 # What gives a finished run more to train when it is resumed.
 LONGER = ("trainer.max_epochs", "trainer.max_steps", "trainer.max_time")
 
@@ -88,13 +89,15 @@ def resume_args(args: list[str]) -> list[str]:
     saved = [o for o in yaml.safe_load(saved_file.read_text()) or []
              if _split(o)[0] not in ("resume", "hydra.run.dir")]
     saved_values = dict(_split(o) for o in saved)
-    extra = []
+    extra, flags = [], []
     for arg in args:
         key, value = _split(arg)
         if key in ("resume", "hydra.run.dir", "hydra.output_subdir"):
             continue  # set below
-        # Hydra's own flags (-m, --cfg job) pass through
-        if not arg.startswith("-") and key.split(".")[0] in MEANING:
+        if arg.startswith("-") or (flags and flags[-1].startswith("-") and "=" not in arg and not arg.startswith("~")):
+            flags.append(arg)  # Hydra's own flags (-m, --cfg job) pass through, before the overrides
+            continue
+        if key.split(".")[0] in MEANING:
             if saved_values.get(key) == value:
                 continue
             was = f"{key}={saved_values[key]}" if key in saved_values else f"{key} at its default"
@@ -106,7 +109,7 @@ def resume_args(args: list[str]) -> list[str]:
     if "hydra.searchpath" not in given:
         extra += searchpath_override(saved_config_paths(run_dir))
     segment = len(segment_dirs(run_dir)) + 2
-    return [*(o for o in saved if _split(o)[0] not in given), *extra, f"hydra.run.dir={hydra_quoted(run_dir)}",
+    return [*flags, *(o for o in saved if _split(o)[0] not in given), *extra, f"hydra.run.dir={hydra_quoted(run_dir)}",
             "resume=last", f"hydra.output_subdir=.hydra/segment_{segment}"]
 
 
