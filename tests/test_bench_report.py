@@ -619,3 +619,14 @@ def test_a_curve_cut_short_in_its_last_line_is_read_and_resumed(tmp_path):
     with pytest.raises(ValueError, match="curve.jsonl, line 2, is not valid JSON"):
         report.read_curve(curve)
 
+
+def test_a_seed_run_twice_counts_once_the_latest(tmp_path):
+    first = fake_run(tmp_path / "a", "dafl", {"test/acc": 0.1, "status": "finished"}, seed=0)
+    fake_run(tmp_path / "b", "dafl", {"test/acc": 0.5, "status": "finished"}, seed=1)
+    fake_run(tmp_path / "c", "dafl", {"test/acc": 0.3, "status": "finished"}, seed=0)
+    os.utime(first / "metrics.json", (1, 1))  # "a" ended long before "c"
+    (group,) = report.group_runs([report.load_run(tmp_path / d) for d in "abc"])
+    row = report.aggregate(group, "")
+    assert (row["seeds"], row["n"]) == ("0,1", 2) and row["acc_mean"] == pytest.approx(40.0)
+    assert row["status"] == "3 finished (1 earlier of a repeated seed left out)"
+

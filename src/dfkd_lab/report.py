@@ -296,15 +296,29 @@ def status_summary(runs: list[Run]) -> str:
     return ", ".join(f"{n} {status}" for status, n in counts.items())
 
 
+def one_run_per_seed(rows: list[dict], runs: list[Run]) -> list[dict]:
+    """Of finished runs that share a seed (the same run made again in another dir), the one that
+    ended last: a repeated seed is not an independent sample."""
+    latest: dict = {}
+    for row, run in zip(rows, runs):
+        ended = (run.dir / "metrics.json").stat().st_mtime
+        if row["seed"] not in latest or ended >= latest[row["seed"]][0]:
+            latest[row["seed"]] = (ended, row)
+    return [row for _, row in latest.values()]
+
+
 def aggregate(group: list[Run], differ: str) -> dict:
-    """One table row: mean and std over the finished runs of the group; others only counted."""
+    """One table row: mean and std over the finished runs of the group, one a seed; others only counted."""
     rows = [run_row(r) for r in group]
-    finished = [row for row, run in zip(rows, group) if run.finished]
+    done = [(row, run) for row, run in zip(rows, group) if run.finished]
+    finished = one_run_per_seed([row for row, _ in done], [run for _, run in done])
     out = {k: rows[0][k] for k, _ in LABELS if k != "differs"}
     out["differs"] = differ
     out["seeds"] = ",".join(str(r["seed"]) for r in finished)
     out["n"] = len(finished)
     out["status"] = status_summary(group)
+    if len(finished) < len(done):
+        out["status"] += f" ({len(done) - len(finished)} earlier of a repeated seed left out)"
     for key, _, _ in FIGURES:
         out[f"{key}_mean"], out[f"{key}_std"] = mean_std([r.get(key) for r in finished])
     return out
