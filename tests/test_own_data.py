@@ -73,6 +73,18 @@ def test_missing_normalisation_of_a_data_free_run_names_the_keys(compose_cfg, tm
         build_data(cfg)
 
 
+def test_the_teachers_normalisation_wins_over_the_data_configs(compose_cfg, tmp_path):
+    """A user's teacher trained with other statistics than the data config's defaults must see its
+    own: on a built-in dataset teacher.mean/std were silently replaced by data.mean/std."""
+    ckpt = save_teacher(tmp_path / "t.pt")
+    custom = ("method=kd", "teacher=custom", "teacher.arch=lenet5_bn", f"teacher.ckpt={ckpt}")
+    data = build_data(compose_cfg(*custom, "teacher.mean=[0.5]", "teacher.std=[0.25]"))
+    assert (list(data.mean), list(data.std)) == ([0.5], [0.25])
+    with pytest.raises(ConfigError, match=r"teacher\.mean has 2 values but data\.channels=1"):
+        build_data(compose_cfg(*custom, "teacher.mean=[0.5,0.5]", "teacher.std=[0.2]"))
+    assert list(build_data(compose_cfg(*custom)).mean) == [0.286]  # no teacher statistics: the data's
+
+
 @pytest.mark.parametrize("key", ["data", "teacher"])
 def test_mean_std_of_the_wrong_length_names_the_key(compose_cfg, tmp_path, key):
     root = write_folder(tmp_path / "rgb", channels=3)

@@ -40,16 +40,18 @@ def teacher_entry(cfg: DictConfig) -> ZooEntry | None:
 
 
 def _normalisation(cfg: DictConfig, entry: ZooEntry | None):
-    """``data.mean``/``data.std`` as given, else the teacher's (it only understands inputs
-    normalised as in its training); ``None`` means: measure them on the training split."""
+    """``(mean, std, source)``: the teacher's when a run uses one (``teacher.mean``/``teacher.std``,
+    else its zoo entry's: it only understands inputs normalised as in its training, whatever the
+    data config says), else ``data.mean``/``data.std``; ``None`` means: measure them on the
+    training split."""
     d, t = cfg.data, cfg.teacher
-    if d.mean is not None and d.std is not None:
-        return list(d.mean), list(d.std)
     if cfg.method.uses_teacher:
-        if entry is not None:
-            return list(entry.mean), list(entry.std)
         if t.mean is not None and t.std is not None:
-            return list(t.mean), list(t.std)
+            return list(t.mean), list(t.std), "teacher"
+        if entry is not None and entry.mean is not None and entry.std is not None:
+            return list(entry.mean), list(entry.std), "teacher"
+    if d.mean is not None and d.std is not None:
+        return list(d.mean), list(d.std), "data"
     if not is_data_free(cfg.method):
         return None
     raise ConfigError(
@@ -97,10 +99,9 @@ def build_data(cfg: DictConfig) -> ClassificationData:
         raise ConfigError(f"data.classes has {len(d.classes)} classes but data.num_classes={d.num_classes}: "
                           f"set data.num_classes={len(d.classes)}")
     stats = _normalisation(cfg, entry)
-    mean, std = stats if stats is not None else (None, None)
+    mean, std, source = stats if stats is not None else (None, None, None)
     if stats is not None:
-        given = d.mean is not None and d.std is not None
-        _check_lengths(mean, std, d.channels, "data" if given else "teacher")
+        _check_lengths(mean, std, d.channels, source)
     data = ClassificationData(
         name=d.name, root=d.root, num_classes=d.num_classes, channels=d.channels,
         image_size=d.image_size, mean=mean, std=std, batch_size=d.batch_size,
