@@ -143,3 +143,34 @@ def test_wandb_offline_run_lives_in_the_run_dir_and_resume_keeps_its_id(compose_
     wandb.finish()
     assert (run_dir / "wandb_id.txt").read_text().strip() == run_id
     assert len(list((run_dir / "wandb").glob(f"offline-run-*-{run_id}"))) == 2  # same id, resumed
+
+
+def test_the_best_evaluation_travels_in_the_checkpoint(compose_cfg):
+    """A resumed run's best accuracy counts the evaluations before the stop (it restarted from
+    the first evaluation after it, and a run whose best came early ended with a lower best)."""
+    from torch import nn
+
+    from dfkd_lab.methods.supervised import SupervisedTraining
+
+    cfg = compose_cfg("method=scratch")
+    before, after = (SupervisedTraining(nn.Linear(2, 10), cfg.method, cfg.loss, 10) for _ in range(2))
+    before.val_best.update(torch.tensor(0.37))
+    checkpoint = {"state_dict": {}}
+    before.on_save_checkpoint(checkpoint)
+    after.on_load_checkpoint(checkpoint)
+    after.val_best.update(torch.tensor(0.33))
+    assert after.val_best.compute().item() == pytest.approx(0.37)
+
+
+def test_an_evaluation_made_again_at_the_same_step_replaces_its_row(tmp_path):
+    from types import SimpleNamespace
+
+    from dfkd_lab.callbacks.metrics import MetricsWriter
+
+    writer = MetricsWriter(str(tmp_path / "metrics.json"))
+    for step, acc in ((10, 0.3), (20, 0.4), (20, 0.41)):  # the last: a resumed run evaluating step 20 again
+        trainer = SimpleNamespace(sanity_checking=False, is_global_zero=True, callback_metrics={"val/acc": acc},
+                                  current_epoch=step // 10 - 1, global_step=step, callbacks=[])
+        writer.on_validation_end(trainer, None)
+    rows = [json.loads(line) for line in (tmp_path / "curve.jsonl").read_text().splitlines()]
+    assert [(r["step"], r["val/acc"]) for r in rows] == [(10, 0.3), (20, 0.41)]

@@ -80,8 +80,15 @@ class MetricsWriter(pl.Callback):
         clock = WallClock.of(trainer) or self._clock
         row = {"epoch": trainer.current_epoch, "step": trainer.global_step, "time_s": clock.elapsed(), **metrics}
         self.curve.parent.mkdir(parents=True, exist_ok=True)
-        with open(self.curve, "a") as f:
-            f.write(json.dumps(row) + "\n")
+        earlier = read_curve(self.curve)
+        if earlier and earlier[-1]["step"] == row["step"]:
+            # a run resumed from a checkpoint written before its epoch's evaluation evaluates that step
+            # again: the new row replaces the old one instead of listing the step twice
+            text = "".join(json.dumps(r) + "\n" for r in [*earlier[:-1], row])
+            atomic_write(self.curve, lambda tmp: tmp.write_text(text), "accuracy curve")
+        else:
+            with open(self.curve, "a") as f:
+                f.write(json.dumps(row) + "\n")
         save_json(self.progress, {**metrics, "epoch": trainer.current_epoch, "step": trainer.global_step,
                                   "time/total_s": row["time_s"]}, "progress file")
 

@@ -114,12 +114,16 @@ class DistillationModule(pl.LightningModule):
         # the global torch RNG drives data shuffling and augmentation: a resumed run must
         # continue it, or its remaining epochs see other batches than an uninterrupted run
         checkpoint["torch_rng"] = torch.get_rng_state()
+        # the best evaluation so far: torchmetrics leaves a metric's state out of the state dict
+        checkpoint["val_best"] = self.val_best.max_value.detach().cpu()
 
     def on_load_checkpoint(self, checkpoint):
         if self.teacher is not None:  # the frozen teacher comes from the zoo, not the checkpoint
             checkpoint["state_dict"].update({f"teacher.{k}": v for k, v in self.teacher.state_dict().items()})
         if "torch_rng" in checkpoint:
             torch.set_rng_state(checkpoint["torch_rng"])
+        if "val_best" in checkpoint:
+            self.val_best.update(checkpoint["val_best"])
 
     # --- one meaning of "step" -----------------------------------------------------------
     def log_step(self, **kwargs):
