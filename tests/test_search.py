@@ -73,6 +73,18 @@ def test_study_resumes_numbers_jobs_by_trial_and_records_failures(tmp_path):
     assert results["trials"] == {"complete": 3, "fail": 2}
 
 
+def test_a_continued_study_draws_new_values(tmp_path):
+    """Started again with the same seed, a study still in its random start-up trials drew the first
+    trials' values again: each continuation moves the sampler's seed on."""
+    storage = f"journal:{tmp_path / 'study.log'}"
+    config = OmegaConf.create({"hydra": {"sweep": {"dir": str(tmp_path / "sweep")}}})
+    for n_trials in (2, 2):
+        study = search.run_study(sweeper_cfg(storage, n_trials=n_trials, n_startup_trials=10), config,
+                                 FakeLauncher(lambda n: job(0.5)), [])
+    drawn = [t.params["x"] for t in study.trials]
+    assert len(drawn) == 4 and len(set(drawn)) == 4
+
+
 def test_pruning_callback_reports_the_curve_and_stops_a_trailing_trial(tmp_path):
     storage = f"sqlite:///{tmp_path / 'sub' / 'optuna.db'}"
     opened = search.open_storage(storage)

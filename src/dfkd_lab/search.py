@@ -119,9 +119,11 @@ def run_study(sweeper_cfg: DictConfig, config: DictConfig, launcher, arguments: 
     storage = open_storage(sweeper_cfg.storage)
     study = optuna.create_study(
         study_name=sweeper_cfg.study_name, storage=storage,
-        sampler=optuna.samplers.TPESampler(seed=sweeper_cfg.seed, n_startup_trials=sweeper_cfg.n_startup_trials),
         pruner=instantiate(pruner_spec) if pruner_spec else optuna.pruners.NopPruner(),
         direction=sweeper_cfg.direction, load_if_exists=True)
+    # a continued study's sampler must not draw its first trials' parameters again: its seed moves on
+    seed = None if sweeper_cfg.seed is None else sweeper_cfg.seed + len(study.trials)
+    study.sampler = optuna.samplers.TPESampler(seed=seed, n_startup_trials=sweeper_cfg.n_startup_trials)
     study.set_user_attr(PRUNER_ATTR, pruner_spec)
     sweep_dir = Path(config.hydra.sweep.dir)
     sweep_dir.mkdir(parents=True, exist_ok=True)
