@@ -65,6 +65,11 @@ BAD_INPUT = {
         ["method=dafl", "loss.weights.kd=nan", "method.synthesis.steps_per_epoch=2", "method.synthesis.batch_size=8",
          "method.synthesizer.ngf=4"],
         "TrainingDiverged", "non-finite loss ['weighted sum'] in the student update"),
+    "a bad value the synthesizer refuses": (
+        ["method=cmi", "method.synthesizer.capacity=0"], "ConfigError", "capacity must be a number of images >= 1"),
+    "a synthesizer key that is no setting": (
+        ["method=dafl", "+method.synthesizer.mixup=true"], "ConfigError",
+        "unexpected keyword argument 'mixup'\") full_key: method.synthesizer: a key set for it is not one of its settings"),
     "non-finite loss, kd": (
         ["method=kd", "method.lr=1e30", "trainer.max_steps=4", "data.batch_size=8"],
         "TrainingDiverged", "in the student update"),

@@ -200,6 +200,23 @@ USER_ERRORS = (ConfigError, TeacherError, DatasetUnavailable, TrainSplitForbidde
                TrainingDiverged, SynthesisDiverged, FileNotFoundError, DiskWriteError)
 
 
+def hidden_by_instantiation(err: BaseException) -> BaseException:
+    """The bad input behind a Hydra ``InstantiationException``: a user error the instantiated
+    class raised, or an argument it does not take (a key added with ``+`` that is no setting of
+    it), which would otherwise count as an unexpected error (exit 1)."""
+    from hydra.errors import InstantiationException
+
+    cause = err.__cause__
+    if not isinstance(err, InstantiationException) or cause is None:
+        return err
+    if isinstance(cause, USER_ERRORS):
+        return cause
+    if isinstance(cause, TypeError) and "unexpected keyword argument" in str(cause):
+        where = " ".join(str(err).split())
+        return ConfigError(f"{where}: a key set for it is not one of its settings; remove it or fix its spelling")
+    return err
+
+
 def report_error(err: BaseException, log: Path | None = None):
     """One paragraph on stderr instead of a traceback (DFKD_DEBUG=1 or HYDRA_FULL_ERROR=1 keeps it)."""
     message = err.args[0] if len(err.args) == 1 else str(err)  # KeyError's str() adds quotes
@@ -281,6 +298,7 @@ def hydra_main(cfg: DictConfig) -> float | None:
     except BaseException as err:
         if isinstance(err, SystemExit) and stop.requested() is None:
             raise
+        err = hidden_by_instantiation(err)
         code = end_unfinished(cfg, err, clock)
         if debugging() and code in (1, 2):
             raise
