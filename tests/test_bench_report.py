@@ -425,7 +425,8 @@ def test_overrides_and_settings_that_do_not_compose_are_refused_before_any_run(b
                                           r"Could not override 'method.epoch'\.$"):
         bench.check_cell_configs(cfg, bench.cells(cfg))
     for bad, message in (('overrides=["data.batchsize=8"]', "data.batchsize"),
-                         ('overrides=["method.synthesizer.ngf=8"]', "method=kd does not compose with the overrides: .*method.synthesizer.ngf")):
+                         ('overrides=["method.synthesizer.ngf=8"]', "method=kd does not compose with the overrides: .*method.synthesizer.ngf"),
+                         ('overrides=["method.dfq.quant_bits=4"]', "does not compose with the overrides: an override sets a key below a block")):
         cfg = compose("bench", overrides=["methods=[dafl,kd]", bad])
         with pytest.raises(ConfigError, match=message):
             bench.check_cell_configs(cfg, bench.cells(cfg))

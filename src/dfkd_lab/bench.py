@@ -109,10 +109,12 @@ def check_cell_configs(cfg: DictConfig, todo, paths=()):
         try:
             hydra.compose("train", overrides=[*(o for o in given if not o.startswith("hydra")),
                                               *searchpath_override(paths)])
-        except COMPOSITION_ERRORS as err:
+        except (*COMPOSITION_ERRORS, AssertionError) as err:  # OmegaConf asserts on a key below a null node
             where = f"overrides and settings.{setting}" if cfg.settings else "overrides"
             reason = " ".join(line for line in str(err).splitlines()  # '+key' would add a key no code reads
                               if line.strip() and not line.startswith("To append to your config"))
+            if isinstance(err, AssertionError):
+                reason = "an override sets a key below a block this method does not have (null in its config)"
             raise ConfigError(f"method={method} does not compose with the {where}: {reason}") from err
 
 
