@@ -304,3 +304,11 @@ def test_protocol_b_lenet_row_runs_a_few_steps_with_the_shipped_teacher(preset, 
     cfg = compose_config([f"experiment={preset}", *FAST, "callbacks=none"], output_dir=tmp_path / "run")
     shrink(cfg)
     assert 0.0 <= run(cfg)["test/acc"] <= 1.0
+
+
+def test_a_missing_proxy_dataset_names_the_proxys_keys(compose_cfg, tmp_path):
+    from dfkd_lab.data.proxy import load_proxy
+
+    cfg = compose_cfg("method=kd_proxy", f"proxy.root={tmp_path}", "proxy.download=false")
+    with pytest.raises(sources.DatasetUnavailable, match=r"^proxy=cifar10: .* and proxy\.download=false$"):
+        load_proxy(cfg.proxy, build_data(cfg))

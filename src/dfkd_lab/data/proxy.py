@@ -57,7 +57,10 @@ def load_proxy(proxy, data, seed: int = 0) -> torch.Tensor:
     if proxy.name == "image_folder":
         images, labels, _ = sources.image_folder(Path(proxy.root), proxy.split, data.channels, data.image_size)
     elif proxy.name in sources.LOADERS:
-        images, labels = sources.LOADERS[proxy.name](Path(proxy.root), proxy.split, proxy.download)
+        try:
+            images, labels = sources.LOADERS[proxy.name](Path(proxy.root), proxy.split, proxy.download)
+        except sources.DatasetUnavailable as err:  # its advice names data.root: the proxy has its own
+            raise sources.DatasetUnavailable(f"proxy={proxy.name}: {err.args[0].replace('data.', 'proxy.')}") from err
     else:
         raise ConfigError(f"proxy.name={proxy.name!r}: choose image_folder or one of {sorted(sources.LOADERS)}")
     images, _ = keep_classes(images, labels, proxy.classes)
