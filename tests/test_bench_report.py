@@ -248,6 +248,8 @@ def test_a_record_that_does_not_parse_is_named(runs, tmp_path, capsys):
 
 def test_status_field_wins_over_the_old_rule():
     assert report.run_status({"status": "failed: SynthesisDiverged"}) == "failed: SynthesisDiverged"
+    assert report.run_status({"status": "failed: InstantiationException: Error in call\nfull_key: x"}) == \
+        "failed: InstantiationException: Error in call full_key: x"
     assert report.run_status({"status": "finished"}) == "finished"
     assert report.run_status({"test/acc": 0.5, "time/total_s": 3.0}) == "finished"  # before the field
     assert report.run_status({"test/acc": 0.5}).startswith("stopped")

@@ -75,9 +75,10 @@ UNFINISHED = "unfinished (killed, or still running)"
 
 def run_status(metrics: dict) -> str:
     """``finished``, ``stopped`` or ``failed: ...`` as the run recorded it; runs written before
-    the status field count as finished when they wrote their final metrics (the total time)."""
+    the status field count as finished when they wrote their final metrics (the total time). One
+    line: an error's message may span several, which would split a table's row."""
     if "status" in metrics:
-        return str(metrics["status"])
+        return " ".join(str(metrics["status"]).split())
     return "finished" if "time/total_s" in metrics else "stopped (no final metrics)"
 
 
