@@ -351,6 +351,20 @@ def test_a_checkpoint_of_another_method_is_refused_before_anything_is_written(mo
     assert not (tmp_path / "run" / "checkpoints").exists()
 
 
+@pytest.mark.slow
+def test_a_new_run_from_a_pool_methods_checkpoint_takes_its_transfer_set(monkeypatch, capsys, tmp_path):
+    """resume=<file>.ckpt of DeepInversion (a pool method) looked for the pool's shards in the new
+    run dir and stopped; the source run's transfer set now comes with its checkpoint."""
+    source = tmp_path / "source"
+    code, err = cli(monkeypatch, capsys, source, *TINY, *DEEPINVERSION, "trainer.max_epochs=1", base=())
+    assert code == 0, err
+    ckpt = source / "run" / "checkpoints" / "last.ckpt"
+    code, err = cli(monkeypatch, capsys, tmp_path, *TINY, *DEEPINVERSION, f"resume={ckpt}", base=())
+    assert code == 0, err
+    made = json.loads((tmp_path / "run" / "transfer_set" / "manifest.json").read_text())["images"]
+    assert made == json.loads((tmp_path / "run" / "metrics.json").read_text())["cost/images"] > 0
+
+
 def test_a_finished_run_keeps_its_results_when_resumed(monkeypatch, capsys, tmp_path):
     """A second resume of a finished run changes nothing; a run killed between its last checkpoint
     and metrics.json (the bench continues it with resume=last) gets its last evaluation back."""

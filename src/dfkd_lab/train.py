@@ -6,6 +6,7 @@ signal), the W&B run's exit code, ``metrics.json``'s ``status`` and the run dir'
 """
 
 import os
+import shutil
 import signal
 import sys
 import time
@@ -104,7 +105,16 @@ def resume_checkpoint(cfg: DictConfig, output_dir: Path, clock: WallClock) -> st
             f"resume={cfg.resume}: {path} holds a method={saved.get('name')} run ({saved.get('module')}), "
             f"not method={cfg.method.name}; resume it with its own method, or start a new run")
     clock.load_state_dict((state.get("callbacks") or {}).get("WallClock", clock.state_dict()))
+    take_transfer_set(path.parent.parent, output_dir)
     return str(path)
+
+
+def take_transfer_set(source_run: Path, output_dir: Path):
+    """A new run from another run's checkpoint (``resume=<file>.ckpt``) gets a copy of that run's
+    transfer set: a pool method's checkpoint holds the pool's index, its images are in the shards."""
+    source, target = source_run / "transfer_set", output_dir / "transfer_set"
+    if source.is_dir() and not target.exists():
+        shutil.copytree(source, target)
 
 
 def wandb_run_id(output_dir: Path, resumed: bool) -> str:
