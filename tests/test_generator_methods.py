@@ -107,7 +107,7 @@ def test_data_free_run_never_reads_the_training_split(compose_cfg, monkeypatch):
 def test_same_seed_same_metrics(compose_cfg, tmp_path):
     def metrics(folder):
         cfg = tiny(compose_cfg, "dfad", f"paths.output_dir={folder}")
-        return {k: v for k, v in run(cfg).items() if not k.startswith(("time/", "cost/", "mem/"))}
+        return {k: v for k, v in run(cfg).items() if not k.startswith(("time/", "cost/", "mem/", "run/command"))}
 
     first, second = metrics(tmp_path / "a"), metrics(tmp_path / "b")
     assert "test/acc" in first and first == second

@@ -258,7 +258,8 @@ def test_kd_transfer_distils_from_a_saved_set(compose_cfg, tmp_path):
     checkpoint = torch.load(Path(cfg.paths.output_dir) / "checkpoints" / "last.ckpt", weights_only=False)
     assert checkpoint["state_dict"]["synthesizer._extra_state"]["pool"] is None  # the set is on disk already
     with pytest.raises(ConfigError, match="transfer_set"):
-        run(compose_cfg("method=kd_transfer", f"transfer_set={folder}", "teacher=lenet5_fmnist"))
+        run(compose_cfg("method=kd_transfer", f"transfer_set={folder}", "teacher=lenet5_fmnist",
+                        f"paths.output_dir={tmp_path / 'other'}"))
 
 
 def test_lopes_metadata_is_per_class_mean_and_std_of_each_layer():
