@@ -75,7 +75,7 @@ def test_missing_normalisation_of_a_data_free_run_names_the_keys(compose_cfg, tm
 
 def test_the_teachers_normalisation_wins_over_the_data_configs(compose_cfg, tmp_path):
     """A user's teacher trained with other statistics than the data config's defaults must see its
-    own: on a built-in dataset teacher.mean/std were silently replaced by data.mean/std."""
+    own: on a built-in dataset teacher.mean/std given were silently replaced by data.mean/std."""
     ckpt = save_teacher(tmp_path / "t.pt")
     custom = ("method=kd", "teacher=custom", "teacher.arch=lenet5_bn", f"teacher.ckpt={ckpt}")
     data = build_data(compose_cfg(*custom, "teacher.mean=[0.5]", "teacher.std=[0.25]"))

@@ -56,7 +56,11 @@ BAD_INPUT = {
     "BN weight with a teacher without BN": (
         ["method=dfad", "teacher=lenet5_fmnist", "++loss.weights.bn=1"],
         "TeacherError", "or set loss.weights.bn=0"),
-    "unknown loss weight": (["+loss.weights.kdd=1"], "UnknownLossWeight", "['kdd']"),
+    "unknown loss weight": (["+loss.weights.kdd=1"], "ConfigError",
+                            "method=kd has no loss term 'kdd'; its terms are ['at', 'ce', 'fsp', 'hint', 'kd']"),
+    "loss weight of an old name": (
+        ["method=dafl", "loss.weights.oh=1"], "ConfigError",
+        "loss.weights.oh: method=dafl has no loss term 'oh'; its terms are ['activation', 'argmax_ce', "),
     "missing image folder": (
         ["method=scratch", "data=image_folder", "data.root=/nonexistent/images", "data.num_classes=2"],
         "DatasetUnavailable", "data.root=/nonexistent/images has no 'train' folder"),

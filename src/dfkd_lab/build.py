@@ -40,18 +40,17 @@ def teacher_entry(cfg: DictConfig) -> ZooEntry | None:
 
 
 def _normalisation(cfg: DictConfig, entry: ZooEntry | None):
-    """``(mean, std, source)``: the teacher's when a run uses one (``teacher.mean``/``teacher.std``,
-    else its zoo entry's: it only understands inputs normalised as in its training, whatever the
-    data config says), else ``data.mean``/``data.std``; ``None`` means: measure them on the
-    training split."""
+    """``(mean, std, source)``: ``teacher.mean``/``teacher.std`` when a run with a teacher gives
+    them (it only understands inputs normalised as in its training, whatever the data config
+    says), else ``data.mean``/``data.std``, else the teacher's zoo entry's; ``None`` means:
+    measure them on the training split."""
     d, t = cfg.data, cfg.teacher
-    if cfg.method.uses_teacher:
-        if t.mean is not None and t.std is not None:
-            return list(t.mean), list(t.std), "teacher"
-        if entry is not None and entry.mean is not None and entry.std is not None:
-            return list(entry.mean), list(entry.std), "teacher"
+    if cfg.method.uses_teacher and t.mean is not None and t.std is not None:
+        return list(t.mean), list(t.std), "teacher"
     if d.mean is not None and d.std is not None:
         return list(d.mean), list(d.std), "data"
+    if cfg.method.uses_teacher and entry is not None:
+        return list(entry.mean), list(entry.std), "teacher"
     if not is_data_free(cfg.method):
         return None
     raise ConfigError(

@@ -161,23 +161,30 @@ def precision_fallback(cfg: DictConfig) -> str | None:
 
 
 def check_overrides(args: list[str], compose) -> None:
-    """Command-line overrides Hydra would reject with a traceback rather than a sentence: a key
-    that moved into a method block, and a key of a block the chosen method does not have
-    (``method=kd method.synthesis.batch_size=64``). ``compose(overrides)`` composes the train
-    config; it is only called when a block key is given."""
+    """Command-line overrides Hydra would reject with a traceback or a bare "not in struct" rather
+    than a sentence: a key that moved into a method block, a key of a block the chosen method does
+    not have (``method=kd method.synthesis.batch_size=64``), a loss weight the method has no term
+    for (``loss.weights.oh=1``, an old name). ``compose(overrides)`` composes the train config; it
+    is only called when such a key is given."""
     keys = [override_key(a) for a in args if "=" in a and not a.startswith("-")]
     found = [f"{key} is now {MOVED[key]}" for key in keys if key in MOVED]
     block_keys = [k for k in keys if k.split(".")[:2] in [["method", b] for b in METHOD_BLOCKS] and k.count(".") >= 2]
-    if block_keys and not any(a in ("-m", "--multirun") for a in args):
-        others = [a for a in args if "=" in a and not a.startswith("-") and override_key(a) not in block_keys]
+    weight_keys = [k for k in keys if k.startswith("loss.weights.") and k.count(".") == 2]
+    if (block_keys or weight_keys) and not any(a in ("-m", "--multirun") for a in args):
+        others = [a for a in args if "=" in a and not a.startswith("-")
+                  and override_key(a) not in block_keys + weight_keys]
         try:
-            method = compose(others).method
+            cfg = compose(others)
         except Exception:  # noqa: BLE001 - Hydra reports bad overrides itself, in its own words
-            method = None
-        for key in block_keys if method is not None else ():
+            cfg = None
+        for key in block_keys if cfg is not None else ():
             block = key.split(".")[1]
-            if method.get(block) is None:
-                found.append(f"{key}: method={method.name} has no method.{block} block, so nothing would read it")
+            if cfg.method.get(block) is None:
+                found.append(f"{key}: method={cfg.method.name} has no method.{block} block, so nothing would read it")
+        for key in weight_keys if cfg is not None else ():
+            if key.split(".")[2] not in cfg.loss.weights:
+                found.append(f"{key}: method={cfg.method.name} has no loss term {key.split('.')[2]!r}; its "
+                             f"terms are {sorted(cfg.loss.weights)} (renamed terms: docs/changelog.md)")
     if found:
         raise ConfigError("; ".join(found))
 
@@ -206,7 +213,7 @@ def check_new_run_dir(run_dir: Path):
     if finished_metrics(run_dir) is not None:
         raise ConfigError(f"the run dir {run_dir} holds a finished run ({run_dir / 'metrics.json'}); give "
                           "a new hydra.run.dir=<dir> (or remove that dir to replace the run)")
-    if any((run_dir / "checkpoints").glob("*.ckpt")):
-        raise ConfigError(f"the run dir {run_dir} holds a run that did not finish (its checkpoints/); "
+    if (run_dir / "checkpoints" / "last.ckpt").is_file():
+        raise ConfigError(f"the run dir {run_dir} holds a run that did not finish (checkpoints/last.ckpt); "
                           f"continue it with: {continue_command(run_dir)}, or give a new hydra.run.dir=<dir>")
 

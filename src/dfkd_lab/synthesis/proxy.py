@@ -17,7 +17,7 @@ def seed_pool_with_proxy(synthesizer, cfg, data) -> dict:
     """Put the proxy's images in ``synthesizer``'s pool; return what the run records of it."""
     proxy = cfg.proxy
     if not isinstance(synthesizer, PoolSynthesizer):
-        raise ConfigError(f"proxy={proxy.name} seeds a pool, but method={cfg.method.name} keeps no image "
+        raise ConfigError(f"proxy= (proxy.name={proxy.name}) seeds a pool, but method={cfg.method.name} keeps no image "
                           "pool; use method=kd_proxy or a pool method (e.g. nayer, cmi, fastdfkd)")
     check_not_own_data(proxy, cfg.data)
     images = load_proxy(proxy, data, cfg.seed)
