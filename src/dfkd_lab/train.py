@@ -197,12 +197,17 @@ def summary(cfg: DictConfig, metrics: dict, output_dir: Path) -> str:
     return " | ".join(parts)
 
 
+def wandb_run():
+    """This process's W&B run, or None (W&B is imported only by its logger)."""
+    wandb = sys.modules.get("wandb")
+    return wandb.run if wandb is not None else None
+
+
 def finish_wandb(exit_code: int):
     """Close the W&B run with the run's real exit code (a failed run must not sync as finished),
     so the next multirun job starts a new one."""
-    wandb = sys.modules.get("wandb")
-    if wandb is not None and wandb.run is not None:
-        wandb.finish(exit_code=exit_code)
+    if wandb_run() is not None:
+        sys.modules["wandb"].finish(exit_code=exit_code)
 
 
 # Errors whose message already names the cause and the fix: shown without a traceback, exit 2.
@@ -270,9 +275,8 @@ def end_unfinished(cfg: DictConfig, err: BaseException, clock: WallClock) -> int
         try:
             append_log(output_dir, f"run {status} (exit {code})\n{traceback_text}".rstrip())
             write_final_metrics(output_dir, {**last_progress(output_dir), "time/total_s": clock.elapsed()}, status)
-            wandb = sys.modules.get("wandb")
-            if wandb is not None and wandb.run is not None:
-                wandb.run.summary["status"] = status  # the dashboard's column, beside the exit code
+            if wandb_run() is not None:
+                wandb_run().summary["status"] = status  # the dashboard's column, beside the exit code
         except OSError as write_error:  # a full disk or a read-only run dir: the message still goes out
             sys.stderr.write(f"dfkd-train: could not record the end of the run in {output_dir}: {write_error}\n")
         if message:

@@ -182,9 +182,10 @@ def check_overrides(args: list[str], compose) -> None:
             if cfg.method.get(block) is None:
                 found.append(f"{key}: method={cfg.method.name} has no method.{block} block, so nothing would read it")
         for key in weight_keys if cfg is not None else ():
-            if key.split(".")[2] not in cfg.loss.weights:
-                found.append(f"{key}: method={cfg.method.name} has no loss term {key.split('.')[2]!r}; its "
-                             f"terms are {sorted(cfg.loss.weights)} (renamed terms: docs/changelog.md)")
+            term = key.removeprefix("loss.weights.")
+            if term not in cfg.loss.weights:
+                found.append(f"{key}: method={cfg.method.name} has no loss term {term!r}; its terms are "
+                             f"{sorted(cfg.loss.weights)} (renamed terms: docs/changelog.md)")
     if found:
         raise ConfigError("; ".join(found))
 
@@ -216,4 +217,3 @@ def check_new_run_dir(run_dir: Path):
     if (run_dir / "checkpoints" / "last.ckpt").is_file():
         raise ConfigError(f"the run dir {run_dir} holds a run that did not finish (checkpoints/last.ckpt); "
                           f"continue it with: {continue_command(run_dir)}, or give a new hydra.run.dir=<dir>")
-

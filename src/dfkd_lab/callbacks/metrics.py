@@ -59,6 +59,11 @@ class MetricsWriter(pl.Callback):
         self.progress = Path(path).with_name("progress.json")
         self.curve = self.progress.with_name("curve.jsonl")
         self._clock = WallClock()  # when the trainer has none
+        self._last_step = None  # the step of the curve's last row
+
+    def _rewrite_curve(self, rows: list[dict]):
+        text = "".join(json.dumps(row) + "\n" for row in rows)
+        atomic_write(self.curve, lambda tmp: tmp.write_text(text), "accuracy curve")
 
     def on_train_start(self, trainer, pl_module):
         """A resumed run redoes what came after its checkpoint (a SIGKILL can land after an
@@ -68,9 +73,9 @@ class MetricsWriter(pl.Callback):
             return
         kept = [row for row in read_curve(self.curve) if row["step"] <= trainer.global_step] \
             if trainer.ckpt_path is not None else []
-        text = "".join(json.dumps(row) + "\n" for row in kept)
-        if text != self.curve.read_text():
-            atomic_write(self.curve, lambda tmp: tmp.write_text(text), "accuracy curve")
+        if "".join(json.dumps(row) + "\n" for row in kept) != self.curve.read_text():
+            self._rewrite_curve(kept)
+        self._last_step = kept[-1]["step"] if kept else None
 
     def on_validation_end(self, trainer, pl_module):
         if trainer.sanity_checking or not trainer.is_global_zero:
@@ -80,15 +85,14 @@ class MetricsWriter(pl.Callback):
         clock = WallClock.of(trainer) or self._clock
         row = {"epoch": trainer.current_epoch, "step": trainer.global_step, "time_s": clock.elapsed(), **metrics}
         self.curve.parent.mkdir(parents=True, exist_ok=True)
-        earlier = read_curve(self.curve)
-        if earlier and earlier[-1]["step"] == row["step"]:
+        if row["step"] == self._last_step:
             # a run resumed from a checkpoint written before its epoch's evaluation evaluates that step
             # again: the new row replaces the old one instead of listing the step twice
-            text = "".join(json.dumps(r) + "\n" for r in [*earlier[:-1], row])
-            atomic_write(self.curve, lambda tmp: tmp.write_text(text), "accuracy curve")
+            self._rewrite_curve([*read_curve(self.curve)[:-1], row])
         else:
             with open(self.curve, "a") as f:
                 f.write(json.dumps(row) + "\n")
+        self._last_step = row["step"]
         save_json(self.progress, {**metrics, "epoch": trainer.current_epoch, "step": trainer.global_step,
                                   "time/total_s": row["time_s"]}, "progress file")
 

@@ -162,8 +162,10 @@ class DistillationModule(pl.LightningModule):
             self.teacher_acc.reset()
         self.log_step(sync_dist=True)
 
-    def check_finite(self, terms: dict, where: str):
-        """Stop the run at the first NaN/inf loss: a run that trained on one must not end as finished."""
+    def check_finite(self, terms: dict, where: str, total=None):
+        """Stop the run at the first NaN/inf loss term, or ``total`` (their weighted sum, where a
+        weight can be NaN): a run that trained on one must not end as finished."""
+        terms = terms if total is None else {**terms, "weighted sum": total}
         bad = [k for k, v in terms.items() if not torch.isfinite(v).all()]
         if bad:
             raise TrainingDiverged(

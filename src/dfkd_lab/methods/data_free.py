@@ -260,7 +260,7 @@ class DataFreeDistillation(DistillationModule):
             "temperature": self.loss_cfg.temperature, "student_features": s_feats, "teacher_features": t_feats,
         })
         loss = weighted_sum(terms, self.weights)
-        self.check_finite({**terms, "weighted sum": loss}, "the student update")
+        self.check_finite(terms, "the student update", total=loss)
         opt.zero_grad()
         self.manual_backward(loss)
         if self.method.synthesis.grad_clip:

@@ -56,6 +56,6 @@ class KnowledgeDistillation(DistillationModule):
             "projected_student_features": Lazy(lambda: [p(f) for p, f in zip(self.projections, s_feats)]),
         })
         loss = weighted_sum(terms, self.weights)
-        self.check_finite({**terms, "weighted sum": loss}, "the student update")
+        self.check_finite(terms, "the student update", total=loss)
         self.log_dict({f"train/{k}": v for k, v in terms.items()}, prog_bar=False)
         return loss
