@@ -407,6 +407,16 @@ def test_steps_are_student_updates_in_max_steps_the_csv_and_the_curve(compose_cf
     assert steps == [2, 4, 6]
 
 
+def test_the_final_test_counts_as_an_evaluation_for_the_best(compose_cfg):
+    assert train.best_evaluation({"val/acc_best": 0.33, "test/acc": 0.54}) == {"test/acc_best": 0.54}
+    assert train.best_evaluation({"val/acc_best": 0.6, "test/acc": 0.54}) == {"test/acc_best": 0.6}
+    assert train.best_evaluation({"time/total_s": 3.0}) == {}
+    # two student steps, less than one epoch: no validation ran, yet the run has a best
+    metrics = train.run(compose_cfg("method=kd", "trainer.limit_train_batches=null", "trainer.max_steps=2"))
+    assert "val/acc_best" not in metrics
+    assert metrics["test/acc_best"] == metrics["test/acc"]
+
+
 # --- output a person can read ---------------------------------------------------------------------
 def test_a_run_into_a_file_prints_a_line_per_evaluation_and_ends_with_the_summary(tmp_path):
     """`make run > log`: no bar redrawn, no warnings, W&B quiet, the summary last."""
