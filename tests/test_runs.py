@@ -22,7 +22,7 @@ from conftest import FAST
 from dfkd_lab import train
 from dfkd_lab.config import ConfigError
 from dfkd_lab.report import UNFINISHED, load_run, run_row
-from dfkd_lab.resume import continue_command, resume_args
+from dfkd_lab.resume import RunFinished, continue_command, resume_args
 from test_reliability import cli, dfkd_train, fit_progress, hydra_record
 
 TINY = ["trainer=cpu", "method.synthesis.batch_size=16", "trainer.limit_val_batches=1", "trainer.limit_test_batches=1",
@@ -320,8 +320,25 @@ def test_resume_refuses_an_override_that_changes_the_run(tmp_path):
     with pytest.raises(ConfigError, match="it was started with data.num_classes at its default"):
         resume_args([f"resume={run_dir}", "data.num_classes=7"])
     assert resume_args([f"resume={run_dir}", "method=kd"])[0] == "method=kd"  # the same value is fine
-    with pytest.raises(ConfigError, match="seed=5 would change what the run in .* is; it was started with seed at its"):
+    with pytest.raises(ConfigError, match="seed=5 would change what the run in .* computes; it was started with seed at"):
         resume_args([f"resume={run_dir}", "seed=5"])  # a resumed run continues its checkpoint's random state
+    for changed in ("loss.weights.ie=3", "method.lr=0.5", "+experiment=cifar10_cpu_kd", "debug=overfit",
+                    "trainer.limit_train_batches=3"):  # a result would mix two runs
+        with pytest.raises(ConfigError, match="would change what the run"):
+            resume_args([f"resume={run_dir}", changed])
+    allowed = ["trainer.max_epochs=9", "+callbacks.teacher_pass_budget.max_passes=9", "trainer=gpu", "logger=csv",
+               "data.root=/data", "data.num_workers=4", "trainer.enable_progress_bar=false"]
+    assert set(allowed) <= set(resume_args([f"resume={run_dir}", *allowed]))
+
+
+def test_resume_of_a_finished_run_checks_its_overrides_first(tmp_path):
+    run_dir = fake_run_dir(tmp_path / "run", ["method=kd", "trainer.max_epochs=2"])
+    (run_dir / "metrics.json").write_text(json.dumps({"status": "finished", "test/acc": 0.5}))
+    with pytest.raises(ConfigError, match="seed=1 would change"):
+        resume_args([f"resume={run_dir}", "seed=1"])
+    with pytest.raises(RunFinished):
+        resume_args([f"resume={run_dir}", "trainer.max_epochs=2", "logger=csv"])  # nothing longer
+    assert "trainer.max_epochs=4" in resume_args([f"resume={run_dir}", "trainer.max_epochs=4"])
 
 
 def test_resume_keeps_hydras_flags_before_the_overrides(tmp_path):
@@ -386,6 +403,7 @@ def test_a_finished_run_keeps_its_results_when_resumed(monkeypatch, capsys, tmp_
     assert code == 0, err
     before, after = json.loads(finished), json.loads((run_dir / "metrics.json").read_text())
     assert after["status"] == "finished"
+    assert after["run/command"] == before["run/command"]  # the command that reproduces it: no resume=last
     for key in ("test/acc", "test/acc_best", "val/acc", "val/acc_best"):
         assert after[key] == before[key], key
 

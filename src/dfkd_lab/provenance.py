@@ -74,12 +74,14 @@ def project_commit(root: Path = PACKAGE_DIR) -> str | None:
 
 
 def run_command() -> str:
-    """The command line of this run (its overrides; a zoo entry's recipe, a result's record)."""
+    """The command line that reproduces this run (a zoo entry's recipe, a result's record): its
+    overrides, without the ``resume=last`` of a continued segment (its saved overrides came back
+    in full, and the segments together equal one uninterrupted run)."""
     from hydra.core.hydra_config import HydraConfig
 
     if not HydraConfig.initialized():
         return ""
-    return " ".join(["dfkd-train", *HydraConfig.get().overrides.task])
+    return " ".join(["dfkd-train", *(o for o in HydraConfig.get().overrides.task if o != "resume=last")])
 
 
 def versions() -> dict:

@@ -1,8 +1,8 @@
 """A run dir is self-contained: ``dfkd-train resume=<run dir>`` continues the run from it alone.
 
 The command line is rewritten before Hydra composes anything: the first segment's overrides
-(``.hydra/overrides.yaml``) come back, overrides that would change what the run is (its
-method, data, teacher, student or seed) are refused naming the saved value, and the new segment's
+(``.hydra/overrides.yaml``) come back, overrides that would change what the run computes (any
+but its budget, hardware, logger and data location) are refused naming the saved value, and the new segment's
 own config goes to ``.hydra/segment_<n>/`` so the first segment's record is never
 overwritten. ``hydra.run.dir=<run dir> resume=last`` is the same thing spelled the old way.
 """
@@ -23,11 +23,21 @@ from .config import (
 )
 from .report import finished_metrics
 
-# What makes a run what it is; on resume their overrides must match the saved ones (the seed
-# too: a resumed run continues the random state its checkpoint saved, whatever seed is given).
-MEANING = ("method", "data", "teacher", "student", "seed")
 # What gives a finished run more to train when it is resumed.
-LONGER = ("trainer.max_epochs", "trainer.max_steps", "trainer.max_time")
+LONGER = ("trainer.max_epochs", "trainer.max_steps", "trainer.max_time", "callbacks.teacher_pass_budget")
+# What a resumed run may change: how long it trains, where and on what hardware it runs, what it
+# logs and shows. Any other override (method, loss, data, teacher, student, seed, ...) changes
+# what the run computes, so it must match the saved one: the result would mix two runs (the seed
+# too: a resumed run continues the random state its checkpoint saved, whatever seed is given).
+MAY_CHANGE = (*LONGER, "trainer.accelerator", "trainer.devices", "trainer.num_nodes", "trainer.strategy",
+              "trainer.precision", "trainer.enable_progress_bar", "trainer.log_every_n_steps", "logger",
+              "callbacks", "paths", "hydra", "data.root", "data.num_workers", "data.download", "tags", "task_name", "test")
+
+
+def may_change(key: str) -> bool:
+    """``key`` is in MAY_CHANGE or below one of its entries; ``trainer`` (the group: another
+    machine's preset) is allowed, not every key below it."""
+    return key == "trainer" or any(key == k or key.startswith(k + ".") for k in MAY_CHANGE)
 
 
 def continue_command(run_dir) -> str:
@@ -76,16 +86,6 @@ def resume_args(args: list[str]) -> list[str]:
     saved_file = run_dir / ".hydra" / "overrides.yaml"
     if not saved_file.is_file():
         raise ConfigError(f"resume: {run_dir} is not a run dir (it has no .hydra/overrides.yaml)")
-    longer = any(_split(a)[0] in LONGER for a in args if "=" in a and not a.startswith("-"))
-    if not longer and (done := finished_metrics(run_dir)) is not None:
-        acc = done.get("test/acc")
-        result = f"test acc {100 * acc:.2f}%, " if isinstance(acc, (int, float)) else ""
-        raise RunFinished(f"{run_dir} finished already ({result}{run_dir / 'metrics.json'}); nothing to "
-                          "continue, and its results are left as they are (to train it longer, give "
-                          f"a larger {' or '.join(LONGER)})")
-    if not (run_dir / "checkpoints" / "last.ckpt").is_file():
-        raise ConfigError(f"resume: {run_dir} has no checkpoints/last.ckpt to continue from "
-                          "(the run stopped before its first checkpoint); start it again")
     saved = [o for o in yaml.safe_load(saved_file.read_text()) or []
              if _split(o)[0] not in ("resume", "hydra.run.dir")]
     saved_values = dict(_split(o) for o in saved)
@@ -97,14 +97,25 @@ def resume_args(args: list[str]) -> list[str]:
         if arg.startswith("-") or (flags and flags[-1].startswith("-") and "=" not in arg and not arg.startswith("~")):
             flags.append(arg)  # Hydra's own flags (-m, --cfg job) pass through, before the overrides
             continue
-        if key.split(".")[0] in MEANING:
-            if saved_values.get(key) == value:
-                continue
+        if saved_values.get(key) == value:
+            continue
+        if not may_change(key):
             was = f"{key}={saved_values[key]}" if key in saved_values else f"{key} at its default"
             raise ConfigError(
-                f"resume: {arg} would change what the run in {run_dir} is; it was started with {was} "
-                f"({saved_file}). Continue it without that override, or start a new run dir")
+                f"resume: {arg} would change what the run in {run_dir} computes; it was started with {was} "
+                f"({saved_file}). Continue it without that override, or start a new run dir (a resumed "
+                "run may change only how long it trains, its hardware, its logger and where it reads data)")
         extra.append(arg)
+    longer = any(_split(a)[0].startswith(LONGER) for a in extra)
+    if not longer and (done := finished_metrics(run_dir)) is not None:
+        acc = done.get("test/acc")
+        result = f"test acc {100 * acc:.2f}%, " if isinstance(acc, (int, float)) else ""
+        raise RunFinished(f"{run_dir} finished already ({result}{run_dir / 'metrics.json'}); nothing to "
+                          "continue, and its results are left as they are (to train it longer, give "
+                          f"a larger {' or '.join(LONGER[:3])})")
+    if not (run_dir / "checkpoints" / "last.ckpt").is_file():
+        raise ConfigError(f"resume: {run_dir} has no checkpoints/last.ckpt to continue from "
+                          "(the run stopped before its first checkpoint); start it again")
     given = {_split(a)[0] for a in extra}
     if "hydra.searchpath" not in given:
         extra += searchpath_override(saved_config_paths(run_dir))
