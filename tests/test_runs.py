@@ -12,6 +12,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -20,6 +21,8 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 
 from conftest import FAST
 from dfkd_lab import train
+from dfkd_lab.callbacks.budget import WallClockBudget
+from dfkd_lab.callbacks.metrics import WallClock
 from dfkd_lab.config import ConfigError
 from dfkd_lab.report import UNFINISHED, load_run, run_row
 from dfkd_lab.resume import RunFinished, continue_command, resume_args
@@ -152,7 +155,8 @@ def test_a_stop_is_honoured_inside_a_long_synthesis_batch(tmp_path):
     next inner iteration, with the state from before the batch saved and the command to go on."""
     run_dir = tmp_path / "run"
     proc = dfkd_train(None, *TINY, "method=deepinversion", "method.synthesizer.iterations=10000000",
-                      "method.synthesis.steps_per_epoch=2", "trainer.max_epochs=1", "logger=none", f"hydra.run.dir={run_dir}")
+                      "method.synthesis.steps_per_epoch=2", "trainer.max_epochs=1", "trainer.max_time=00:01:00:00",
+                      "logger=none", f"hydra.run.dir={run_dir}")
     log = run_dir / "train.log"
     wait_for(log, proc)
     deadline = time.time() + 120
@@ -165,6 +169,26 @@ def test_a_stop_is_honoured_inside_a_long_synthesis_batch(tmp_path):
     assert "stopped by SIGINT" in err and f"Continue with: dfkd-train resume={run_dir.resolve()}" in err
     assert fit_progress(run_dir / "checkpoints" / "last.ckpt") == 0
     assert json.loads((run_dir / "metrics.json").read_text())["status"] == "stopped"
+    # the batch thrown away is not charged to the budget the resumed run continues (3 s and more)
+    timer = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=False)["callbacks"]["Timer"]
+    assert timer["time_elapsed"]["train"] < 1
+
+
+def test_a_checkpoint_records_the_time_of_the_last_finished_step():
+    trainer = SimpleNamespace(should_stop=False, strategy=SimpleNamespace(broadcast=lambda x: x))
+    clock, budget = WallClock(), WallClockBudget("00:00:10:00")
+    for callback in (clock, budget):
+        callback.on_train_start(trainer, None)
+        callback.on_train_batch_end(trainer, None, None, None, 0)
+    time.sleep(0.3)  # a step a stop throws away
+    assert clock.elapsed() - clock.state_dict()["elapsed_s"] >= 0.3
+    saved = budget.state_dict()["time_elapsed"]["train"]
+    assert budget.time_elapsed() - saved >= 0.3
+    resumed = WallClockBudget("00:00:10:00")
+    resumed.load_state_dict(budget.state_dict())
+    assert resumed.time_elapsed() == saved and resumed.state_key == "Timer"  # Lightning's Timer's checkpoints too
+    budget.on_validation_end(trainer, None)  # an evaluation ends: the state is current again
+    assert budget.state_dict()["time_elapsed"]["train"] >= saved + 0.3
 
 
 def test_a_killed_run_is_reported_as_unfinished(tmp_path):

@@ -34,6 +34,7 @@ from .build import (
     build_teacher,
     trainer_kwargs,
 )
+from .callbacks.budget import WallClockBudget
 from .callbacks.checkpointing import largest_checkpoint
 from .callbacks.metrics import (
     EvaluationLines,
@@ -153,6 +154,8 @@ def run(cfg: DictConfig, clock: WallClock | None = None) -> dict:
     module = build_module(cfg, student, teacher, data)
     loggers = build_loggers(cfg, wandb_run_id(output_dir, resumed=bool(ckpt_path)) if cfg.logger and "wandb" in cfg.logger else None)
     kwargs, callbacks = trainer_kwargs(cfg), [*build_callbacks(cfg), clock]
+    if "max_time" in kwargs:  # Lightning's own Timer would charge a resumed run for the step a stop threw away
+        callbacks.append(WallClockBudget(kwargs.pop("max_time")))
     if kwargs.get("enable_progress_bar", True) and not sys.stdout.isatty():
         kwargs["enable_progress_bar"] = False  # a redrawn bar fills a log file: one line per evaluation instead
         callbacks.append(EvaluationLines())

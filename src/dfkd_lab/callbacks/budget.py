@@ -1,7 +1,10 @@
-"""A budget in teacher passes: the same amount of teacher compute for every method, whatever
-the hardware (a wall-clock budget alone favours whichever method suits the machine)."""
+"""Budgets: teacher passes (the same amount of teacher compute for every method, whatever the
+hardware: a wall-clock budget alone favours whichever method suits the machine), and wall-clock
+time that a stopped and resumed run spends exactly as an uninterrupted one."""
 
 import pytorch_lightning as pl
+from pytorch_lightning.callbacks import Timer
+from pytorch_lightning.trainer.states import RunningStage
 
 from ..config import ConfigError
 
@@ -23,3 +26,36 @@ class TeacherPassBudget(pl.Callback):
         cost = getattr(pl_module, "cost", None)
         if cost is not None and cost.teacher_forwards.item() >= self.max_passes:
             trainer.should_stop = True
+
+
+class WallClockBudget(Timer):
+    """``trainer.max_time``, as Lightning's ``Timer``, but a checkpoint records the training time
+    at the last finished step or evaluation. A stop inside a long step (a DeepInversion batch)
+    throws the step away; with the time at the stop, the resumed run would be charged for it
+    twice and train less than an uninterrupted run."""
+
+    def __init__(self, duration):
+        super().__init__(duration=duration, interval="step")
+        self._at_last_step = None
+
+    @property
+    def state_key(self) -> str:
+        return "Timer"  # a checkpoint written under Lightning's own Timer resumes into this one
+
+    def on_train_start(self, trainer, pl_module):
+        super().on_train_start(trainer, pl_module)
+        self._at_last_step = self.time_elapsed()
+
+    def on_train_batch_end(self, trainer, *args, **kwargs):
+        self._at_last_step = self.time_elapsed()
+        super().on_train_batch_end(trainer, *args, **kwargs)
+
+    def on_validation_end(self, trainer, pl_module):
+        super().on_validation_end(trainer, pl_module)
+        self._at_last_step = self.time_elapsed()
+
+    def state_dict(self) -> dict:
+        state = super().state_dict()
+        if self._at_last_step is not None:
+            state["time_elapsed"][RunningStage.TRAINING.value] = self._at_last_step
+        return state

@@ -36,12 +36,24 @@ class WallClock(pl.Callback):
     def __init__(self):
         self.start = time.time()  # wall time, not perf_counter: DDP spawn reads it in other processes
         self.before = 0.0  # seconds of the earlier segments, up to the checkpoint resumed from
+        self.at_last_step = None  # elapsed() when the last training step or evaluation ended
 
     def elapsed(self) -> float:
         return self.before + time.time() - self.start
 
+    def on_train_start(self, trainer, pl_module):
+        self.at_last_step = self.elapsed()
+
+    def on_train_batch_end(self, trainer, *args, **kwargs):
+        self.at_last_step = self.elapsed()
+
+    def on_validation_end(self, trainer, pl_module):
+        self.at_last_step = self.elapsed()
+
     def state_dict(self) -> dict:
-        return {"elapsed_s": self.elapsed()}
+        # a checkpoint holds the state after the last finished step: a step a stop threw away
+        # is redone by the resumed run, so its time must not be counted twice
+        return {"elapsed_s": self.elapsed() if self.at_last_step is None else self.at_last_step}
 
     def load_state_dict(self, state_dict: dict):
         self.before = state_dict["elapsed_s"]
