@@ -472,19 +472,40 @@ def run_bench(tmp_path, *args, timeout=600):
 def test_bench_skips_finished_cells(tmp_path, launcher):
     """A dry run (each cell writes its dfkd-train command instead of running it): only unfinished
     cells get a command; a finished run is skipped, a stopped one (no final metrics) runs again."""
-    fake_run(tmp_path / "default/dafl/seed0", "dafl", {"test/acc": 0.7, "time/total_s": 3.0})
-    fake_run(tmp_path / "default/kd/seed1", "kd", {"test/acc": 0.2})  # stopped: no total time
+    budget = ["trainer.max_time=00:00:00:30"]  # the cells were run by this command
+    fake_run(tmp_path / "default/dafl/seed0", "dafl", {"test/acc": 0.7, "time/total_s": 3.0}, overrides=budget)
+    fake_run(tmp_path / "default/kd/seed1", "kd", {"test/acc": 0.2}, seed=1, overrides=budget)  # stopped: no total time
     (tmp_path / "default/kd/seed1/checkpoints").mkdir()
     (tmp_path / "default/kd/seed1/checkpoints/last.ckpt").write_bytes(b"")  # ... with a checkpoint
-    out = run_bench(tmp_path, "methods=[dafl,kd]", "seeds=[0,1]", "budget_s=30", "dry_run=true",
-                    *launcher.split())
+    out = run_bench(tmp_path, "methods=[dafl,kd]", "seeds=[0,1]", "budget_s=30", "dry_run=true", "group=bench-x",
+                    "threads=1", *launcher.split())
     assert "4 runs" in out and "1 finished before, 3 to run" in out
     assert not (tmp_path / "default/dafl/seed0/command.txt").exists()
     for cell in ("dafl/seed1", "kd/seed0", "kd/seed1"):
         command = (tmp_path / "default" / cell / "command.txt").read_text()
         assert f"method={cell.split('/')[0]} seed={cell[-1]}" in command and "trainer.max_time=00:00:00:30" in command
         assert command.rstrip().endswith("resume=last") == (cell == "kd/seed1")  # the stopped run continues
+        assert command.startswith("OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 ")  # as the cell would run
     assert (tmp_path / "command.txt").read_text().startswith("dfkd-bench 'methods=[dafl,kd]'")
+
+
+def test_a_bench_refuses_to_mix_its_cells_with_those_another_command_ran(tmp_path):
+    """The same name with another budget, override or thread count: the finished cells would be
+    kept beside new ones in one table, so the benchmark stops before running anything."""
+    fake_run(tmp_path / "default/dafl/seed0", "dafl", {"test/acc": 0.7, "time/total_s": 3.0},
+             overrides=["trainer.max_time=00:00:00:20"])
+    fake_run(tmp_path / "default/kd/seed0", "kd", {"test/acc": 0.7, "time/total_s": 3.0},
+             overrides=["trainer.max_time=00:00:00:30"])
+    common = [sys.executable, "-m", "dfkd_lab.bench", f"hydra.sweep.dir={tmp_path}", "methods=[dafl,kd]", "seeds=[0]",
+              "group=bench-x", "dry_run=true"]
+    for extra, why in ((["budget_s=30"], "default/dafl/seed0: ran trainer.max_time=00:00:00:20, now trainer.max_time=00:00:00:30"),
+                       (["budget_s=20", "threads=2"], "ran with 1 threads, now threads=2")):
+        done = subprocess.run([*common, *extra], check=False, capture_output=True, text=True, timeout=600)
+        assert done.returncode == 1 and " of the runs in " in done.stderr and why in done.stderr, done.stderr
+        assert "new name=" in done.stderr and not list(tmp_path.glob("default/*/seed0/command.txt"))
+    done = subprocess.run([*common, "budget_s=20", "threads=1", "methods=[dafl]"], check=False, capture_output=True,
+                          text=True, timeout=600)
+    assert done.returncode == 0 and "1 finished before, 0 to run" in done.stdout, done.stderr
 
 
 def test_each_cell_gets_its_run_dir_even_where_hydra_would_misread_the_path(tmp_path):

@@ -14,6 +14,7 @@ standing. A stopped cell resumes from its last checkpoint. At the end the table,
 ``report.html`` are written into the benchmark dir (``dfkd_lab.report``).
 """
 
+import json
 import os
 import shlex
 import signal
@@ -23,6 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import hydra
+import yaml
 from hydra.core.config_store import ConfigStore
 from hydra.core.global_hydra import GlobalHydra
 from hydra.core.hydra_config import HydraConfig
@@ -158,6 +160,39 @@ def train_overrides(cfg: DictConfig, group: str, cell=None) -> list[str]:
     return out + list(cfg.overrides) + setting
 
 
+def cell_changes(cfg: DictConfig, group: str, cell: CellConfig, run_dir: Path) -> str | None:
+    """How the run already in ``run_dir`` differs from what this benchmark command would run
+    there (None: it does not, or no run is there). A finished cell is kept and a stopped one
+    continued, so a cell run by another command would put two settings in one table."""
+    saved_file = run_dir / ".hydra" / "overrides.yaml"
+    if not saved_file.is_file():
+        return None
+    saved = [str(o) for o in yaml.safe_load(saved_file.read_text()) or [] if o != "resume=last"]
+    now = [str(o) for o in train_overrides(cfg, group, cell)]
+    changes = [f"ran {o}" for o in saved if o not in now] + [f"now {o}" for o in now if o not in saved]
+    metrics_file = run_dir / "metrics.json"
+    if cfg.threads and metrics_file.is_file():
+        try:
+            threads = json.loads(metrics_file.read_text()).get("machine/threads")
+        except ValueError:
+            threads = None
+        if threads is not None and threads != cfg.threads:
+            changes.append(f"ran with {threads} threads, now threads={cfg.threads}")
+    return ", ".join(changes) or None
+
+
+def check_cells_unchanged(config: DictConfig, todo, run_dirs):
+    group = config.group or f"bench-{Path(config.hydra.sweep.dir).name}"
+    changed = [f"{setting}/{method}/seed{seed}: {diff}" for (setting, method, seed), run_dir in zip(todo, run_dirs)
+               if (diff := cell_changes(config, group, CellConfig(method, seed, setting), run_dir))]
+    if changed:
+        raise ConfigError(
+            f"{len(changed)} of the runs in {config.hydra.sweep.dir} were made by another command than this one; "
+            f"continuing would put two settings in one table ({'; '.join(changed[:3])}"
+            f"{'; ...' if len(changed) > 3 else ''}). Give this benchmark a new name=, or continue it with the "
+            f"command that made them ({Path(config.hydra.sweep.dir) / 'command.txt'})")
+
+
 # --- one cell (the task function every launcher runs) ---------------------------------------
 def run_cell(cfg: DictConfig) -> dict:
     """Run ``dfkd-train`` for this job's cell in a fresh process, into this job's output dir."""
@@ -170,12 +205,11 @@ def run_cell(cfg: DictConfig) -> dict:
     if (out / "checkpoints" / "last.ckpt").is_file():
         overrides.append("resume=last")  # a stopped cell continues; Lightning's timer resumes too
     command = [sys.executable, "-m", "dfkd_lab.train", *overrides]
+    threads = {"OMP_NUM_THREADS": str(cfg.threads), "MKL_NUM_THREADS": str(cfg.threads)} if cfg.threads else {}
     if cfg.dry_run:
-        (out / "command.txt").write_text(shlex.join(command) + "\n")
+        (out / "command.txt").write_text(shlex.join([*(f"{k}={v}" for k, v in threads.items()), *command]) + "\n")
         return {"dir": str(out), "exit": 0, "dry_run": True}
-    env = dict(os.environ)
-    if cfg.threads:
-        env.update(OMP_NUM_THREADS=str(cfg.threads), MKL_NUM_THREADS=str(cfg.threads))
+    env = {**os.environ, **threads}
     if stop.requested() is not None:  # the benchmark was stopped: start no further cell
         return {"dir": str(out), "exit": stop.exit_code(stop.requested()), "started": False}
     with open(out / "bench_job.log", "a") as log, stop.on_signals(reset=False):
@@ -220,17 +254,18 @@ def sweep(config: DictConfig, config_loader, launcher, arguments: list[str]) -> 
         paths = user_config_paths(config.hydra.runtime.config_sources)
         todo = cells(config, paths)
         check_cell_configs(config, todo, paths)
+        overrides = [[*arguments, f"cell.setting={s}", f"cell.method={m}", f"cell.seed={seed}"] for s, m, seed in todo]
+        cell_dirs = [Path(job.hydra.sweep.dir) / job.hydra.sweep.subdir
+                     for job in (config_loader.load_sweep_config(config, o) for o in overrides)]
+        check_cells_unchanged(config, todo, cell_dirs)
     except ConfigError as err:
         sys.exit(f"dfkd-bench: {err}")
     jobs, run_dirs, finished = [], [], 0
-    for setting, method, seed in todo:
-        overrides = [*arguments, f"cell.setting={setting}", f"cell.method={method}", f"cell.seed={seed}"]
-        job = config_loader.load_sweep_config(config, overrides)
-        run_dir = Path(job.hydra.sweep.dir) / job.hydra.sweep.subdir
+    for job_overrides, run_dir in zip(overrides, cell_dirs):
         if finished_metrics(run_dir) is not None:  # else it runs (again), from its checkpoint if any
             finished += 1
         else:
-            jobs.append(overrides)
+            jobs.append(job_overrides)
             run_dirs.append(run_dir)
     sweep_dir.mkdir(parents=True, exist_ok=True)
     OmegaConf.save(config, sweep_dir / "multirun.yaml")
