@@ -64,13 +64,31 @@ def test_study_resumes_numbers_jobs_by_trial_and_records_failures(tmp_path):
     assert [i for i, _ in first.launches] == [0, 2]  # two at a time; job number == trial number
     assert first.launches[0][1][0][0] == "method.epochs=2" and first.launches[0][1][0][1].startswith("x=")
     second = FakeLauncher(lambda n: job(float("nan")) if n == 3 else job(0.9))
-    study = search.run_study(sweeper_cfg(storage, n_trials=2), config, second, [])
+    study = search.run_study(sweeper_cfg(storage, n_trials=2), config, second, ["method.epochs=2"])
     assert [i for i, _ in second.launches] == [3]  # the resumed study goes on from trial 3
     states = [t.state.name for t in study.trials]
     assert states == ["COMPLETE", "FAIL", "COMPLETE", "FAIL", "COMPLETE"]  # nan is no result
     results = yaml.safe_load((tmp_path / "sweep" / "optimization_results.yaml").read_text())
     assert results["best_trial"] == 4 and results["best_value"] == 0.9
     assert results["trials"] == {"complete": 3, "fail": 2}
+
+
+def test_a_study_is_continued_only_with_its_own_settings_and_fails_when_no_trial_completes(tmp_path):
+    storage = f"journal:{tmp_path / 'study.log'}"
+    config = OmegaConf.create({"hydra": {"sweep": {"dir": str(tmp_path / "sweep")}}})
+    search.run_study(sweeper_cfg(storage, n_trials=1), config, FakeLauncher(lambda n: job(0.5)), ["method.epochs=2"])
+    for arguments, changes in ((["method.epochs=2", "trainer.limit_train_batches=1"], "now trainer.limit_train_batches=1"),
+                               (["method.epochs=2", "y=interval(0, 1)"], "searched {'x'")):
+        launcher = FakeLauncher(lambda n: job(0.9))
+        with pytest.raises(ConfigError, match=f"the study s holds 1 trials run with other settings .*{changes}"):
+            search.run_study(sweeper_cfg(storage, n_trials=1), config, launcher, arguments)
+        assert not launcher.launches
+    diverged = FakeLauncher(lambda n: job(error=RuntimeError("diverged")))
+    with pytest.raises(search.SearchFailed, match="no trial of this search completed .trial 1: failed"):
+        search.run_study(sweeper_cfg(storage, n_trials=2, n_jobs=1), config, diverged, ["method.epochs=2"])
+    assert len(diverged.launches) == 2  # every trial ran before the search said so
+    some = FakeLauncher(lambda n: job(error=RuntimeError("diverged")) if n == 3 else job(0.2))
+    search.run_study(sweeper_cfg(storage, n_trials=2, n_jobs=1), config, some, ["method.epochs=2"])  # one completed
 
 
 def test_a_continued_study_draws_new_values(tmp_path):

@@ -26,6 +26,30 @@ from .config import ConfigError
 log = logging.getLogger(__name__)
 PRUNER_ATTR = "pruner"  # study user attr: the pruner's instantiable spec, for the runs
 PRUNED_ATTR = "pruned_at_epoch"  # trial user attr: set by a run its pruner stopped
+SETTING_ATTR = "setting"  # study user attr: the overrides every trial gets and the search space
+
+
+class SearchFailed(Exception):
+    """No trial this invocation launched completed: the search has nothing to report."""
+
+
+def check_same_setting(study: optuna.Study, fixed: list[str], space: dict):
+    """A continued study's trials are compared with its first ones, so they must run with the
+    same overrides and search space: a trial with half the training must not become the best."""
+    setting = {"overrides": sorted(fixed), "space": {k: repr(v) for k, v in sorted(space.items())}}
+    stored = study.user_attrs.get(SETTING_ATTR)
+    if stored is None:
+        study.set_user_attr(SETTING_ATTR, setting)
+        return
+    if stored == setting:
+        return
+    changes = [f"ran {o}" for o in stored["overrides"] if o not in setting["overrides"]]
+    changes += [f"now {o}" for o in setting["overrides"] if o not in stored["overrides"]]
+    if stored["space"] != setting["space"]:
+        changes.append(f"searched {stored['space']}, now {setting['space']}")
+    raise ConfigError(f"the study {study.study_name} holds {len(study.trials)} trials run with other settings "
+                      f"({'; '.join(changes)}); its best trial would compare runs of two settings. Give a new "
+                      "hydra.sweeper.study_name=, or continue it with the overrides it was started with")
 
 
 def open_storage(spec: str) -> optuna.storages.BaseStorage:
@@ -121,6 +145,7 @@ def run_study(sweeper_cfg: DictConfig, config: DictConfig, launcher, arguments: 
         study_name=sweeper_cfg.study_name, storage=storage,
         pruner=instantiate(pruner_spec) if pruner_spec else optuna.pruners.NopPruner(),
         direction=sweeper_cfg.direction, load_if_exists=True)
+    check_same_setting(study, fixed, space)
     # a continued study's sampler must not draw its first trials' parameters again: its seed moves on
     seed = None if sweeper_cfg.seed is None else sweeper_cfg.seed + len(study.trials)
     study.sampler = optuna.samplers.TPESampler(seed=seed, n_startup_trials=sweeper_cfg.n_startup_trials)
@@ -130,7 +155,7 @@ def run_study(sweeper_cfg: DictConfig, config: DictConfig, launcher, arguments: 
     OmegaConf.save(config, sweep_dir / "multirun.yaml")
     log.info(f"Optuna study {sweeper_cfg.study_name}: {len(study.trials)} trials stored, "
              f"{sweeper_cfg.n_trials} to add; searching {', '.join(space)}")
-    remaining = sweeper_cfg.n_trials
+    remaining, outcomes = sweeper_cfg.n_trials, []
     while remaining > 0:
         trials = [study.ask() for _ in range(min(sweeper_cfg.n_jobs, remaining))]
         for batch in consecutive_batches(trials):
@@ -139,9 +164,12 @@ def run_study(sweeper_cfg: DictConfig, config: DictConfig, launcher, arguments: 
             returns = launcher.launch(overrides, initial_job_idx=batch[0].number)
             for trial, ret in zip(batch, returns):
                 pruned = pruned_at(storage, sweeper_cfg.study_name, trial.number)
-                log.info(f"trial {trial.number}: {tell(study, trial, ret, pruned)}")
+                outcomes.append(f"trial {trial.number}: {tell(study, trial, ret, pruned)}")
+                log.info(outcomes[-1])
         remaining -= len(trials)
     write_results(study, sweep_dir / "optimization_results.yaml")
+    if outcomes and all(": failed" in o for o in outcomes):
+        raise SearchFailed(f"no trial of this search completed ({outcomes[0]}); see each trial's run dir in {sweep_dir}")
     return study
 
 
