@@ -57,10 +57,16 @@ BAD_INPUT = {
         ["method=dfad", "teacher=lenet5_fmnist", "++loss.weights.bn=1"],
         "TeacherError", "or set loss.weights.bn=0"),
     "unknown loss weight": (["+loss.weights.kdd=1"], "ConfigError",
-                            "method=kd has no loss term 'kdd'; its terms are ['at', 'ce', 'fsp', 'hint', 'kd']"),
+                            ("no loss term is registered as 'kdd' (renamed terms: docs/changelog.md); "
+                             "method=kd weighs ['at', 'ce', 'fsp', 'hint', 'kd']")),
     "loss weight of an old name": (
         ["method=dafl", "loss.weights.oh=1"], "ConfigError",
-        "loss.weights.oh: method=dafl has no loss term 'oh'; its terms are ['activation', 'argmax_ce', "),
+        "loss.weights.oh: no loss term is registered as 'oh' (renamed terms: docs/changelog.md); method=dafl weighs"),
+    "a term the method has not weighed, without +": (
+        ["method=dafl", "loss.weights.ent=1"], "ConfigError",
+        "method=dafl's config gives no weight for 'ent'; add one with +loss.weights.ent=1"),
+    "a registered term the method does not compute": (
+        ["+loss.weights.ent=1"], "UnknownLossWeight", "which method=kd does not use; its terms are"),
     "missing image folder": (
         ["method=scratch", "data=image_folder", "data.root=/nonexistent/images", "data.num_classes=2"],
         "DatasetUnavailable", "data.root=/nonexistent/images has no 'train' folder"),

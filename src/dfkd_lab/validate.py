@@ -2,6 +2,7 @@
 W&B run, no checkpoint written): a bad value fails at once with one paragraph naming the key,
 instead of a Lightning traceback naming Lightning's argument minutes into the run."""
 
+import contextlib
 import dataclasses
 import os
 from pathlib import Path
@@ -181,13 +182,36 @@ def check_overrides(args: list[str], compose) -> None:
             block = key.split(".")[1]
             if cfg.method.get(block) is None:
                 found.append(f"{key}: method={cfg.method.name} has no method.{block} block, so nothing would read it")
-        for key in weight_keys if cfg is not None else ():
-            term = key.removeprefix("loss.weights.")
-            if term not in cfg.loss.weights:
-                found.append(f"{key}: method={cfg.method.name} has no loss term {term!r}; its terms are "
-                             f"{sorted(cfg.loss.weights)} (renamed terms: docs/changelog.md)")
+        if cfg is not None and weight_keys:
+            found += weight_problems(cfg, [a for a in args if override_key(a) in weight_keys])
     if found:
         raise ConfigError("; ".join(found))
+
+
+def weight_problems(cfg: DictConfig, overrides: list[str]) -> list[str]:
+    """A ``loss.weights.NAME`` override with no term registered as NAME (a typo, an old name),
+    or one the method's config has no weight for, given without ``+`` (Hydra would only say "not
+    in struct"). Whether the method computes a registered term is checked when it is built."""
+    from .losses.registry import LOSS_TERMS
+
+    for target in (cfg.method.module, OmegaConf.select(cfg, "method.synthesizer._target_")):
+        # a user's method registers its own terms when its module is imported; one that cannot
+        # be imported is reported when the method is built, in its own words
+        with contextlib.suppress(Exception):
+            hydra.utils.get_object(target) if target else None
+    found = []
+    for override in overrides:
+        key = override_key(override)
+        term = key.removeprefix("loss.weights.")
+        if term in cfg.loss.weights:
+            continue
+        if term not in LOSS_TERMS:
+            found.append(f"{key}: no loss term is registered as {term!r} (renamed terms: docs/changelog.md); "
+                         f"method={cfg.method.name} weighs {sorted(cfg.loss.weights)}")
+        elif not override.startswith("+"):
+            found.append(f"{key}: method={cfg.method.name}'s config gives no weight for {term!r}; add one with "
+                         f"+{override}")
+    return found
 
 
 def validate(cfg: DictConfig):
