@@ -12,7 +12,15 @@ from omegaconf import MISSING, OmegaConf
 from dfkd_lab.build import trainer_kwargs
 from dfkd_lab.config import ConfigError, DFQConfig, is_data_free
 from dfkd_lab.train import CONF_DIR
-from dfkd_lab.validate import METHOD_BLOCKS, block_problems, check_overrides, student_never_trains
+from dfkd_lab.validate import (
+    METHOD_BLOCKS,
+    block_problems,
+    check_overrides,
+    import_problem,
+    method_problems,
+    student_never_trains,
+    user_python_path,
+)
 
 CONF = Path(CONF_DIR)
 GROUPS = ["data", "teacher", "student", "method", "loss", "trainer", "logger", "callbacks", "debug",
@@ -141,3 +149,31 @@ def test_a_run_inside_its_synthesis_warm_up_warns_that_the_student_never_trains(
     assert "will not train at all" in warning("method=fastdfkd", "method.epochs=2")
     assert warning("method=fastdfkd", "method.epochs=3") is None
     assert warning("method=kd", "method.epochs=1") is None  # no warm-up
+
+
+def test_a_method_yaml_of_ones_own_is_told_what_it_lacks(compose_cfg):
+    """No name (it ran and was recorded as kd), a synthesizer with no class, a class that cannot be
+    imported: each named, with the fix, before the run starts."""
+    cfg = compose_cfg("method=dafl", "method.synthesizer._target_=mysynth.Gen")
+    cfg.method.name = "kd"  # what a YAML without name: composes to
+    found = "; ".join(method_problems(cfg))
+    assert "method=dafl sets no method.name, so it would run and be recorded as 'kd'; add name: dafl" in found
+    assert ("method.synthesizer._target_=mysynth.Gen cannot be imported: no module named 'mysynth' on Python's path: "
+            "a class of your own is found through PYTHONPATH (PYTHONPATH=<the folder holding mysynth.py>") in found
+    cfg.method.synthesizer = None
+    assert "method.synthesizer names no class: give method.synthesizer._target_" in "; ".join(method_problems(cfg))
+    assert method_problems(compose_cfg("method=dafl")) == []
+    assert import_problem("dfkd_lab.synthesis.generator.NoSuch") == (
+        "AttributeError: module 'dfkd_lab.synthesis.generator' has no attribute 'NoSuch'")
+    assert import_problem("torch.nn.Conv2d") is None
+
+
+def test_the_continue_command_carries_the_pythonpath_that_found_the_users_classes(compose_cfg, tmp_path, monkeypatch):
+    (tmp_path / "mysynth.py").write_text("from dfkd_lab.synthesis.generator import GeneratorSynthesizer as Gen\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    cfg = compose_cfg("method=dafl", "method.synthesizer._target_=mysynth.Gen")
+    monkeypatch.setenv("PYTHONPATH", f"/elsewhere:{tmp_path}")
+    assert user_python_path(cfg) == f"/elsewhere:{tmp_path}"
+    assert user_python_path(compose_cfg("method=dafl")) is None  # only the package's own classes
+    monkeypatch.delenv("PYTHONPATH")
+    assert user_python_path(cfg) is None

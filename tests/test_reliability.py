@@ -67,6 +67,9 @@ BAD_INPUT = {
         "method=dafl's config gives no weight for 'ent'; add one with +loss.weights.ent=1"),
     "a registered term the method does not compute": (
         ["+loss.weights.ent=1"], "UnknownLossWeight", "which method=kd does not use; its terms are"),
+    "a class that cannot be imported": (
+        ["method=dafl", "method.synthesizer._target_=nosuchmodule.Gen"], "ConfigError",
+        "method.synthesizer._target_=nosuchmodule.Gen cannot be imported: no module named 'nosuchmodule' on Python's path"),
     "missing image folder": (
         ["method=scratch", "data=image_folder", "data.root=/nonexistent/images", "data.num_classes=2"],
         "DatasetUnavailable", "data.root=/nonexistent/images has no 'train' folder"),

@@ -40,9 +40,11 @@ def may_change(key: str) -> bool:
     return key == "trainer" or any(key == k or key.startswith(k + ".") for k in MAY_CHANGE)
 
 
-def continue_command(run_dir) -> str:
-    """The exact command that continues the run in ``run_dir``."""
-    return shlex.join(["dfkd-train", f"resume={Path(run_dir).resolve()}"])
+def continue_command(run_dir, python_path: str | None = None) -> str:
+    """The exact command that continues the run in ``run_dir`` (with ``PYTHONPATH`` when the
+    run's own classes were found through it)."""
+    env = [f"PYTHONPATH={python_path}"] if python_path else []
+    return shlex.join([*env, "dfkd-train", f"resume={Path(run_dir).resolve()}"])
 
 
 def _split(override: str) -> tuple[str, str]:

@@ -68,6 +68,7 @@ from .validate import (
     precision_fallback,
     slow_precision,
     student_never_trains,
+    user_python_path,
     validate,
 )
 from .zoo import TeacherError
@@ -272,7 +273,7 @@ def end_unfinished(cfg: DictConfig, err: BaseException, clock: WallClock) -> int
         signum = signum or signal.SIGINT
         code, status = stop.exit_code(signum), "stopped"
         then = (f"the state after the last finished step is in {checkpoint}. "
-                f"Continue with: {continue_command(output_dir)}" if checkpoint.is_file()
+                f"Continue with: {continue_command(output_dir, user_python_path(cfg))}" if checkpoint.is_file()
                 else "it stopped before its first checkpoint; start it again")
         message = f"dfkd-train: stopped by {signal.Signals(signum).name}; {then}\n"
         traceback_text = ""
@@ -294,7 +295,7 @@ def end_unfinished(cfg: DictConfig, err: BaseException, clock: WallClock) -> int
         elif not debugging():
             report_error(err, None if code == 2 else log)
             if isinstance(err, DiskWriteError) and checkpoint.is_file():
-                sys.stderr.write(f"Continue with: {continue_command(output_dir)}\n")
+                sys.stderr.write(f"Continue with: {continue_command(output_dir, user_python_path(cfg))}\n")
             elif isinstance(err, (TrainingDiverged, SynthesisDiverged)) and checkpoint.is_file():
                 sys.stderr.write(f"The checkpoints written before it are intact ({checkpoint}).\n")
     return code

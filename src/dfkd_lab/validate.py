@@ -4,6 +4,8 @@ instead of a Lightning traceback naming Lightning's argument minutes into the ru
 
 import contextlib
 import dataclasses
+import importlib
+import importlib.util
 import os
 from pathlib import Path
 
@@ -25,6 +27,7 @@ from .config import (
     TeacherConfig,
     TrainConfig,
     TrainerConfig,
+    is_data_free,
     override_key,
 )
 from .report import finished_metrics
@@ -94,15 +97,104 @@ def block_problems(method: DictConfig) -> list[str]:
             out.append(f"method={method.name} ({module.__name__}) needs a method.{block} block; "
                        f"see {SCHEMAS[f'method.{block}'].__name__} in dfkd_lab/config.py for its keys")
         elif given and block not in reads:
+            hint = (" (a data-free method names its module: method.module: "
+                    "dfkd_lab.methods.data_free.DataFreeDistillation)") if block == "synthesis" else ""
             out.append(f"method.{block} is set but method={method.name} ({module.__name__}) does not read it; "
-                       f"remove it (this method reads: {', '.join(sorted(reads)) or 'the common keys only'})")
+                       f"remove it (this method reads: {', '.join(sorted(reads)) or 'the common keys only'}){hint}")
         elif given:
             out += [f"method.{block}.{key} is not set" for key in method[block] if OmegaConf.is_missing(method[block], key)]
     return out
 
 
+def _targets(node, where: str):
+    """(key, value) of every ``_target_`` in a config container."""
+    if isinstance(node, dict):
+        for key, value in node.items():
+            if key == "_target_" and isinstance(value, str):
+                yield where, value
+            else:
+                yield from _targets(value, f"{where}.{key}" if where else str(key))
+    elif isinstance(node, list):
+        for i, value in enumerate(node):
+            yield from _targets(value, f"{where}[{i}]")
+
+
+def locate(path: str):
+    """The object a dotted path names: its longest importable module, then attributes (as Hydra
+    finds a ``_target_``, without logging each failure)."""
+    parts = path.split(".")
+    for i in range(len(parts), 0, -1):
+        name = ".".join(parts[:i])
+        try:
+            found = importlib.import_module(name)
+        except ModuleNotFoundError as err:
+            if err.name and (name == err.name or name.startswith(err.name + ".")):
+                continue  # no module of this name: a shorter prefix, then attributes
+            raise  # the module exists but imports something missing
+        for attr in parts[i:]:
+            found = getattr(found, attr)
+        return found
+    raise ModuleNotFoundError(f"No module named {parts[0]!r}", name=parts[0])
+
+
+def import_problem(target: str) -> str | None:
+    """Why ``target`` (a dotted path) cannot be imported, in a user's terms; None if it can."""
+    try:
+        locate(target)
+        return None
+    except ModuleNotFoundError as err:
+        if err.name == target.split(".")[0]:
+            return (f"no module named {err.name!r} on Python's path: a class of your own is found through "
+                    f"PYTHONPATH (PYTHONPATH=<the folder holding {err.name}.py> dfkd-train ...); "
+                    "the config dir is not searched")
+        return f"{type(err).__name__}: {err}"
+    except Exception as err:  # noqa: BLE001 - whatever importing the user's module raised is named
+        return f"{type(err).__name__}: {err}"
+
+
+def user_python_path(cfg: DictConfig) -> str | None:
+    """``PYTHONPATH`` when a class of the run that is not the package's own was found through it:
+    the command that continues the run needs it again."""
+    value = os.environ.get("PYTHONPATH")
+    if not value:
+        return None
+    entries = [Path(p).resolve() for p in value.split(os.pathsep) if p]
+    found = OmegaConf.to_container(cfg.method, resolve=False)
+    tops = {t.split(".")[0] for _, t in _targets({**found, "module": {"_target_": cfg.method.module}}, "")}
+    for top in tops - {"dfkd_lab"}:
+        spec = importlib.util.find_spec(top) if top.isidentifier() else None
+        origin = Path(spec.origin).resolve() if spec is not None and spec.origin else None
+        if origin is not None and any(origin.is_relative_to(entry) for entry in entries):
+            return value
+    return None
+
+
+def method_problems(cfg: DictConfig) -> list[str]:
+    """What a method YAML of one's own most often lacks: a name, a synthesizer's class, a class
+    that can be imported."""
+    from hydra.core.hydra_config import HydraConfig
+
+    out = []
+    chosen = HydraConfig.get().runtime.choices.get("method") if HydraConfig.initialized() else None
+    default_name = MethodConfig.name
+    if chosen and chosen != default_name and cfg.method.name == default_name:
+        out.append(f"method={chosen} sets no method.name, so it would run and be recorded as '{default_name}'; "
+                   f"add name: {chosen} to its YAML")
+    if is_data_free(cfg.method) and not OmegaConf.select(cfg, "method.synthesizer._target_"):
+        out.append(f"method={cfg.method.name} is data-free (it has a method.synthesis block) but method.synthesizer "
+                   "names no class: give method.synthesizer._target_ (e.g. "
+                   "dfkd_lab.synthesis.generator.GeneratorSynthesizer, or a class of your own)")
+    found = OmegaConf.to_container(cfg, resolve=False)
+    for key, target in _targets({k: found[k] for k in ("method", "teacher", "student", "callbacks") if k in found}, ""):
+        problem = import_problem(target)
+        if problem:
+            out.append(f"{key}._target_={target} cannot be imported: {problem}")
+    return out
+
+
 def problems(cfg: DictConfig) -> list[str]:
     out = [f"{key} is not a setting (a typo? dfkd-train --cfg job prints every key of the run)" for key in unknown_keys(cfg)]
+    out += method_problems(cfg)
     for key, low in AT_LEAST:
         value = _get(cfg, key)
         if isinstance(value, (int, float)) and value < low:
@@ -198,7 +290,7 @@ def weight_problems(cfg: DictConfig, overrides: list[str]) -> list[str]:
         # a user's method registers its own terms when its module is imported; one that cannot
         # be imported is reported when the method is built, in its own words
         with contextlib.suppress(Exception):
-            hydra.utils.get_object(target) if target else None
+            locate(target) if target else None
     found = []
     for override in overrides:
         key = override_key(override)
