@@ -11,6 +11,8 @@ import pytest
 import torch
 from PIL import Image
 
+from conftest import FAST, compose_config
+from dfkd_lab import train
 from dfkd_lab.build import build_data, build_student, build_teacher
 from dfkd_lab.config import ConfigError
 from dfkd_lab.models import build_model
@@ -160,3 +162,26 @@ def test_a_folder_smaller_than_one_batch_is_refused_before_wandb_starts(tmp_path
     assert proc.returncode == 2 and "has 6 images, fewer than data.batch_size=128" in proc.stderr
     assert not {p.name for p in run_dir.iterdir()} & {"wandb", "wandb_id.txt", "checkpoints", "csv"}
     assert not (tmp_path / "wandb").exists()
+
+
+def test_a_network_of_ones_own_is_exported_recorded_and_distilled_by_its_class(tmp_path):
+    """``teacher.model._target_``: the teacher run names it (not the default arch), its entry
+    rebuilds it from its spec, and a method reads only what its active terms need of it."""
+    def cfg(run, *overrides):
+        return compose_config([*FAST, *overrides], output_dir=tmp_path / run)
+
+    root = write_folder(tmp_path / "gray", channels=1, per_class=8)
+    tiny = "+teacher.model={_target_:own_networks.TinyNet,num_classes:2}"
+    teacher_run = cfg("teacher", "method=teacher", "data=image_folder", f"data.root={root}", tiny, "data.batch_size=4")
+    metrics = train.run(teacher_run)
+    entry = json.loads((tmp_path / "teacher" / "TinyNet_image_folder.json").read_text())
+    assert entry["arch"] == "TinyNet" and entry["model"]["_target_"] == "own_networks.TinyNet"
+    assert "| TinyNet on image_folder |" in train.summary(teacher_run, metrics, tmp_path)
+    ckpt = tmp_path / "teacher" / "TinyNet_image_folder.pt"
+    common = ("data=image_folder", f"data.root={root}", f"teacher.ckpt={ckpt}",
+              "+student.model={_target_:own_networks.TinyNet,num_classes:2}", "data.batch_size=4")
+    assert "test/acc" in train.run(cfg("kd", "method=kd", *common))  # no feature term: no feature_layers needed
+    with pytest.raises(ConfigError, match="TinyNet has no submodule named 'classifier'.*activation"):
+        train.run(cfg("dafl", "method=dafl", *common, "method.synthesis.batch_size=4", "method.synthesizer.ngf=4"))
+    with pytest.raises(ConfigError, match="TinyNet has no feature_layers.*hint, fsp, at"):
+        train.run(cfg("at", "method=kd", *common, "loss.weights.at=1"))

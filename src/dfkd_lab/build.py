@@ -8,7 +8,7 @@ from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
 from .callbacks.checkpointing import AtomicCheckpointIO
-from .config import ConfigError, in_multirun, is_data_free, sweep_name
+from .config import ConfigError, in_multirun, is_data_free, network_name, sweep_name
 from .data import ClassificationData
 from .data.sources import image_folder_layout
 from .models import build_model, model_names
@@ -24,6 +24,13 @@ from .zoo import (
     sidecar_entry,
     zoo_entry,
 )
+
+
+def entry_network(entry: ZooEntry) -> nn.Module:
+    """The network a zoo entry's weights load into: its ``model`` spec, else its registered arch."""
+    if entry.model:
+        return hydra.utils.instantiate(entry.model)
+    return build_model(entry.arch, num_classes=entry.num_classes, in_channels=entry.in_channels)
 
 
 def teacher_entry(cfg: DictConfig) -> ZooEntry | None:
@@ -192,12 +199,12 @@ def build_teacher(cfg: DictConfig, data: ClassificationData) -> nn.Module:
         # a zoo entry's hash covers its own file; the entry beside teacher.ckpt covers that file
         describes_path = not t.ckpt or sidecar_entry(path) is not None
         sha = t.sha256 or (entry.sha256 if describes_path else None)
-        model = build_model(arch, num_classes=entry.num_classes, in_channels=entry.in_channels)
+        model = entry_network(entry)
         state = load_state(path, sha, "teacher.ckpt")
     else:
         if not t.ckpt:
             raise TeacherError("teacher.ckpt is not set: give the teacher's weights file (or teacher=<zoo entry>)")
-        arch, path = t.arch, Path(t.ckpt)
+        arch, path = network_name(t), Path(t.ckpt)
         state = load_state(path, t.sha256, "teacher.ckpt")
         _check_channels(first_conv_channels(state), data, "teacher")
         model = _network(t, data, "teacher")
@@ -223,7 +230,7 @@ def build_student(cfg: DictConfig, data: ClassificationData, teacher: nn.Module 
     model = _network(spec, data, "teacher" if cfg.method.trains == "teacher" else "student")
     check_classes(model, data.num_classes, "student")
     key = "teacher" if cfg.method.trains == "teacher" else "student"
-    check_input(model, data, key, spec.arch)
+    check_input(model, data, key, network_name(spec))
     init = cfg.student.init
     if init not in STUDENT_INITS:
         raise ConfigError(f"student.init={init}: choose one of {', '.join(STUDENT_INITS)}")

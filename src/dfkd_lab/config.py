@@ -134,6 +134,13 @@ class MethodConfig:
     export: Optional[ExportConfig] = None  # method=teacher
 
 
+def network_name(spec) -> str | None:
+    """A teacher or student spec's network as records name it: the class its ``model._target_``
+    builds (a network of one's own), else its registered ``arch``."""
+    model = spec.get("model")
+    return model["_target_"].rsplit(".", 1)[-1] if model else spec.get("arch")
+
+
 def is_data_free(method) -> bool:
     """A method is data-free when it runs the data-free loop: it has a synthesis block."""
     return method.get("synthesis") is not None

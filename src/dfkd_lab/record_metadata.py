@@ -9,15 +9,15 @@ they are.
 
 import argparse
 
+from .build import entry_network
 from .data import ClassificationData
-from .models import build_model
 from .synthesis.lopes import KEY, record_activation_stats
 from .zoo import load_state, load_weights, zoo_entry
 
 
 def record(name: str, data_root: str, zoo_dir: str) -> dict:
     entry = zoo_entry(name, zoo_dir)
-    model = build_model(entry.arch, num_classes=entry.num_classes, in_channels=entry.in_channels)
+    model = entry_network(entry)
     load_weights(model, load_state(entry.path(), entry.sha256, "teacher.ckpt"), "teacher.ckpt")
     data = ClassificationData(name=entry.dataset, root=data_root, num_classes=entry.num_classes,
                               channels=entry.in_channels, image_size=entry.input_size,

@@ -23,6 +23,8 @@ from pathlib import Path
 import yaml
 from PIL import Image, ImageDraw, ImageFont
 
+from .config import network_name
+
 # metrics.json key -> row key, and the factor that turns it into the unit the table shows
 METRICS = {
     "teacher/acc": ("teacher_acc", 100),
@@ -214,7 +216,7 @@ def _network_name(spec: dict | None) -> str | None:
     """A network as the table names it: the weights file it was loaded from (``teacher.ckpt``
     wins over the zoo entry a method's default names), else its zoo entry or arch."""
     spec = spec or {}
-    return Path(spec["ckpt"]).name if spec.get("ckpt") else spec.get("zoo") or spec.get("arch")
+    return Path(spec["ckpt"]).name if spec.get("ckpt") else spec.get("zoo") or network_name(spec)
 
 
 def transfer_data(config: dict) -> str:

@@ -50,6 +50,7 @@ from .config import (
     ConfigError,
     given_value,
     in_multirun,
+    network_name,
     register_configs,
     searchpath_override,
 )
@@ -196,7 +197,7 @@ def best_evaluation(metrics: dict) -> dict:
 
 
 def summary(cfg: DictConfig, metrics: dict, output_dir: Path) -> str:
-    model = cfg.teacher.arch if cfg.method.trains == "teacher" else cfg.student.arch
+    model = network_name(cfg.teacher if cfg.method.trains == "teacher" else cfg.student)
     parts = [f"dfkd-lab | method={cfg.method.name} | {model} on {cfg.data.name}"]
     if "test/acc" in metrics:
         best = f" (best {100 * metrics['test/acc_best']:.2f}%)" if "test/acc_best" in metrics else ""

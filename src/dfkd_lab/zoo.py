@@ -40,6 +40,7 @@ class ZooEntry:
     test_acc: float
     command: str
     metadata: dict = field(default_factory=dict)  # e.g. recorded activation statistics (Lopes)
+    model: dict | None = None  # a network of one's own: its _target_ spec (arch is then its class name)
     folder: Path | None = field(default=None, compare=False)  # where it was read from; not saved
 
     def path(self) -> Path:

@@ -1,5 +1,7 @@
 """Distillation with real data: response, feature (hint), relation (FSP) and attention terms."""
 
+from contextlib import nullcontext
+
 import torch
 from torch import nn
 
@@ -44,12 +46,13 @@ class KnowledgeDistillation(DistillationModule):
 
     def training_step(self, batch, batch_idx):
         x, y = batch
-        with torch.no_grad(), stage_tap(self.teacher) as t_tap:
+        features = any(reads(self.loss_terms, self.weights, f) for f in ("student_features", "teacher_features"))
+        with torch.no_grad(), (stage_tap(self.teacher) if features else nullcontext()) as t_tap:
             t_logits = self.teacher(x)
-            t_feats = t_tap.features
-        with stage_tap(self.student) as s_tap:
+            t_feats = t_tap.features if features else None
+        with (stage_tap(self.student) if features else nullcontext()) as s_tap:
             s_logits = self.student(x)
-            s_feats = s_tap.features
+            s_feats = s_tap.features if features else None
         terms = compute_terms(self.loss_terms, self.weights, {
             "student_logits": s_logits, "teacher_logits": t_logits, "labels": y, "temperature": self.temperature,
             "student_features": s_feats, "teacher_features": t_feats,

@@ -3,10 +3,11 @@
 import shutil
 from pathlib import Path
 
+from omegaconf import OmegaConf
 from torch.nn import functional as F
 
 from ..atomic import atomic_write, save_torch
-from ..config import ConfigError
+from ..config import ConfigError, network_name
 from ..provenance import run_command
 from ..synthesis.lopes import KEY, record_activation_stats
 from ..zoo import ZooEntry, sha256, zoo_names
@@ -31,11 +32,14 @@ class SupervisedTraining(DistillationModule):
                     "or delete that entry first to replace it (the run dir always gets its own copy)"
                 )
             module.zoo_dir = Path(cfg.paths.zoo_dir)
+            name = network_name(cfg.teacher)
             module.zoo_entry = {
-                "name": cfg.method.export.zoo_name or f"{cfg.teacher.arch}_{data.name}",
-                "arch": cfg.teacher.arch, "dataset": data.name, "num_classes": data.num_classes,
+                "name": cfg.method.export.zoo_name or f"{name}_{data.name}",
+                "arch": name, "dataset": data.name, "num_classes": data.num_classes,
                 "in_channels": data.channels, "input_size": data.image_size,
                 "mean": list(data.mean), "std": list(data.std), "command": run_command(),
+                # a network of one's own is rebuilt from its spec (its module must be importable)
+                "model": OmegaConf.to_container(cfg.teacher.model, resolve=True) if cfg.teacher.model else None,
             }
             if cfg.method.export.record_metadata:
                 module.metadata_split = data.split("train")

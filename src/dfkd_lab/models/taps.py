@@ -2,6 +2,8 @@
 
 from torch import nn
 
+from ..config import ConfigError
+
 
 class FeatureTap:
     """Record the output of each named submodule (or the input, ``capture="input"``).
@@ -51,9 +53,19 @@ class FeatureTap:
 
 def stage_tap(model: nn.Module) -> FeatureTap:
     """Outputs of the model's ``feature_layers`` (for feature, relation and attention KD)."""
+    if not hasattr(model, "feature_layers"):
+        raise ConfigError(
+            f"{type(model).__name__} has no feature_layers, the names of its feature stages that a feature "
+            "loss term (hint, fsp, at) reads: give the class a feature_layers tuple of submodule names, "
+            "or set those weights to 0")
     return FeatureTap(model, model.feature_layers)
 
 
 def penultimate_tap(model: nn.Module) -> FeatureTap:
     """The input of the final classifier layer: the pre-logit feature."""
+    if not isinstance(getattr(model, "classifier", None), nn.Module):
+        raise ConfigError(
+            f"{type(model).__name__} has no submodule named 'classifier' (its final layer), whose input, the "
+            "pre-logit feature, a loss term of this method reads (activation): name the final layer "
+            "classifier, or set that weight to 0")
     return FeatureTap(model, ["classifier"], capture="input")

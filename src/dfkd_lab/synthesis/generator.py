@@ -74,8 +74,9 @@ class GeneratorSynthesizer(Synthesizer):
         w = ctx.weights
         self.generators.train()
         x = self.generate(ctx.batch_size, ctx.device)
-        use_bn = reads(self.terms, w, "bn_layer_losses")
-        with penultimate_tap(ctx.teacher) as feat, (BNStatHooks(ctx.teacher) if use_bn else nullcontext()) as bn:
+        use_bn, use_feature = reads(self.terms, w, "bn_layer_losses"), reads(self.terms, w, "teacher_feature")
+        with (penultimate_tap(ctx.teacher) if use_feature else nullcontext()) as feat, \
+                (BNStatHooks(ctx.teacher) if use_bn else nullcontext()) as bn:
             t_logits = ctx.teacher(x)
             terms = compute_terms(self.terms, w, {
                 "teacher_logits": t_logits,

@@ -12,6 +12,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from ..config import ConfigError
 from ..losses.registry import Lazy
 from ..models.modes import eval_mode
 from ..models.taps import FeatureTap
@@ -37,7 +38,8 @@ def balanced_pick(labels: torch.Tensor, n: int, num_classes: int, generator: tor
 def classifier(teacher: nn.Module) -> nn.Linear:
     head = getattr(teacher, "classifier", None)
     if not isinstance(head, nn.Linear):
-        raise TypeError(f"{type(teacher).__name__} has no final nn.Linear named 'classifier', which this method reads")
+        raise ConfigError(f"{type(teacher).__name__} has no final nn.Linear named 'classifier', whose weight this "
+                          "method reads (its class vectors): name the teacher's final layer classifier")
     return head
 
 
