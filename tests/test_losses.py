@@ -204,6 +204,18 @@ def test_a_term_parameter_with_a_default_may_go_unoffered_and_names_must_be_orde
         del LOSS_TERMS["test_scaled_sum"]
 
 
+def test_a_term_that_returns_no_scalar_is_named():
+    @register_loss("test_per_image")
+    def per_image(images):
+        return images.sum(dim=1)  # forgot the mean over the batch
+
+    try:
+        with pytest.raises(TypeError, match=r"loss term 'test_per_image' \(.*per_image\) returned \(3,\), not a scalar"):
+            compute_terms(("test_per_image",), {"test_per_image": 1}, {"images": torch.ones(3, 2)})
+    finally:
+        del LOSS_TERMS["test_per_image"]
+
+
 def test_unknown_and_clashing_term_names_are_refused():
     with pytest.raises(UnknownLossTerm, match=r"'nope'.*'kd'.*@register_loss\('nope'\)"):
         loss_term("nope")

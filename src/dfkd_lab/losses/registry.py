@@ -102,5 +102,10 @@ def compute_terms(names: Iterable[str], weights: Mapping, inputs: Mapping) -> di
     for name in names:
         if is_active(weights, name):
             fn = loss_term(name)
-            terms[name] = fn(**{key: read(key, name) for key, required in _parameters(fn) if required or key in inputs})
+            value = fn(**{key: read(key, name) for key, required in _parameters(fn) if required or key in inputs})
+            if not isinstance(value, torch.Tensor) or value.dim() != 0:
+                shape = tuple(value.shape) if isinstance(value, torch.Tensor) else type(value).__name__
+                raise TypeError(f"loss term {name!r} ({_qualified(fn)}) returned {shape}, not a scalar tensor: "
+                                "reduce it (e.g. .mean()) to the one number to minimise")
+            terms[name] = value
     return terms
