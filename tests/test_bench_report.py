@@ -501,7 +501,7 @@ def test_a_bench_refuses_to_mix_its_cells_with_those_another_command_ran(tmp_pat
     for extra, why in ((["budget_s=30"], "default/dafl/seed0: ran trainer.max_time=00:00:00:20, now trainer.max_time=00:00:00:30"),
                        (["budget_s=20", "threads=2"], "ran with 1 threads, now threads=2")):
         done = subprocess.run([*common, *extra], check=False, capture_output=True, text=True, timeout=600)
-        assert done.returncode == 1 and " of the runs in " in done.stderr and why in done.stderr, done.stderr
+        assert done.returncode == 2 and " of the runs in " in done.stderr and why in done.stderr, done.stderr
         assert "new name=" in done.stderr and not list(tmp_path.glob("default/*/seed0/command.txt"))
     done = subprocess.run([*common, "budget_s=20", "threads=1", "methods=[dafl]"], check=False, capture_output=True,
                           text=True, timeout=600)
@@ -618,7 +618,7 @@ def test_a_typo_in_the_overrides_stops_the_bench_before_any_cell(tmp_path):
     done = subprocess.run([sys.executable, "-m", "dfkd_lab.bench", f"hydra.sweep.dir={tmp_path}", "methods=[kd]",
                            "seeds=[0]", 'overrides=["data.batchsize=8"]'], check=False, capture_output=True,
                           text=True, timeout=600)
-    assert done.returncode == 1 and "method=kd does not compose with the overrides" in done.stderr
+    assert done.returncode == 2 and "method=kd does not compose with the overrides" in done.stderr
     assert "data.batchsize" in done.stderr and not (tmp_path / "default").exists()
 
 

@@ -258,8 +258,9 @@ def sweep(config: DictConfig, config_loader, launcher, arguments: list[str]) -> 
         cell_dirs = [Path(job.hydra.sweep.dir) / job.hydra.sweep.subdir
                      for job in (config_loader.load_sweep_config(config, o) for o in overrides)]
         check_cells_unchanged(config, todo, cell_dirs)
-    except ConfigError as err:
-        sys.exit(f"dfkd-bench: {err}")
+    except ConfigError as err:  # bad input, as dfkd-train reports it: exit 2, before any cell runs
+        print(f"dfkd-bench: {err}", file=sys.stderr)
+        sys.exit(2)
     jobs, run_dirs, finished = [], [], 0
     for job_overrides, run_dir in zip(overrides, cell_dirs):
         if finished_metrics(run_dir) is not None:  # else it runs (again), from its checkpoint if any

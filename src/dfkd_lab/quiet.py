@@ -22,6 +22,12 @@ NOISE = [
     # under DDP each rank tests a shard of the test split and the accuracy is reduced over
     # ranks, which equals a single process's (tests/test_ddp.py)
     r"Using `DistributedSampler` with the dataloaders. During `trainer.test\(\)`",
+    # a run that ends before its first evaluation (trainer.max_steps within an epoch) has no
+    # best to keep; its last.ckpt and its final test (which counts as the best) are written anyway
+    r"`ModelCheckpoint\(monitor='val/acc'\)` could not find the monitored key",
+    # resume=<file>.ckpt starts a new run dir from another run's checkpoint: the source run's
+    # best-checkpoint bookkeeping is not this run's to continue
+    r"The dirpath has changed from",
 ]
 
 # Lightning's information lines (GPU/TPU availability, product tips, "Trainer.fit stopped: ...",
