@@ -101,6 +101,17 @@ def test_bad_input_ends_with_one_clear_paragraph_and_exit_2(monkeypatch, capsys,
     assert "Traceback" not in err
 
 
+def test_a_config_folder_of_ones_own_that_is_missing_or_lacks_its_header_is_named(monkeypatch, capsys, tmp_path):
+    code, err = cli(monkeypatch, capsys, tmp_path, "--config-dir", str(tmp_path / "nope"), "method=kd")
+    assert code == 2 and f"--config-dir {tmp_path / 'nope'}: no such folder" in err
+    code, err = cli(monkeypatch, capsys, tmp_path, f"hydra.searchpath=[file://{tmp_path / 'gone'}]")
+    assert code == 2 and f"hydra.searchpath {tmp_path / 'gone'}: no such folder" in err
+    (tmp_path / "conf" / "method").mkdir(parents=True)  # a method file without '# @package _global_'
+    (tmp_path / "conf" / "method" / "mine.yaml").write_text("defaults:\n  - override /teacher: lenet5_bn_fmnist\nname: mine\n")
+    code, err = cli(monkeypatch, capsys, tmp_path, "method=mine", base=("--config-dir", str(tmp_path / "conf"), *FAST))
+    assert code == 2 and "a method YAML starts with the line '# @package _global_'" in err
+
+
 @pytest.mark.parametrize("content, message", [
     (b"", "is empty (0 bytes)"),
     (b"hello\n", "cannot read"),

@@ -363,6 +363,18 @@ def config_dirs(args: list[str]) -> list[str]:
     return found + [a.split("=", 1)[1] for a in args if a.startswith("--config-dir=")]
 
 
+def check_config_dirs(args: list[str]):
+    """A user's config folder that does not exist is named (Hydra only warns, and then cannot
+    find the method or teacher the folder was to add)."""
+    searchpath = given_value(args, "hydra.searchpath", [])
+    given = [("--config-dir", d) for d in config_dirs(args)]
+    given += [("hydra.searchpath", str(p).removeprefix("file://")) for p in (searchpath if isinstance(searchpath, list) else [])
+              if str(p).startswith("file://")]
+    for key, folder in given:
+        if not Path(folder).is_dir():
+            raise ConfigError(f"{key} {folder}: no such folder (a folder of your own configs: method/, teacher/, ...)")
+
+
 def main():
     """``dfkd-train``: a ``resume=<run dir>`` brings back the run's own overrides, and the run dir
     must be writable, both checked before Hydra writes anything."""
@@ -373,6 +385,7 @@ def main():
         check_writable(Path(str(given_value(args, "hydra.sweep.dir" if multirun else "hydra.run.dir", default))))
         if not multirun and given_value(args, "resume") in (None, "") and given_value(args, "hydra.run.dir"):
             check_new_run_dir(Path(str(given_value(args, "hydra.run.dir"))))  # before Hydra rewrites its .hydra/
+        check_config_dirs(args)
         check_overrides(args, partial(compose_train, config_dirs=config_dirs(args)))
     except ConfigError as err:
         report_error(err)
@@ -386,21 +399,25 @@ def main():
         hydra_main()
     except SystemExit as exit_:
         # a multirun's jobs may run in other processes (joblib), where this one cannot see them start
-        if exit_.code == 1 and not multirun and _Jobs.started == started and refused_by_hydra(args):
+        refusal = refused_by_hydra(args) if exit_.code == 1 and not multirun and _Jobs.started == started else None
+        if refusal is not None:
+            if "@method." in refusal:  # Hydra placed a method file's defaults under method.
+                sys.stderr.write("dfkd-train: a method YAML starts with the line '# @package _global_' "
+                                 "(docs/extending.md)\n")
             sys.exit(2)  # bad input, as our own checks report it; Hydra's message is above
         raise
 
 
-def refused_by_hydra(args: list[str]) -> bool:
-    """Whether ``args`` fail to compose (an unknown key, a wrong type, a missing option): Hydra
-    reports those itself and exits 1, which says "unexpected error" to a script."""
+def refused_by_hydra(args: list[str]) -> str | None:
+    """Why ``args`` fail to compose (an unknown key, a wrong type, a missing option), or None:
+    Hydra reports those itself and exits 1, which says "unexpected error" to a script."""
     try:
         compose_train([a for a in args if "=" in a and not a.startswith("-")], config_dirs(args))
-    except COMPOSITION_ERRORS:
-        return True
+    except COMPOSITION_ERRORS as err:
+        return str(err)
     except Exception:  # noqa: BLE001 - anything else is not the command line's fault
-        return False
-    return False
+        return None
+    return None
 
 
 silence_known_noise()
