@@ -248,6 +248,8 @@ def test_a_failed_job_leaves_the_rest_of_its_sweep_running(monkeypatch, capsys, 
     status = {n: json.loads((p / "metrics.json").read_text())["status"] for n, p in jobs.items()}
     assert status["0"].startswith("failed: TrainingDiverged") and status["1"] == "finished"
     assert [wandb_summary(jobs[n])["status"] for n in "01"] == [status["0"], "finished"]
+    finished = json.loads((jobs["1"] / "metrics.json").read_text())
+    assert wandb_summary(jobs["1"])["run/ended"] == finished["run/ended"]  # the summary is metrics.json
     assert {wandb_records(p, "run")[0].run_group for p in jobs.values()} == {"train-sweep"}  # one group per sweep
 
 

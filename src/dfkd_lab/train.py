@@ -183,8 +183,7 @@ def run(cfg: DictConfig, clock: WallClock | None = None) -> dict:
     metrics.update(largest_checkpoint(trainer))
     if trainer.is_global_zero:
         module.on_run_end(output_dir, metrics)
-        write_final_metrics(output_dir, metrics, "finished")
-        log_summary(trainer.loggers, {**metrics, "status": "finished"})
+        log_summary(trainer.loggers, write_final_metrics(output_dir, metrics, "finished"))  # W&B's summary is metrics.json
     return metrics
 
 

@@ -97,6 +97,17 @@ def sidecar_entry(weights: Path) -> ZooEntry | None:
     return entry
 
 
+def load_failure(err: Exception) -> str:
+    """Why ``torch.load(weights_only=True)`` refused a file, in one sentence: torch's own message
+    also offers to load it unsafely, which a teacher file never needs."""
+    text = str(err)
+    if "WeightsUnpickler error:" in text:
+        reason = text.split("WeightsUnpickler error:", 1)[1].split(". Please", 1)[0].strip()
+        return (f"it holds Python objects, not only tensors ({reason}); save the network's state dict "
+                "instead: torch.save(model.state_dict(), path)")
+    return f"{type(err).__name__}: {text.splitlines()[0] if text else ''}".rstrip(": ")
+
+
 def load_state(path: Path, expected_sha256: str | None, key: str) -> dict:
     if not path.is_file():
         raise TeacherError(f"{key}: checkpoint file {path} does not exist")
@@ -111,8 +122,7 @@ def load_state(path: Path, expected_sha256: str | None, key: str) -> dict:
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:
-        raise TeacherError(f"{key}: cannot read {path} as a checkpoint torch.save wrote: "
-                           f"{type(err).__name__}: {err}".rstrip(": ")) from err
+        raise TeacherError(f"{key}: cannot read {path} as a checkpoint torch.save wrote: {load_failure(err)}") from err
     if isinstance(state, dict) and "state_dict" in state:
         # A Lightning checkpoint of this project: its trained network is the `student.` part.
         full = state["state_dict"]

@@ -126,11 +126,12 @@ class EvaluationLines(pl.Callback):
         print(" | ".join(parts), flush=True)
 
 
-def write_final_metrics(output_dir, metrics: dict, status: str):
+def write_final_metrics(output_dir, metrics: dict, status: str) -> dict:
     """``metrics.json``, once, as the run ends: its metrics, how it ended and when (UTC; a
-    report dates its table by its runs, not by the day it was made)."""
-    save_json(Path(output_dir) / "metrics.json", {**metrics, "status": status, "run/ended": utc_minute()},
-              "metrics file")
+    report dates its table by its runs, not by the day it was made). Returns what it wrote."""
+    record = {**metrics, "status": status, "run/ended": utc_minute()}
+    save_json(Path(output_dir) / "metrics.json", record, "metrics file")
+    return record
 
 
 def last_progress(output_dir) -> dict:
