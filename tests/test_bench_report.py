@@ -503,9 +503,20 @@ def test_a_bench_refuses_to_mix_its_cells_with_those_another_command_ran(tmp_pat
         done = subprocess.run([*common, *extra], check=False, capture_output=True, text=True, timeout=600)
         assert done.returncode == 2 and " of the runs in " in done.stderr and why in done.stderr, done.stderr
         assert "new name=" in done.stderr and not list(tmp_path.glob("default/*/seed0/command.txt"))
-    done = subprocess.run([*common, "budget_s=20", "threads=1", "methods=[dafl]"], check=False, capture_output=True,
-                          text=True, timeout=600)
+    done = subprocess.run([*common, "budget_s=20", "threads=1", "methods=[dafl]",  # Hydra's own: not in overrides.yaml
+                           'overrides=["hydra/job_logging=disabled"]'], check=False, capture_output=True, text=True,
+                          timeout=600)
     assert done.returncode == 0 and "1 finished before, 0 to run" in done.stdout, done.stderr
+
+
+def test_overrides_that_name_the_cell_are_read_as_its_job_reads_them(tmp_path):
+    """The documented CIFAR-10 benchmark: one preset per method through ${cell.method}."""
+    out = run_bench(tmp_path, "methods=[kd,dafl]", "seeds=[0]", "dry_run=true",
+                    'overrides=["experiment=cifar10_cpu_${cell.method}"]')
+    assert "0 finished before, 2 to run" in out
+    for method in ("kd", "dafl"):
+        command = (tmp_path / "default" / method / "seed0" / "command.txt").read_text()
+        assert f"experiment=cifar10_cpu_{method}" in command
 
 
 def test_each_cell_gets_its_run_dir_even_where_hydra_would_misread_the_path(tmp_path):

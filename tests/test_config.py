@@ -163,6 +163,9 @@ def test_a_method_yaml_of_ones_own_is_told_what_it_lacks(compose_cfg):
     cfg.method.synthesizer = None
     assert "method.synthesizer names no class: give method.synthesizer._target_" in "; ".join(method_problems(cfg))
     assert method_problems(compose_cfg("method=dafl")) == []
+    interpolated = compose_cfg("method=dafl")
+    interpolated.method.synthesizer._target_ = "${oc.env:MY_SYNTHESIZER}"  # Hydra's to resolve, not a module name
+    assert method_problems(interpolated) == []
     assert import_problem("dfkd_lab.synthesis.generator.NoSuch") == (
         "AttributeError: module 'dfkd_lab.synthesis.generator' has no attribute 'NoSuch'")
     assert import_problem("torch.nn.Conv2d") is None
@@ -174,6 +177,8 @@ def test_the_continue_command_carries_the_pythonpath_that_found_the_users_classe
     cfg = compose_cfg("method=dafl", "method.synthesizer._target_=mysynth.Gen")
     monkeypatch.setenv("PYTHONPATH", f"/elsewhere:{tmp_path}")
     assert user_python_path(cfg) == f"/elsewhere:{tmp_path}"
+    student = compose_cfg("method=kd", "+student.model={_target_:mysynth.Gen}")  # a network of one's own too
+    assert user_python_path(student) == f"/elsewhere:{tmp_path}"
     assert user_python_path(compose_cfg("method=dafl")) is None  # only the package's own classes
     monkeypatch.delenv("PYTHONPATH")
     assert user_python_path(cfg) is None

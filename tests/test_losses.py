@@ -212,6 +212,8 @@ def test_a_term_that_returns_no_scalar_is_named():
     try:
         with pytest.raises(TypeError, match=r"loss term 'test_per_image' \(.*per_image\) returned \(3,\), not a scalar"):
             compute_terms(("test_per_image",), {"test_per_image": 1}, {"images": torch.ones(3, 2)})
+        one = compute_terms(("test_per_image",), {"test_per_image": 1}, {"images": torch.ones(1, 2)})  # one number
+        assert one["test_per_image"].tolist() == [2.0]
     finally:
         del LOSS_TERMS["test_per_image"]
 

@@ -174,6 +174,14 @@ def test_a_stop_is_honoured_inside_a_long_synthesis_batch(tmp_path):
     assert timer["time_elapsed"]["train"] < 1
 
 
+def test_a_timer_of_ones_own_takes_over_the_time_budget(compose_cfg):
+    """As Lightning has it: with a Timer among the callbacks, trainer.max_time is not a second one
+    (two stateful callbacks under one key stopped the run before it started)."""
+    timer = "+callbacks.timer={_target_:pytorch_lightning.callbacks.Timer,duration:'00:00:10:00'}"
+    metrics = train.run(compose_cfg("method=kd", "trainer.max_time=00:00:05:00", timer))
+    assert "test/acc" in metrics
+
+
 def test_a_checkpoint_records_the_time_of_the_last_finished_step():
     trainer = SimpleNamespace(should_stop=False, strategy=SimpleNamespace(broadcast=lambda x: x))
     clock, budget = WallClock(), WallClockBudget("00:00:10:00")
@@ -353,7 +361,8 @@ def test_resume_refuses_an_override_that_changes_the_run(tmp_path):
         with pytest.raises(ConfigError, match="would change what the run"):
             resume_args([f"resume={run_dir}", changed])
     allowed = ["trainer.max_epochs=9", "+callbacks.teacher_pass_budget.max_passes=9", "trainer=gpu", "logger=csv",
-               "data.root=/data", "data.num_workers=4", "trainer.enable_progress_bar=false"]
+               "data.root=/data", "data.num_workers=4", "trainer.enable_progress_bar=false", "hydra/job_logging=disabled",
+               "proxy.root=/p", "transfer_set=/t", "data.eval_batch_size=512", "trainer.sync_batchnorm=true"]
     assert set(allowed) <= set(resume_args([f"resume={run_dir}", *allowed]))
 
 

@@ -37,6 +37,7 @@ from .config import (
     ConfigError,
     hydra_quoted,
     is_data_free,
+    override_changes,
     override_key,
     searchpath_override,
     user_config_paths,
@@ -149,7 +150,9 @@ def cells(cfg: DictConfig, paths=()) -> list[tuple[str, str, int]]:
 
 def train_overrides(cfg: DictConfig, group: str, cell=None) -> list[str]:
     """The ``dfkd-train`` overrides of ``cell`` (default: ``cfg.cell``): equal budgets, then the setting."""
-    cell = cell or cfg.cell
+    if cell is not None:  # the overrides may name the cell (experiment=..._${cell.method}): read them as its job does
+        cfg = OmegaConf.merge(cfg, {"cell": {"method": cell.method, "seed": cell.seed, "setting": cell.setting}})
+    cell = cfg.cell
     out = [f"method={cell.method}", f"seed={cell.seed}", f"task_name={group}"]
     if cfg.budget_s is not None:
         out.append(f"trainer.max_time={max_time(cfg.budget_s)}")
@@ -168,8 +171,9 @@ def cell_changes(cfg: DictConfig, group: str, cell: CellConfig, run_dir: Path) -
     if not saved_file.is_file():
         return None
     saved = [str(o) for o in yaml.safe_load(saved_file.read_text()) or [] if o != "resume=last"]
-    now = [str(o) for o in train_overrides(cfg, group, cell)]
-    changes = [f"ran {o}" for o in saved if o not in now] + [f"now {o}" for o in now if o not in saved]
+    # Hydra's own overrides (hydra/job_logging=..., hydra.*) are recorded in hydra.yaml, not here
+    now = [str(o) for o in train_overrides(cfg, group, cell) if not str(o).startswith("hydra")]
+    changes = override_changes(saved, now)
     metrics_file = run_dir / "metrics.json"
     if cfg.threads and metrics_file.is_file():
         try:
@@ -203,7 +207,7 @@ def run_cell(cfg: DictConfig) -> dict:
     paths = user_config_paths(HydraConfig.get().runtime.config_sources)
     overrides = [*train_overrides(cfg, group), *searchpath_override(paths), f"hydra.run.dir={hydra_quoted(out)}"]
     if (out / "checkpoints" / "last.ckpt").is_file():
-        overrides.append("resume=last")  # a stopped cell continues; Lightning's timer resumes too
+        overrides.append("resume=last")  # a stopped cell continues; its time budget resumes too
     command = [sys.executable, "-m", "dfkd_lab.train", *overrides]
     threads = {"OMP_NUM_THREADS": str(cfg.threads), "MKL_NUM_THREADS": str(cfg.threads)} if cfg.threads else {}
     if cfg.dry_run:

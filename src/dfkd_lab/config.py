@@ -134,6 +134,12 @@ class MethodConfig:
     export: Optional[ExportConfig] = None  # method=teacher
 
 
+def override_changes(ran, now) -> list[str]:
+    """How two lists of overrides differ, as a refusal names it: ``ran X`` for what only the
+    earlier runs had, ``now Y`` for what only the new command gives."""
+    return [f"ran {o}" for o in ran if o not in now] + [f"now {o}" for o in now if o not in ran]
+
+
 def network_name(spec) -> str | None:
     """A teacher or student spec's network as records name it: the class its ``model._target_``
     builds (a network of one's own), else its registered ``arch``."""

@@ -30,14 +30,16 @@ LONGER = ("trainer.max_epochs", "trainer.max_steps", "trainer.max_time", "callba
 # what the run computes, so it must match the saved one: the result would mix two runs (the seed
 # too: a resumed run continues the random state its checkpoint saved, whatever seed is given).
 MAY_CHANGE = (*LONGER, "trainer.accelerator", "trainer.devices", "trainer.num_nodes", "trainer.strategy",
-              "trainer.precision", "trainer.enable_progress_bar", "trainer.log_every_n_steps", "logger",
-              "callbacks", "paths", "hydra", "data.root", "data.num_workers", "data.download", "tags", "task_name", "test")
+              "trainer.precision", "trainer.sync_batchnorm", "trainer.enable_progress_bar", "trainer.log_every_n_steps",
+              "logger", "callbacks", "paths", "hydra", "data.root", "data.num_workers", "data.download",
+              "data.eval_batch_size", "proxy.root", "proxy.download", "transfer_set", "tags",
+              "task_name", "test")
 
 
 def may_change(key: str) -> bool:
     """``key`` is in MAY_CHANGE or below one of its entries; ``trainer`` (the group: another
-    machine's preset) is allowed, not every key below it."""
-    return key == "trainer" or any(key == k or key.startswith(k + ".") for k in MAY_CHANGE)
+    machine's preset) is allowed, not every key below it, and Hydra's own groups (``hydra/...``)."""
+    return key == "trainer" or key.startswith("hydra/") or any(key == k or key.startswith(k + ".") for k in MAY_CHANGE)
 
 
 def continue_command(run_dir, python_path: str | None = None) -> str:

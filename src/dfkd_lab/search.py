@@ -21,7 +21,7 @@ from omegaconf import DictConfig, OmegaConf
 from optuna.storages import JournalStorage
 from optuna.storages.journal import JournalFileBackend
 
-from .config import ConfigError
+from .config import ConfigError, override_changes
 
 log = logging.getLogger(__name__)
 PRUNER_ATTR = "pruner"  # study user attr: the pruner's instantiable spec, for the runs
@@ -43,8 +43,7 @@ def check_same_setting(study: optuna.Study, fixed: list[str], space: dict):
         return
     if stored == setting:
         return
-    changes = [f"ran {o}" for o in stored["overrides"] if o not in setting["overrides"]]
-    changes += [f"now {o}" for o in setting["overrides"] if o not in stored["overrides"]]
+    changes = override_changes(stored["overrides"], setting["overrides"])
     if stored["space"] != setting["space"]:
         changes.append(f"searched {stored['space']}, now {setting['space']}")
     raise ConfigError(f"the study {study.study_name} holds {len(study.trials)} trials run with other settings "

@@ -20,6 +20,7 @@ import hydra
 import pytorch_lightning as pl
 import torch
 from omegaconf import DictConfig
+from pytorch_lightning.callbacks import Timer
 from pytorch_lightning.utilities import rank_zero_only
 from pytorch_lightning.utilities.exceptions import SIGTERMException
 
@@ -156,7 +157,9 @@ def run(cfg: DictConfig, clock: WallClock | None = None) -> dict:
     module = build_module(cfg, student, teacher, data)
     loggers = build_loggers(cfg, wandb_run_id(output_dir, resumed=bool(ckpt_path)) if cfg.logger and "wandb" in cfg.logger else None)
     kwargs, callbacks = trainer_kwargs(cfg), [*build_callbacks(cfg), clock]
-    if "max_time" in kwargs:  # Lightning's own Timer would charge a resumed run for the step a stop threw away
+    if "max_time" in kwargs and not any(isinstance(c, Timer) for c in callbacks):
+        # Lightning's own Timer would charge a resumed run for the step a stop threw away (a
+        # Timer of the user's own callbacks takes over, as Lightning has it)
         callbacks.append(WallClockBudget(kwargs.pop("max_time")))
     if kwargs.get("enable_progress_bar", True) and not sys.stdout.isatty():
         kwargs["enable_progress_bar"] = False  # a redrawn bar fills a log file: one line per evaluation instead

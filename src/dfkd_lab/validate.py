@@ -107,11 +107,13 @@ def block_problems(method: DictConfig) -> list[str]:
 
 
 def _targets(node, where: str):
-    """(key, value) of every ``_target_`` in a config container."""
+    """(key, value) of every ``_target_`` in a config container (an interpolation is Hydra's to
+    resolve, so it is left out)."""
     if isinstance(node, dict):
         for key, value in node.items():
             if key == "_target_" and isinstance(value, str):
-                yield where, value
+                if "${" not in value:
+                    yield where, value
             else:
                 yield from _targets(value, f"{where}.{key}" if where else str(key))
     elif isinstance(node, list):
@@ -152,6 +154,14 @@ def import_problem(target: str) -> str | None:
         return f"{type(err).__name__}: {err}"
 
 
+def run_targets(cfg: DictConfig) -> list[tuple[str, str]]:
+    """(key, dotted path) of the classes a run builds: every ``_target_`` of its method, teacher,
+    student and callbacks, and the method's module."""
+    found = OmegaConf.to_container(cfg, resolve=False)
+    sections = {k: found[k] for k in ("method", "teacher", "student", "callbacks") if found.get(k)}
+    return [("method.module", cfg.method.module), *_targets(sections, "")]
+
+
 def user_python_path(cfg: DictConfig) -> str | None:
     """``PYTHONPATH`` when a class of the run that is not the package's own was found through it:
     the command that continues the run needs it again."""
@@ -159,8 +169,7 @@ def user_python_path(cfg: DictConfig) -> str | None:
     if not value:
         return None
     entries = [Path(p).resolve() for p in value.split(os.pathsep) if p]
-    found = OmegaConf.to_container(cfg.method, resolve=False)
-    tops = {t.split(".")[0] for _, t in _targets({**found, "module": {"_target_": cfg.method.module}}, "")}
+    tops = {t.split(".")[0] for _, t in run_targets(cfg)}
     for top in tops - {"dfkd_lab"}:
         spec = importlib.util.find_spec(top) if top.isidentifier() else None
         origin = Path(spec.origin).resolve() if spec is not None and spec.origin else None
@@ -180,12 +189,12 @@ def method_problems(cfg: DictConfig) -> list[str]:
     if chosen and chosen != default_name and cfg.method.name == default_name:
         out.append(f"method={chosen} sets no method.name, so it would run and be recorded as '{default_name}'; "
                    f"add name: {chosen} to its YAML")
-    if is_data_free(cfg.method) and not OmegaConf.select(cfg, "method.synthesizer._target_"):
+    synthesizer = OmegaConf.to_container(cfg.method, resolve=False).get("synthesizer")
+    if is_data_free(cfg.method) and not (isinstance(synthesizer, dict) and synthesizer.get("_target_")):
         out.append(f"method={cfg.method.name} is data-free (it has a method.synthesis block) but method.synthesizer "
                    "names no class: give method.synthesizer._target_ (e.g. "
                    "dfkd_lab.synthesis.generator.GeneratorSynthesizer, or a class of your own)")
-    found = OmegaConf.to_container(cfg, resolve=False)
-    for key, target in _targets({k: found[k] for k in ("method", "teacher", "student", "callbacks") if k in found}, ""):
+    for key, target in run_targets(cfg)[1:]:  # the module is block_problems' to check
         problem = import_problem(target)
         if problem:
             out.append(f"{key}._target_={target} cannot be imported: {problem}")
@@ -286,7 +295,7 @@ def weight_problems(cfg: DictConfig, overrides: list[str]) -> list[str]:
     in struct"). Whether the method computes a registered term is checked when it is built."""
     from .losses.registry import LOSS_TERMS
 
-    for target in (cfg.method.module, OmegaConf.select(cfg, "method.synthesizer._target_")):
+    for target in (cfg.method.module, OmegaConf.select(cfg, "method.synthesizer._target_", throw_on_resolution_failure=False)):
         # a user's method registers its own terms when its module is imported; one that cannot
         # be imported is reported when the method is built, in its own words
         with contextlib.suppress(Exception):

@@ -103,7 +103,7 @@ def compute_terms(names: Iterable[str], weights: Mapping, inputs: Mapping) -> di
         if is_active(weights, name):
             fn = loss_term(name)
             value = fn(**{key: read(key, name) for key, required in _parameters(fn) if required or key in inputs})
-            if not isinstance(value, torch.Tensor) or value.dim() != 0:
+            if not isinstance(value, torch.Tensor) or value.numel() != 1:
                 shape = tuple(value.shape) if isinstance(value, torch.Tensor) else type(value).__name__
                 raise TypeError(f"loss term {name!r} ({_qualified(fn)}) returned {shape}, not a scalar tensor: "
                                 "reduce it (e.g. .mean()) to the one number to minimise")
