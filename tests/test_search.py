@@ -80,11 +80,11 @@ def test_a_study_is_continued_only_with_its_own_settings_and_fails_when_no_trial
     for arguments, changes in ((["method.epochs=2", "trainer.limit_train_batches=1"], "now trainer.limit_train_batches=1"),
                                (["method.epochs=2", "y=interval(0, 1)"], "searched {'x'")):
         launcher = FakeLauncher(lambda n: job(0.9))
-        with pytest.raises(ConfigError, match=f"the study s holds 1 trials run with other settings .*{changes}"):
+        with pytest.raises(ConfigError, match=f"the study s holds 1 trial.s. run with other settings .*{changes}"):
             search.run_study(sweeper_cfg(storage, n_trials=1), config, launcher, arguments)
         assert not launcher.launches
     diverged = FakeLauncher(lambda n: job(error=RuntimeError("diverged")))
-    with pytest.raises(search.SearchFailed, match="no trial of this search completed .trial 1: failed"):
+    with pytest.raises(search.SearchFailed, match="no trial of this search completed .trial 1: failed: RuntimeError: diverged"):
         search.run_study(sweeper_cfg(storage, n_trials=2, n_jobs=1), config, diverged, ["method.epochs=2"])
     assert len(diverged.launches) == 2  # every trial ran before the search said so
     some = FakeLauncher(lambda n: job(error=RuntimeError("diverged")) if n == 3 else job(0.2))
@@ -140,3 +140,10 @@ def test_three_trial_study_through_hparams_search(tmp_path):
     config = yaml.safe_load((sweep / "trial_2" / ".hydra" / "overrides.yaml").read_text())
     assert any(o.startswith("loss.weights.argmax_ce=") for o in config)
     assert "best_params" in yaml.safe_load((sweep / "optimization_results.yaml").read_text())
+    # continued with another setting: refused as bad input, in one paragraph, before any trial
+    changed = subprocess.run(
+        [sys.executable, "-m", "dfkd_lab.train", "hparams_search=dafl_optuna", "debug=default",
+         "hydra.sweeper.n_trials=1", "trainer.limit_train_batches=1"], cwd=tmp_path, env=env, check=False,
+        capture_output=True, text=True, timeout=600)
+    assert changed.returncode == 2 and "dfkd-train: ConfigError: the study dafl_loss_weights holds 3 trial(s)" in changed.stderr
+    assert "Traceback" not in changed.stderr and not (sweep / "trial_3").exists()

@@ -46,7 +46,7 @@ def check_same_setting(study: optuna.Study, fixed: list[str], space: dict):
     changes = override_changes(stored["overrides"], setting["overrides"])
     if stored["space"] != setting["space"]:
         changes.append(f"searched {stored['space']}, now {setting['space']}")
-    raise ConfigError(f"the study {study.study_name} holds {len(study.trials)} trials run with other settings "
+    raise ConfigError(f"the study {study.study_name} holds {len(study.trials)} trial(s) run with other settings "
                       f"({'; '.join(changes)}); its best trial would compare runs of two settings. Give a new "
                       "hydra.sweeper.study_name=, or continue it with the overrides it was started with")
 
@@ -120,7 +120,8 @@ def tell(study: optuna.Study, trial: optuna.Trial, ret, pruned_epoch: int | None
     if ret.status != JobStatus.COMPLETED:
         study.tell(trial, state=optuna.trial.TrialState.FAIL)
         log.warning(f"trial {trial.number} failed: {ret._return_value!r}")
-        return "failed"
+        cause = str(ret._return_value).strip().splitlines()
+        return f"failed: {type(ret._return_value).__name__}: {cause[0] if cause else ''}".rstrip(": ")
     if pruned_epoch is not None:
         study.tell(trial, state=optuna.trial.TrialState.PRUNED)
         return f"pruned at epoch {pruned_epoch}"
@@ -167,7 +168,7 @@ def run_study(sweeper_cfg: DictConfig, config: DictConfig, launcher, arguments: 
                 log.info(outcomes[-1])
         remaining -= len(trials)
     write_results(study, sweep_dir / "optimization_results.yaml")
-    if outcomes and all(": failed" in o for o in outcomes):
+    if outcomes and all(o.split(": ", 1)[1].startswith("failed") for o in outcomes):
         raise SearchFailed(f"no trial of this search completed ({outcomes[0]}); see each trial's run dir in {sweep_dir}")
     return study
 

@@ -1,5 +1,6 @@
 """``hydra/sweeper=dfkd_optuna``: an Optuna (>= 4) study whose trials are Hydra jobs."""
 
+import sys
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
@@ -39,6 +40,11 @@ class OptunaSweeper(Sweeper):
             hydra_context=hydra_context, task_function=task_function, config=config)
 
     def sweep(self, arguments):
-        from dfkd_lab.search import run_study
+        from dfkd_lab.config import ConfigError
+        from dfkd_lab.search import SearchFailed, run_study
 
-        run_study(self.config.hydra.sweeper, self.config, self.launcher, list(arguments))
+        try:
+            run_study(self.config.hydra.sweeper, self.config, self.launcher, list(arguments))
+        except (ConfigError, SearchFailed) as err:  # one paragraph, as dfkd-train reports its own errors
+            print(f"dfkd-train: {type(err).__name__}: {err}", file=sys.stderr)
+            sys.exit(2 if isinstance(err, ConfigError) else 1)
