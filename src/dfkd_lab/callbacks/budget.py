@@ -7,6 +7,7 @@ from pytorch_lightning.callbacks import Timer
 from pytorch_lightning.trainer.states import RunningStage
 
 from ..config import ConfigError
+from .metrics import TimeAtLastStep
 
 
 class TeacherPassBudget(pl.Callback):
@@ -28,7 +29,7 @@ class TeacherPassBudget(pl.Callback):
             trainer.should_stop = True
 
 
-class WallClockBudget(Timer):
+class WallClockBudget(TimeAtLastStep, Timer):
     """``trainer.max_time``, as Lightning's ``Timer``, but a checkpoint records the training time
     at the last finished step or evaluation. A stop inside a long step (a DeepInversion batch)
     throws the step away; with the time at the stop, the resumed run would be charged for it
@@ -36,26 +37,15 @@ class WallClockBudget(Timer):
 
     def __init__(self, duration):
         super().__init__(duration=duration, interval="step")
-        self._at_last_step = None
 
     @property
     def state_key(self) -> str:
         return "Timer"  # a checkpoint written under Lightning's own Timer resumes into this one
 
-    def on_train_start(self, trainer, pl_module):
-        super().on_train_start(trainer, pl_module)
-        self._at_last_step = self.time_elapsed()
-
-    def on_train_batch_end(self, trainer, *args, **kwargs):
-        self._at_last_step = self.time_elapsed()
-        super().on_train_batch_end(trainer, *args, **kwargs)
-
-    def on_validation_end(self, trainer, pl_module):
-        super().on_validation_end(trainer, pl_module)
-        self._at_last_step = self.time_elapsed()
+    def now(self) -> float:
+        return self.time_elapsed()
 
     def state_dict(self) -> dict:
         state = super().state_dict()
-        if self._at_last_step is not None:
-            state["time_elapsed"][RunningStage.TRAINING.value] = self._at_last_step
+        state["time_elapsed"][RunningStage.TRAINING.value] = self.saved_time()
         return state

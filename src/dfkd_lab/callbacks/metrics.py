@@ -29,31 +29,48 @@ def flat_metrics(metrics: dict) -> dict:
     return out
 
 
-class WallClock(pl.Callback):
+class TimeAtLastStep:
+    """Mixin for a clock callback (``now()``): ``at_last_step`` is its time when the last training
+    step or evaluation ended. A checkpoint holds the state after the last finished step, and a
+    step a stop threw away is redone by the resumed run, so its time must not be counted twice:
+    a clock's checkpointed time is this one."""
+
+    at_last_step = None
+
+    def now(self) -> float:
+        raise NotImplementedError
+
+    def on_train_start(self, trainer, pl_module):
+        super().on_train_start(trainer, pl_module)
+        self.at_last_step = self.now()
+
+    def on_train_batch_end(self, trainer, *args, **kwargs):
+        super().on_train_batch_end(trainer, *args, **kwargs)
+        self.at_last_step = self.now()
+
+    def on_validation_end(self, trainer, pl_module):
+        super().on_validation_end(trainer, pl_module)
+        self.at_last_step = self.now()
+
+    def saved_time(self) -> float:
+        return self.now() if self.at_last_step is None else self.at_last_step
+
+
+class WallClock(TimeAtLastStep, pl.Callback):
     """Seconds since the run started, over all its segments: the time so far travels in every
     checkpoint and a resumed run continues from it, so time axes never go back."""
 
     def __init__(self):
         self.start = time.time()  # wall time, not perf_counter: DDP spawn reads it in other processes
         self.before = 0.0  # seconds of the earlier segments, up to the checkpoint resumed from
-        self.at_last_step = None  # elapsed() when the last training step or evaluation ended
 
     def elapsed(self) -> float:
         return self.before + time.time() - self.start
 
-    def on_train_start(self, trainer, pl_module):
-        self.at_last_step = self.elapsed()
-
-    def on_train_batch_end(self, trainer, *args, **kwargs):
-        self.at_last_step = self.elapsed()
-
-    def on_validation_end(self, trainer, pl_module):
-        self.at_last_step = self.elapsed()
+    now = elapsed
 
     def state_dict(self) -> dict:
-        # a checkpoint holds the state after the last finished step: a step a stop threw away
-        # is redone by the resumed run, so its time must not be counted twice
-        return {"elapsed_s": self.elapsed() if self.at_last_step is None else self.at_last_step}
+        return {"elapsed_s": self.saved_time()}
 
     def load_state_dict(self, state_dict: dict):
         self.before = state_dict["elapsed_s"]
