@@ -25,6 +25,8 @@ class KnowledgeDistillation(DistillationModule):
     def __init__(self, student, method, loss, num_classes, teacher, image_shape):
         super().__init__(student, method, loss, num_classes, teacher)
         self.temperature = loss.temperature
+        # feature stages are tapped only for a term that reads them (any network works without)
+        self.reads_features = any(reads(self.loss_terms, self.weights, f) for f in ("student_features", "teacher_features"))
         if reads(self.loss_terms, self.weights, "projected_student_features"):
             s_ch, t_ch = stage_channels(student, image_shape), stage_channels(teacher, image_shape)
             if len(s_ch) != len(t_ch):
@@ -46,7 +48,7 @@ class KnowledgeDistillation(DistillationModule):
 
     def training_step(self, batch, batch_idx):
         x, y = batch
-        features = any(reads(self.loss_terms, self.weights, f) for f in ("student_features", "teacher_features"))
+        features = self.reads_features
         with torch.no_grad(), (stage_tap(self.teacher) if features else nullcontext()) as t_tap:
             t_logits = self.teacher(x)
             t_feats = t_tap.features if features else None
