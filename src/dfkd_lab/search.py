@@ -164,12 +164,14 @@ def run_study(sweeper_cfg: DictConfig, config: DictConfig, launcher, arguments: 
             returns = launcher.launch(overrides, initial_job_idx=batch[0].number)
             for trial, ret in zip(batch, returns):
                 pruned = pruned_at(storage, sweeper_cfg.study_name, trial.number)
-                outcomes.append(f"trial {trial.number}: {tell(study, trial, ret, pruned)}")
-                log.info(outcomes[-1])
+                outcomes.append((trial.number, tell(study, trial, ret, pruned)))
+                log.info(f"trial {trial.number}: {outcomes[-1][1]}")
         remaining -= len(trials)
     write_results(study, sweep_dir / "optimization_results.yaml")
-    if outcomes and all(o.split(": ", 1)[1].startswith("failed") for o in outcomes):
-        raise SearchFailed(f"no trial of this search completed ({outcomes[0]}); see each trial's run dir in {sweep_dir}")
+    if outcomes and all(outcome.startswith("failed") for _, outcome in outcomes):
+        number, outcome = outcomes[0]
+        raise SearchFailed(f"no trial of this search completed (trial {number}: {outcome}); see each trial's run dir "
+                           f"in {sweep_dir}")
     return study
 
 
