@@ -185,8 +185,13 @@ def cell_changes(cfg: DictConfig, group: str, cell: CellConfig, run_dir: Path) -
     return ", ".join(changes) or None
 
 
+def wandb_group(cfg: DictConfig, sweep_dir) -> str:
+    """The W&B group of every run of one benchmark (``group=``, else ``bench-<name>``)."""
+    return cfg.group or f"bench-{Path(sweep_dir).name}"
+
+
 def check_cells_unchanged(config: DictConfig, todo, run_dirs):
-    group = config.group or f"bench-{Path(config.hydra.sweep.dir).name}"
+    group = wandb_group(config, config.hydra.sweep.dir)
     changed = [f"{setting}/{method}/seed{seed}: {diff}" for (setting, method, seed), run_dir in zip(todo, run_dirs)
                if (diff := cell_changes(config, group, CellConfig(method, seed, setting), run_dir))]
     if changed:
@@ -203,7 +208,7 @@ def run_cell(cfg: DictConfig) -> dict:
     if cfg.cell.method is None:
         raise ConfigError("dfkd-bench runs as a multirun (hydra.mode=MULTIRUN, hydra/sweeper=dfkd_bench)")
     out = Path(HydraConfig.get().runtime.output_dir)
-    group = cfg.group or f"bench-{Path(HydraConfig.get().sweep.dir).name}"
+    group = wandb_group(cfg, HydraConfig.get().sweep.dir)
     paths = user_config_paths(HydraConfig.get().runtime.config_sources)
     overrides = [*train_overrides(cfg, group), *searchpath_override(paths), f"hydra.run.dir={hydra_quoted(out)}"]
     if (out / "checkpoints" / "last.ckpt").is_file():
