@@ -110,7 +110,10 @@ def test_same_seed_same_metrics(compose_cfg, tmp_path):
         return {k: v for k, v in run(cfg).items() if not k.startswith(("time/", "cost/", "mem/", "run/command"))}
 
     first, second = metrics(tmp_path / "a"), metrics(tmp_path / "b")
+    students = [torch.load(m.pop("export/student"), weights_only=True) for m in (first, second)]
     assert "test/acc" in first and first == second
+    assert students[0].keys() == students[1].keys()
+    assert all(torch.equal(students[0][k], students[1][k]) for k in students[0])
 
 
 def test_nan_stops_the_run_and_keeps_the_earlier_checkpoint(compose_cfg, monkeypatch):

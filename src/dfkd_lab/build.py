@@ -21,6 +21,7 @@ from .zoo import (
     check_classes,
     load_state,
     load_weights,
+    refuse_quantised,
     sidecar_entry,
     zoo_entry,
 )
@@ -193,6 +194,7 @@ def build_teacher(cfg: DictConfig, data: ClassificationData) -> nn.Module:
                 f"the teacher ({entry.name}) was trained on {entry.dataset}, but data={data.name}; "
                 "choose a teacher for this dataset"
             )
+        refuse_quantised(entry, "teacher.ckpt" if t.ckpt else "teacher.zoo")
         _check_channels(entry.in_channels, data, "teacher")
         arch = entry.arch
         path = Path(t.ckpt) if t.ckpt else entry.path()

@@ -57,6 +57,7 @@ from .config import (
 )
 from .data import TrainSplitForbidden
 from .data.sources import DatasetUnavailable
+from .export import export_student
 from .losses.weighting import UnknownLossWeight
 from .methods.base import TrainingDiverged
 from .methods.data_free import SynthesisDiverged
@@ -186,6 +187,8 @@ def run(cfg: DictConfig, clock: WallClock | None = None) -> dict:
     metrics.update(largest_checkpoint(trainer))
     if trainer.is_global_zero:
         module.on_run_end(output_dir, metrics)
+        if cfg.method.trains != "teacher":  # a teacher run exports its teacher itself
+            export_student(cfg, data, module, output_dir, metrics)
         log_summary(trainer.loggers, write_final_metrics(output_dir, metrics, "finished"))  # W&B's summary is metrics.json
     return metrics
 

@@ -25,6 +25,10 @@ class TeacherError(RuntimeError):
     """A teacher that cannot be used as configured; the message names the key to fix."""
 
 
+#: ``metadata`` key of an entry whose file is a quantised student's int8 TorchScript model: its bits
+QUANTISED = "quantised_bits"
+
+
 @dataclass
 class ZooEntry:
     name: str
@@ -37,7 +41,7 @@ class ZooEntry:
     std: list
     file: str
     sha256: str
-    test_acc: float
+    test_acc: float | None  # None: the run that made it did not test it (test=false)
     command: str
     metadata: dict = field(default_factory=dict)  # e.g. recorded activation statistics (Lopes)
     model: dict | None = None  # a network of one's own: its _target_ spec (arch is then its class name)
@@ -95,6 +99,16 @@ def sidecar_entry(weights: Path) -> ZooEntry | None:
                            "remove or fix it") from err
     entry.folder = path.parent
     return entry
+
+
+def refuse_quantised(entry: ZooEntry, key: str):
+    """A quantised student cannot be a teacher: its file is an int8 TorchScript model."""
+    if QUANTISED in entry.metadata:
+        raise TeacherError(
+            f"{key}: {entry.path()} is a student quantised to {entry.metadata[QUANTISED]} bits (int8 TorchScript), "
+            "which a run cannot distil from; load it with torch.jit.load, or give a float network (e.g. the "
+            "student of a run of the same method with method.dfq.quant_bits=0)"
+        )
 
 
 def load_failure(err: Exception) -> str:

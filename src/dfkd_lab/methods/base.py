@@ -188,5 +188,10 @@ class DistillationModule(pl.LightningModule):
         schedule = build_schedule(opt, self.method, steps)
         return {"optimizer": opt, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
 
+    def quantised_student(self) -> tuple[nn.Module, int] | None:
+        """``(int8 model, bits)`` for a method whose student is quantised: what the run exports
+        instead of the float weights (export.py)."""
+        return None
+
     def on_run_end(self, output_dir, metrics: dict):
         """Hook after testing, on rank zero: add metrics or write artefacts."""

@@ -100,6 +100,10 @@ class DFQDistillation(DataFreeDistillation):
             self.student.apply(enable_fake_quant if quantise else disable_fake_quant)
 
     # --- the int8 model ---------------------------------------------------------------------
+    def quantised_student(self):
+        bits = self.method.dfq.quant_bits
+        return (to_int8(self.student), bits) if bits else None
+
     def on_test_start(self):
         if self.method.dfq.quant_bits:
             self._int8 = (to_int8(self.student),)

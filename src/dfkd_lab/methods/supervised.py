@@ -3,14 +3,13 @@
 import shutil
 from pathlib import Path
 
-from omegaconf import OmegaConf
 from torch.nn import functional as F
 
-from ..atomic import atomic_write, save_torch
-from ..config import ConfigError, network_name
-from ..provenance import run_command
+from ..atomic import atomic_write
+from ..config import ConfigError
+from ..export import network_record, save_entry
 from ..synthesis.lopes import KEY, record_activation_stats
-from ..zoo import ZooEntry, sha256, zoo_names
+from ..zoo import zoo_names
 from .base import DistillationModule
 
 
@@ -32,15 +31,8 @@ class SupervisedTraining(DistillationModule):
                     "or delete that entry first to replace it (the run dir always gets its own copy)"
                 )
             module.zoo_dir = Path(cfg.paths.zoo_dir)
-            name = network_name(cfg.teacher)
-            module.zoo_entry = {
-                "name": cfg.method.export.zoo_name or f"{name}_{data.name}",
-                "arch": name, "dataset": data.name, "num_classes": data.num_classes,
-                "in_channels": data.channels, "input_size": data.image_size,
-                "mean": list(data.mean), "std": list(data.std), "command": run_command(),
-                # a network of one's own is rebuilt from its spec (its module must be importable)
-                "model": OmegaConf.to_container(cfg.teacher.model, resolve=True) if cfg.teacher.model else None,
-            }
+            module.zoo_record = network_record(cfg.teacher, data)
+            module.zoo_name = cfg.method.export.zoo_name or f"{module.zoo_record['arch']}_{data.name}"
             if cfg.method.export.record_metadata:
                 module.metadata_split = data.split("train")
         return module
@@ -58,19 +50,16 @@ class SupervisedTraining(DistillationModule):
         if not hasattr(self, "metadata_split"):
             return {}
         images, labels = self.metadata_split.tensors
-        return {KEY: record_activation_stats(self.student, images, labels, self.zoo_entry["num_classes"])}
+        return {KEY: record_activation_stats(self.student, images, labels, self.zoo_record["num_classes"])}
 
     def on_run_end(self, output_dir, metrics):
         """A trained teacher becomes a zoo entry in the run dir (and in ``paths.zoo_dir`` when
         ``method.export.zoo_name`` is set)."""
-        if not hasattr(self, "zoo_entry"):
+        if not hasattr(self, "zoo_record"):
             return
-        name = self.zoo_entry["name"]
-        weights = Path(output_dir) / f"{name}.pt"
-        save_torch(weights, {k: v.cpu() for k, v in self.student.state_dict().items()}, "teacher weights")
-        entry = ZooEntry(**self.zoo_entry, file=weights.name, sha256=sha256(weights),
-                         test_acc=round(metrics.get("test/acc", 0.0), 4), metadata=self.record_metadata())
-        entry.save(Path(output_dir))
+        entry = save_entry(self.student, output_dir, self.zoo_name, self.zoo_record, metrics.get("test/acc"),
+                           self.record_metadata())
         if self.method.export.zoo_name:
+            weights = entry.path()
             atomic_write(self.zoo_dir / weights.name, lambda tmp: shutil.copy(weights, tmp), "teacher weights")
             entry.save(self.zoo_dir)
