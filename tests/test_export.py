@@ -1,15 +1,17 @@
 """What a finished run delivers: its student, which loads again with the accuracy the run reported."""
 
 import json
+import shlex
+import shutil
 from pathlib import Path
 
 import pytest
 import torch
 
 from dfkd_lab.build import build_data, build_module, build_student, build_teacher
-from dfkd_lab.export import export_student, load_network
+from dfkd_lab.export import export_student, load_network, prepare_inputs
 from dfkd_lab.quant import to_int8
-from dfkd_lab.train import run
+from dfkd_lab.train import run, summary
 from dfkd_lab.zoo import QUANTISED, TeacherError, sha256
 
 
@@ -20,11 +22,15 @@ def accuracy(model, data) -> float:
         return (model(x).argmax(1) == y).float().mean().item()
 
 
+def exported(cfg) -> Path:
+    return Path(cfg.paths.output_dir) / run(cfg)["export/student"]
+
+
 def test_a_finished_run_exports_its_student_which_loads_with_the_reported_accuracy(compose_cfg):
     cfg = compose_cfg("method=kd", "trainer.limit_train_batches=5")
     metrics = run(cfg)
-    path = Path(metrics["export/student"])
-    assert path.name == "lenet5_half_fashion_mnist_kd.pt" and path.parent == Path(cfg.paths.output_dir)
+    path = Path(cfg.paths.output_dir) / metrics["export/student"]  # the name: the run dir may move
+    assert metrics["export/student"] == "lenet5_half_fashion_mnist_kd.pt"
     model, entry = load_network(path)
     data = build_data(cfg)
     data.setup("test")
@@ -33,11 +39,11 @@ def test_a_finished_run_exports_its_student_which_loads_with_the_reported_accura
     assert entry.sha256 == sha256(path) and entry.command.startswith("dfkd-train")
     assert not model.training
     assert accuracy(model, data) == pytest.approx(metrics["test/acc"]) == pytest.approx(entry.test_acc, abs=1e-4)
-    assert json.loads((path.parent / "metrics.json").read_text())["export/student"] == str(path)
+    assert json.loads((path.parent / "metrics.json").read_text())["export/student"] == path.name
 
 
 def test_an_exported_student_is_a_teacher_for_the_next_run(compose_cfg, tmp_path):
-    first = Path(run(compose_cfg("method=kd"))["export/student"])
+    first = exported(compose_cfg("method=kd"))
     cfg = compose_cfg("method=kd", f"teacher.ckpt={first}", "student=lenet5_half")
     data = build_data(cfg)
     data.setup("test")
@@ -63,7 +69,7 @@ def test_a_quantised_student_is_exported_as_int8_torchscript_that_computes_what_
 def test_a_dfq_run_exports_its_int8_model_with_the_int8_accuracy(compose_cfg):
     cfg = compose_cfg("method=dfq", "method.synthesis.steps_per_epoch=3")
     metrics = run(cfg)
-    path = Path(metrics["export/student"])
+    path = Path(cfg.paths.output_dir) / metrics["export/student"]
     assert path.name == "lenet5_half_fashion_mnist_dfq_int8.pt"
     data = build_data(cfg)
     data.setup("test")
@@ -73,16 +79,16 @@ def test_a_dfq_run_exports_its_int8_model_with_the_int8_accuracy(compose_cfg):
 
 
 def test_a_quantised_student_is_refused_as_a_teacher_naming_what_it_is(compose_cfg):
-    path = run(compose_cfg("method=dfq", "method.synthesis.steps_per_epoch=2"))["export/student"]
+    path = exported(compose_cfg("method=dfq", "method.synthesis.steps_per_epoch=2"))
     cfg = compose_cfg("method=kd", f"teacher.ckpt={path}")
     with pytest.raises(TeacherError, match=r"teacher.ckpt: .*_int8.pt is a student quantised to 8 bits .*quant_bits=0"):
         build_teacher(cfg, build_data(cfg))
 
 
 def test_a_float_dfq_student_is_exported_as_weights(compose_cfg):
-    metrics = run(compose_cfg("method=dfq", "method.dfq.quant_bits=0", "method.synthesis.steps_per_epoch=2"))
-    assert Path(metrics["export/student"]).name == "lenet5_half_fashion_mnist_dfq.pt"
-    assert QUANTISED not in load_network(metrics["export/student"])[1].metadata
+    path = exported(compose_cfg("method=dfq", "method.dfq.quant_bits=0", "method.synthesis.steps_per_epoch=2"))
+    assert path.name == "lenet5_half_fashion_mnist_dfq.pt"
+    assert QUANTISED not in load_network(path)[1].metadata
 
 
 def test_a_weights_file_without_its_entry_is_refused_by_the_loader(tmp_path):
@@ -90,3 +96,64 @@ def test_a_weights_file_without_its_entry_is_refused_by_the_loader(tmp_path):
     torch.save({}, path)
     with pytest.raises(TeacherError, match=r"no w.json beside it"):
         load_network(path)
+
+
+def test_prepare_inputs_makes_what_the_run_tested_on_from_raw_images(compose_cfg):
+    """Fashion-MNIST's 28x28 images are zero-padded to 32 before normalising: a user who resizes
+    them instead loses points, so the entry and prepare_inputs carry what the run did."""
+    cfg = compose_cfg("method=kd")
+    path = exported(cfg)
+    data = build_data(cfg)
+    raw = data._raw("test")[0][:64]
+    assert raw.shape[-1] == 28
+    _, entry = load_network(path.with_suffix(".json"))  # the entry's path works as well as the weights'
+    assert torch.equal(prepare_inputs(raw.float() / 255, entry), data.split("test").tensors[0][:64])
+
+
+def test_a_network_of_ones_own_that_cannot_be_imported_is_named_with_the_fix(compose_cfg):
+    path = exported(compose_cfg("method=kd"))
+    entry = json.loads(path.with_suffix(".json").read_text())
+    entry["model"] = {"_target_": "nosuch_module.Net", "num_classes": 10}
+    path.with_suffix(".json").write_text(json.dumps(entry))
+    with pytest.raises(TeacherError, match=r"nosuch_module.Net.*no module named 'nosuch_module'.*PYTHONPATH"):
+        load_network(path)
+    cfg = compose_cfg("method=kd", f"teacher.ckpt={path}")
+    with pytest.raises(TeacherError, match=r"^teacher.ckpt: .*nosuch_module"):
+        build_teacher(cfg, build_data(cfg))
+
+
+def test_a_renamed_zoo_entry_is_refused_naming_the_fields_to_edit(compose_cfg, tmp_path):
+    path = exported(compose_cfg("method=kd"))
+    zoo = tmp_path / "zoo"
+    zoo.mkdir()
+    shutil.copy(path, zoo / "mine.pt")
+    shutil.copy(path.with_suffix(".json"), zoo / "mine.json")
+    cfg = compose_cfg("method=kd", "teacher.zoo=mine", f"paths.zoo_dir={zoo}")
+    with pytest.raises(TeacherError, match=r"teacher.zoo=mine: .*mine.json says \"name\": "
+                                           r"'lenet5_half_fashion_mnist_kd'.*set its \"name\" to 'mine'.*\"file\""):
+        build_teacher(cfg, build_data(cfg))
+    entry = json.loads((zoo / "mine.json").read_text())
+    (zoo / "mine.json").write_text(json.dumps({**entry, "name": "mine", "file": "mine.pt"}))
+    data = build_data(cfg)
+    data.setup("test")
+    assert accuracy(build_teacher(cfg, data), data) == pytest.approx(accuracy(load_network(path)[0], data))
+
+
+def test_a_replaced_int8_file_is_refused_by_its_hash(compose_cfg, tmp_path):
+    path = exported(compose_cfg("method=dfq", "method.synthesis.steps_per_epoch=2"))
+    path.write_bytes(path.read_bytes() + b"\0")
+    with pytest.raises(TeacherError, match=r"sha256 is not the one its entry records"):
+        load_network(path)
+    with pytest.raises(TeacherError, match=r"nosuch.pt: no such file"):
+        load_network(tmp_path / "nosuch.pt")
+
+
+def test_the_summary_line_names_the_int8_models_accuracy(compose_cfg):
+    cfg = compose_cfg("method=dfq")
+    line = summary(cfg, {"test/acc": 0.5, "test/acc_int8": 0.25, "time/total_s": 3.0}, Path("run"))
+    assert "test acc 50.00% | int8 25.00% |" in line
+
+
+def test_the_recorded_command_pastes_back_into_a_shell(compose_cfg):
+    metrics = run(compose_cfg("method=kd", "tags=[a b,c]"))
+    assert shlex.split(metrics["run/command"])[-1] == "tags=[a b,c]"

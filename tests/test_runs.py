@@ -484,7 +484,7 @@ def test_a_run_into_a_file_prints_a_line_per_evaluation_and_ends_with_the_summar
     assert code == 0, text[-2000:]
     lines = text.splitlines()
     assert out.stat().st_size < 20_000
-    assert lines[-1].startswith("dfkd-lab | method=dfq") and "test acc" in lines[-1]
+    assert lines[-1].startswith("dfkd-lab | method=dfq") and "test acc" in lines[-1] and "| int8 " in lines[-1]
     assert [line for line in lines[:-1] if not line.startswith("epoch ")] == []
     assert len(lines) == 3  # two evaluations, the summary
 

@@ -15,6 +15,7 @@ from .models import build_model, model_names
 from .models.modes import eval_mode
 from .models.teacher_init import TeacherInitError, init_from_teacher
 from .synthesis.bn_hooks import bn_layers
+from .validate import import_problem
 from .zoo import (
     TeacherError,
     ZooEntry,
@@ -27,9 +28,13 @@ from .zoo import (
 )
 
 
-def entry_network(entry: ZooEntry) -> nn.Module:
+def entry_network(entry: ZooEntry, key: str) -> nn.Module:
     """The network a zoo entry's weights load into: its ``model`` spec, else its registered arch."""
     if entry.model:
+        problem = import_problem(entry.model["_target_"])
+        if problem:
+            raise TeacherError(f"{key}: {entry.name} is a network of one's own ({entry.model['_target_']}), "
+                               f"which cannot be imported here: {problem}")
         return hydra.utils.instantiate(entry.model)
     return build_model(entry.arch, num_classes=entry.num_classes, in_channels=entry.in_channels)
 
@@ -194,24 +199,25 @@ def build_teacher(cfg: DictConfig, data: ClassificationData) -> nn.Module:
                 f"the teacher ({entry.name}) was trained on {entry.dataset}, but data={data.name}; "
                 "choose a teacher for this dataset"
             )
-        refuse_quantised(entry, "teacher.ckpt" if t.ckpt else "teacher.zoo")
+        key = "teacher.ckpt" if t.ckpt else "teacher.zoo"
+        refuse_quantised(entry, key)
         _check_channels(entry.in_channels, data, "teacher")
         arch = entry.arch
         path = Path(t.ckpt) if t.ckpt else entry.path()
         # a zoo entry's hash covers its own file; the entry beside teacher.ckpt covers that file
         describes_path = not t.ckpt or sidecar_entry(path) is not None
         sha = t.sha256 or (entry.sha256 if describes_path else None)
-        model = entry_network(entry)
-        state = load_state(path, sha, "teacher.ckpt")
+        model = entry_network(entry, key)
+        state = load_state(path, sha, key)
     else:
         if not t.ckpt:
             raise TeacherError("teacher.ckpt is not set: give the teacher's weights file (or teacher=<zoo entry>)")
-        arch, path = network_name(t), Path(t.ckpt)
-        state = load_state(path, t.sha256, "teacher.ckpt")
+        key, arch, path = "teacher.ckpt", network_name(t), Path(t.ckpt)
+        state = load_state(path, t.sha256, key)
         _check_channels(first_conv_channels(state), data, "teacher")
         model = _network(t, data, "teacher")
     check_classes(model, data.num_classes, "teacher")
-    load_weights(model, state, "teacher.ckpt")
+    load_weights(model, state, key)
     matches_bn = cfg.method.needs_bn or bool(cfg.loss.weights.get("bn"))
     if matches_bn and not bn_layers(model):
         raise TeacherError(

@@ -18,6 +18,7 @@ from torch import nn
 from .atomic import atomic_write, save_torch
 from .build import entry_network
 from .config import network_name
+from .data.datamodule import fit_size, normalise
 from .provenance import run_command
 from .zoo import QUANTISED, TeacherError, ZooEntry, load_state, load_weights, sha256, sidecar_entry
 
@@ -61,7 +62,8 @@ def save_quantised(model: nn.Module, folder, name: str, record: dict, test_acc: 
 
 
 def export_student(cfg, data, module, output_dir, metrics: dict) -> ZooEntry:
-    """The finished run's student in its run dir; ``metrics`` gains ``export/student`` (the file)."""
+    """The finished run's student in its run dir; ``metrics`` gains ``export/student``, the file's
+    name (the run dir holds it, wherever the dir is moved)."""
     record = network_record(cfg.student, data)
     name = f"{record['arch']}_{data.name}_{cfg.method.name}"
     quantised = module.quantised_student()
@@ -70,22 +72,36 @@ def export_student(cfg, data, module, output_dir, metrics: dict) -> ZooEntry:
     else:
         model, bits = quantised
         entry = save_quantised(model, output_dir, f"{name}_int8", record, metrics.get("test/acc_int8"), bits)
-    metrics["export/student"] = str(entry.path())
+    metrics["export/student"] = entry.file
     return entry
 
 
+def prepare_inputs(images: torch.Tensor, entry: ZooEntry) -> torch.Tensor:
+    """Images (N x C x H x W, values in [0, 1]) as the network was trained and tested on them:
+    fitted to ``entry.input_size`` as the data module does (28x28 digits are zero-padded to 32,
+    other sizes resized bilinearly), then normalised with the entry's mean and std."""
+    return normalise(fit_size(images.float(), entry.input_size), entry.mean, entry.std)
+
+
 def load_network(path) -> tuple[nn.Module, ZooEntry]:
-    """The network a run exported (or any weights file with its ``.json`` entry beside it), in
-    eval mode on the CPU, and its entry: normalise inputs with ``entry.mean``/``entry.std``."""
+    """The network a run exported, in eval mode on the CPU, and its entry; ``path`` is the
+    weights file or its ``.json``. Feed it ``prepare_inputs(images, entry)``."""
     path = Path(path)
+    if path.suffix == ".json":
+        path = path.with_suffix(".pt")
+    if not path.is_file():
+        raise TeacherError(f"{path}: no such file")
     entry = sidecar_entry(path)
     if entry is None:
         raise TeacherError(f"{path}: no {path.with_suffix('.json').name} beside it, so its architecture and "
                            "normalisation are unknown; give a file a run exported")
     if QUANTISED in entry.metadata:
+        if sha256(path) != entry.sha256:
+            raise TeacherError(f"{path}: its sha256 is not the one its entry records (file replaced or corrupt); "
+                               "restore it, or export it again")
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             return torch.jit.load(str(path), map_location="cpu").eval(), entry
-    model = entry_network(entry)
+    model = entry_network(entry, str(path))
     load_weights(model, load_state(path, entry.sha256, str(path)), str(path))
     return model.eval(), entry

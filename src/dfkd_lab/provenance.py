@@ -6,6 +6,7 @@ each run's ``metrics.json`` names both and ``dfkd-report`` prints them in the ta
 
 import os
 import platform
+import shlex
 import subprocess
 from pathlib import Path
 
@@ -81,7 +82,8 @@ def run_command() -> str:
 
     if not HydraConfig.initialized():
         return ""
-    return " ".join(["dfkd-train", *(o for o in HydraConfig.get().overrides.task if o != "resume=last")])
+    overrides = (o for o in HydraConfig.get().overrides.task if o != "resume=last")
+    return " ".join(["dfkd-train", *map(shlex.quote, overrides)])  # quoted: it pastes back into a shell
 
 
 def versions() -> dict:

@@ -17,8 +17,8 @@ from .zoo import load_state, load_weights, zoo_entry
 
 def record(name: str, data_root: str, zoo_dir: str) -> dict:
     entry = zoo_entry(name, zoo_dir)
-    model = entry_network(entry)
-    load_weights(model, load_state(entry.path(), entry.sha256, "teacher.ckpt"), "teacher.ckpt")
+    model = entry_network(entry, name)
+    load_weights(model, load_state(entry.path(), entry.sha256, name), name)
     data = ClassificationData(name=entry.dataset, root=data_root, num_classes=entry.num_classes,
                               channels=entry.in_channels, image_size=entry.input_size,
                               mean=entry.mean, std=entry.std)

@@ -207,6 +207,8 @@ def summary(cfg: DictConfig, metrics: dict, output_dir: Path) -> str:
     if "test/acc" in metrics:
         best = f" (best {100 * metrics['test/acc_best']:.2f}%)" if "test/acc_best" in metrics else ""
         parts.append(f"test acc {100 * metrics['test/acc']:.2f}%{best}")
+    if "test/acc_int8" in metrics:  # what the exported int8 model scores
+        parts.append(f"int8 {100 * metrics['test/acc_int8']:.2f}%")
     if "teacher/acc" in metrics:
         parts.append(f"teacher {100 * metrics['teacher/acc']:.2f}%")
     parts.append(f"{metrics['time/total_s']:.0f} s")

@@ -82,6 +82,11 @@ def zoo_entry(name: str, user_dir=None) -> ZooEntry:
         raise TeacherError(f"teacher.zoo={name!r} is both a shipped teacher and {found[1]}: rename "
                            f"the one in paths.zoo_dir (its .json name and \"name\" field)")
     entry = ZooEntry(**json.loads(found[0].read_text()))
+    if entry.name != name:
+        raise TeacherError(
+            f"teacher.zoo={name}: {found[0]} says \"name\": {entry.name!r}; an entry is found by its file name, "
+            f"so set its \"name\" to {name!r} (and its \"file\" to the weights file beside it, {entry.file!r} now)"
+        )
     entry.folder = found[0].parent
     return entry
 
@@ -128,8 +133,9 @@ def load_state(path: Path, expected_sha256: str | None, key: str) -> dict:
     actual = sha256(path) if expected_sha256 else None
     if expected_sha256 and actual != expected_sha256:
         raise TeacherError(
-            f"{key}: {path} has sha256 {actual}, expected {expected_sha256} "
-            "(file corrupt or replaced; restore it or set teacher.sha256=null to accept it)"
+            f"{key}: {path} has sha256 {actual}, expected {expected_sha256} (file corrupt or replaced; "
+            + ("restore it or set teacher.sha256=null to accept it)" if key.startswith("teacher")
+               else "restore it, or export it again)")
         )
     if path.stat().st_size == 0:
         raise TeacherError(f"{key}: {path} is empty (0 bytes); give a saved state dict or checkpoint")

@@ -43,6 +43,11 @@ def fit_size(x: torch.Tensor, image_size: int) -> torch.Tensor:
     return x
 
 
+def normalise(x: torch.Tensor, mean, std) -> torch.Tensor:
+    """Per-channel ``(x - mean) / std`` of an N x C x H x W batch."""
+    return (x - torch.tensor(mean, dtype=x.dtype).view(1, -1, 1, 1)) / torch.tensor(std, dtype=x.dtype).view(1, -1, 1, 1)
+
+
 def _collate(samples, pad, flip):
     images = torch.stack([s[0] for s in samples])
     labels = torch.stack([s[1] for s in samples])
@@ -106,9 +111,7 @@ class ClassificationData(pl.LightningDataModule):
         if self.mean is None or self.std is None:  # image_folder without given stats
             self.mean = x.mean(dim=(0, 2, 3)).tolist()
             self.std = x.std(dim=(0, 2, 3)).clamp_min(1e-3).tolist()
-        mean = torch.tensor(self.mean).view(1, -1, 1, 1)
-        std = torch.tensor(self.std).view(1, -1, 1, 1)
-        return (x - mean) / std
+        return normalise(x, self.mean, self.std)
 
     def split(self, split: str) -> TensorDataset:
         if split == "train" and not self.train_split:

@@ -59,6 +59,7 @@ class SupervisedTraining(DistillationModule):
             return
         entry = save_entry(self.student, output_dir, self.zoo_name, self.zoo_record, metrics.get("test/acc"),
                            self.record_metadata())
+        metrics["export/teacher"] = entry.file
         if self.method.export.zoo_name:
             weights = entry.path()
             atomic_write(self.zoo_dir / weights.name, lambda tmp: shutil.copy(weights, tmp), "teacher weights")
