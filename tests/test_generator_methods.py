@@ -110,7 +110,7 @@ def test_same_seed_same_metrics(compose_cfg, tmp_path):
         return {k: v for k, v in run(cfg).items() if not k.startswith(("time/", "cost/", "mem/", "run/command"))}
 
     first, second = metrics(tmp_path / "a"), metrics(tmp_path / "b")
-    students = [torch.load(m.pop("export/student"), weights_only=True) for m in (first, second)]
+    students = [torch.load(tmp_path / d / m["export/student"], weights_only=True) for d, m in (("a", first), ("b", second))]
     assert "test/acc" in first and first == second
     assert students[0].keys() == students[1].keys()
     assert all(torch.equal(students[0][k], students[1][k]) for k in students[0])
