@@ -10,6 +10,7 @@ import pytest
 import pytorch_lightning as pl
 import torch
 from PIL import Image
+from torch import nn
 
 from dfkd_lab.build import build_data, build_module, build_student, build_teacher, trainer_kwargs
 from dfkd_lab.callbacks.samples import histogram_image, to_uint8_grid
@@ -187,6 +188,23 @@ def test_fake_quant_student_and_int8_conversion(bits):
     assert model_bytes(int8) < model_bytes(model) / 2
     with pytest.raises(ValueError, match="method.dfq.quant_bits"):
         prepare_qat(model, 16, x)
+
+
+class BranchesOnValues(nn.Module):
+    """A forward that branches on a tensor's value: torch.fx cannot trace it."""
+
+    def __init__(self):
+        super().__init__()
+        self.fc = nn.Linear(4, 2)
+
+    def forward(self, x):
+        x = x.flatten(1)[:, :4]
+        return self.fc(x) if x.sum() > 0 else -self.fc(x)
+
+
+def test_a_student_fx_cannot_trace_is_refused_naming_the_float_alternative():
+    with pytest.raises(ConfigError, match=r"BranchesOnValues.*cannot be quantised.*method.dfq.quant_bits=0"):
+        prepare_qat(BranchesOnValues(), 8, torch.randn(2, 1, 2, 2))
 
 
 def test_dfq_reports_fake_quant_and_int8_accuracy(compose_cfg):

@@ -19,6 +19,9 @@ from torch.ao.quantization.observer import (
     MovingAverageMinMaxObserver,
     MovingAveragePerChannelMinMaxObserver,
 )
+from torch.fx.proxy import TraceError
+
+from .config import ConfigError
 
 # x86 int8 kernels on CPUs without VNNI (AVX2 only) add pairs of 8-bit x 8-bit products in 16
 # bits, which saturate: the int8 model then departs from the fake-quant student (a LeNet-5-half
@@ -56,7 +59,14 @@ def prepare_qat(model: nn.Module, bits: int, example: torch.Tensor) -> nn.Module
 
     mapping = QConfigMapping().set_global(qat_qconfig(bits))
     with _quiet():
-        prepared = prepare_qat_fx(copy.deepcopy(model).train(), mapping, example_inputs=(example,))
+        try:
+            prepared = prepare_qat_fx(copy.deepcopy(model).train(), mapping, example_inputs=(example,))
+        except TraceError as err:
+            raise ConfigError(
+                f"the student ({type(model).__name__}) cannot be quantised: torch.fx cannot trace its forward "
+                f"({err}); quantisation rewrites the traced graph, so its forward must not branch on tensor "
+                "values. Make it traceable, or keep the student float with method.dfq.quant_bits=0"
+            ) from err
     with torch.no_grad():  # per-channel weight ranges exist from the start, so eval works before training
         for module in prepared.modules():
             if hasattr(module, "weight_fake_quant"):
