@@ -26,6 +26,7 @@ from dfkd_lab.quant import model_bytes, prepare_qat, qat_qconfig, to_int8
 from dfkd_lab.synthesis.base import SynthBatch
 from dfkd_lab.synthesis.generator import GeneratorSynthesizer
 from dfkd_lab.train import run
+from dfkd_lab.validate import problems
 
 METHODS = ["dafl", "zskt", "dfad", "dfq"]
 TINY = ["method.synthesis.batch_size=16", "method.synthesizer.ngf=8", "method.synthesis.student_steps=2",
@@ -223,6 +224,12 @@ def test_bad_method_settings_are_rejected_naming_the_key(compose_cfg, key):
     data = build_data(cfg)
     with pytest.raises(ConfigError, match=key.split("=")[0]):
         build_module(cfg, build_student(cfg, data), build_teacher(cfg, data), data)
+
+
+@pytest.mark.parametrize("bits", [-1, 1, 9])
+def test_quantisation_bits_outside_2_to_8_are_refused_before_the_run(compose_cfg, bits):
+    assert f"method.dfq.quant_bits={bits}: choose 0 (float) or 2..8 bits" in problems(
+        tiny(compose_cfg, "dfq", f"method.dfq.quant_bits={bits}"))
 
 
 def test_dfq_observers_learn_from_synthetic_images_only(compose_cfg):

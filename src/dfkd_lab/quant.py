@@ -30,9 +30,14 @@ from .config import ConfigError
 ACTIVATION_BITS = 7
 
 
+def bits_problem(bits: int) -> str | None:
+    """Why ``method.dfq.quant_bits`` cannot be used, or None."""
+    return None if bits == 0 or 2 <= bits <= 8 else f"method.dfq.quant_bits={bits}: choose 0 (float) or 2..8 bits"
+
+
 def qat_qconfig(bits: int) -> QConfig:
     if not 2 <= bits <= 8:
-        raise ValueError(f"method.dfq.quant_bits={bits}: choose 0 (float) or 2..8 bits")
+        raise ValueError(f"method.dfq.quant_bits={bits}: quantisation takes 2..8 bits")
     activation = FakeQuantize.with_args(
         observer=MovingAverageMinMaxObserver, quant_min=0, quant_max=2 ** min(bits, ACTIVATION_BITS) - 1,
         dtype=torch.quint8, qscheme=torch.per_tensor_affine,

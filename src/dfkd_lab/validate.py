@@ -30,6 +30,7 @@ from .config import (
     is_data_free,
     override_key,
 )
+from .quant import bits_problem
 from .report import finished_metrics
 from .resume import continue_command
 
@@ -52,7 +53,7 @@ AT_LEAST = [
     ("method.epochs", 1), ("method.synthesis.steps_per_epoch", 1), ("method.synthesis.batch_size", 1),
     ("method.synthesis.student_steps", 1), ("method.synthesis.warmup_epochs", 0),
     ("method.synthesis.collapse_patience", 0), ("method.synthesis.grad_clip", 0),
-    ("method.synthesis.adversarial_eps", 0), ("method.dfq.students", 1), ("method.dfq.quant_bits", 0),
+    ("method.synthesis.adversarial_eps", 0), ("method.dfq.students", 1),
     ("data.batch_size", 1), ("data.eval_batch_size", 1), ("data.num_classes", 1), ("data.channels", 1),
     ("data.image_size", 1), ("data.num_workers", 0), ("data.crop_pad", 0),
     ("trainer.log_every_n_steps", 1), ("trainer.num_nodes", 1), ("trainer.accumulate_grad_batches", 1),
@@ -213,6 +214,9 @@ def problems(cfg: DictConfig) -> list[str]:
         if isinstance(value, int) and value < 1 and value != -1:
             out.append(f"{key}={value} must be a positive count (or -1 for no limit)")
     out += block_problems(cfg.method)
+    bits = _get(cfg, "method.dfq.quant_bits")
+    if isinstance(bits, int) and bits_problem(bits):
+        out.append(bits_problem(bits))
     if cfg.method.lr <= 0:
         out.append(f"method.lr={cfg.method.lr} must be > 0")
     for split in ("train", "val", "test"):
