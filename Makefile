@@ -38,7 +38,7 @@ chromium:
 
 # The main job: a data-free distillation on the embedded default (Fashion-MNIST, LeNet-5-BN ->
 # LeNet-5-half, DFQ: generator ensemble, 8-bit fake-quantised student exported as int8 TorchScript;
-# about 4 minutes on 2 cores with bf16 kernels, 13 without).
+# about 4 minutes on 2 cores with bf16 kernels, 13-19 without).
 run: setup
 	$(BIN)/dfkd-train method=$(METHOD) $(ARGS)
 
