@@ -325,6 +325,59 @@ def test_sigterm_saves_the_state_after_the_step_it_arrived_in(compose_cfg, tmp_p
     assert torch.load(tmp_path / "last.ckpt", weights_only=False)["global_step"] == 7
 
 
+class SigtermInEvaluation(pl.Callback):
+    """Deliver SIGTERM during the evaluation after training epoch ``epoch``."""
+
+    def __init__(self, epoch):
+        self.epoch = epoch
+
+    def on_validation_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0):
+        if trainer.current_epoch == self.epoch and batch_idx == 0 and not trainer.sanity_checking:
+            os.kill(os.getpid(), signal.SIGTERM)
+
+
+class Evaluations(pl.Callback):
+    def __init__(self):
+        self.seen = []
+
+    def on_validation_epoch_end(self, trainer, pl_module):
+        if not trainer.sanity_checking:
+            self.seen.append((trainer.current_epoch, trainer.global_step))
+
+
+def test_a_stop_during_an_evaluation_loses_no_evaluation_when_resumed(compose_cfg):
+    """A step checkpoint that fell on an epoch's last batch was written before its evaluation:
+    a stop during that evaluation resumed from it as if the epoch had been evaluated."""
+    from pytorch_lightning.utilities.exceptions import SIGTERMException
+
+    from dfkd_lab.build import (
+        build_callbacks,
+        build_data,
+        build_module,
+        build_student,
+        build_teacher,
+        trainer_kwargs,
+    )
+
+    cfg = compose_cfg("method=kd", "trainer.limit_train_batches=5", "trainer.limit_val_batches=3",
+                      "trainer.max_epochs=3", "callbacks.step_checkpoint.every_n_train_steps=5")
+
+    def fit(callbacks, ckpt_path=None):
+        data = build_data(cfg)
+        data.setup("fit")
+        module = build_module(cfg, build_student(cfg, data), build_teacher(cfg, data), data)
+        trainer = pl.Trainer(**trainer_kwargs(cfg), logger=False, callbacks=[*build_callbacks(cfg), *callbacks])
+        trainer.fit(module, module.train_dataloader_from(data), data.val_dataloader(), ckpt_path=ckpt_path)
+        return trainer
+
+    before, after = Evaluations(), Evaluations()
+    with pytest.raises(SIGTERMException):
+        fit([SigtermInEvaluation(epoch=1), before])
+    assert before.seen == [(0, 5)]  # the second evaluation was stopped
+    trainer = fit([after], Path(cfg.paths.output_dir) / "checkpoints" / "last.ckpt")
+    assert after.seen == [(1, 10), (2, 15)] and trainer.global_step == 15
+
+
 # --- a full disk --------------------------------------------------------------------------------
 def disk_full_on(monkeypatch, name_prefix):
     """torch.save fails like a full disk (after writing part of the file) for names with the prefix."""

@@ -12,6 +12,7 @@
 from pathlib import Path
 
 import pytorch_lightning as pl
+from pytorch_lightning.callbacks import ModelCheckpoint
 from pytorch_lightning.plugins.io import TorchCheckpointIO
 from pytorch_lightning.trainer.states import RunningStage
 from pytorch_lightning.utilities.exceptions import SIGTERMException
@@ -37,6 +38,16 @@ def largest_checkpoint(trainer) -> dict:
     if not isinstance(io, AtomicCheckpointIO) or not io.largest_bytes:
         return {}
     return {"disk/largest_checkpoint_mb": io.largest_bytes / 2**20}
+
+
+class StepCheckpoint(ModelCheckpoint):
+    """``last.ckpt`` every ``every_n_train_steps`` student updates, except after an epoch's last
+    batch: its evaluation follows at once (and saves), and a checkpoint from before it would be
+    resumed as an epoch already evaluated, so a stop during that evaluation lost it."""
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        if not trainer.is_last_batch:
+            super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)
 
 
 class PreemptionCheckpoint(pl.Callback):
