@@ -10,6 +10,7 @@ import torch
 
 from dfkd_lab.build import build_data, build_module, build_student, build_teacher
 from dfkd_lab.export import export_student, load_network, prepare_inputs
+from dfkd_lab.methods import dfq
 from dfkd_lab.quant import to_int8
 from dfkd_lab.train import run, summary
 from dfkd_lab.zoo import QUANTISED, TeacherError, sha256
@@ -66,23 +67,38 @@ def test_a_quantised_student_is_exported_as_int8_torchscript_that_computes_what_
     assert entry.metadata == {QUANTISED: 8} and entry.test_acc == 0.5 and entry.name.endswith("_dfq_int8")
 
 
-def test_a_dfq_run_exports_its_int8_model_with_the_int8_accuracy(compose_cfg):
-    cfg = compose_cfg("method=dfq", "method.synthesis.steps_per_epoch=3")
+def test_a_dfq_run_converts_once_and_exports_the_int8_model_it_tested_which_is_no_teacher(compose_cfg, monkeypatch,
+                                                                                           tmp_path, capsys):
+    conversions = []
+    monkeypatch.setattr(dfq, "to_int8", lambda model: conversions.append(model) or to_int8(model))
+    cfg = compose_cfg("method=dfq", "method.dfq.quant_bits=4", "method.synthesis.steps_per_epoch=3")
     metrics = run(cfg)
+    assert len(conversions) == 1  # the test's int8 model is the one exported
+    assert "quantisation-aware training starts" not in capsys.readouterr().err  # its one epoch trained quantised
+    assert metrics["quant/bits"] == 4 and 0 < metrics["quant/int8_bytes"] < metrics["quant/float_bytes"]
     path = Path(cfg.paths.output_dir) / metrics["export/student"]
     assert path.name == "lenet5_half_fashion_mnist_dfq_int8.pt"
     data = build_data(cfg)
     data.setup("test")
     model, entry = load_network(path)
     assert accuracy(model, data) == pytest.approx(metrics["test/acc_int8"])
-    assert entry.test_acc == pytest.approx(metrics["test/acc_int8"], abs=1e-4)
+    assert entry.test_acc == pytest.approx(metrics["test/acc_int8"], abs=1e-4) and entry.metadata == {QUANTISED: 4}
+    teacher_cfg = compose_cfg("method=kd", f"teacher.ckpt={path}")
+    with pytest.raises(TeacherError, match=r"teacher.ckpt: .*_int8.pt is a student quantised to 4 bits .*quant_bits=0"):
+        build_teacher(teacher_cfg, data)
+    path.write_bytes(path.read_bytes() + b"\0")
+    with pytest.raises(TeacherError, match=r"_int8.pt has sha256 \w+, expected \w+ .*export it again"):
+        load_network(path)
+    with pytest.raises(TeacherError, match=r"nosuch.pt: no such file"):
+        load_network(tmp_path / "nosuch.pt")
 
 
-def test_a_quantised_student_is_refused_as_a_teacher_naming_what_it_is(compose_cfg):
-    path = exported(compose_cfg("method=dfq", "method.synthesis.steps_per_epoch=2"))
-    cfg = compose_cfg("method=kd", f"teacher.ckpt={path}")
-    with pytest.raises(TeacherError, match=r"teacher.ckpt: .*_int8.pt is a student quantised to 8 bits .*quant_bits=0"):
-        build_teacher(cfg, build_data(cfg))
+def test_a_dfq_run_that_stops_before_quantisation_aware_training_says_so(compose_cfg, capsys):
+    cfg = compose_cfg("method=dfq", "trainer.max_epochs=2", "trainer.max_steps=1", "method.synthesis.steps_per_epoch=2")
+    run(cfg)
+    warning = "before epoch 2 of 2, where quantisation-aware training starts (method.dfq.quant_from=0.5)"
+    assert warning in capsys.readouterr().err
+    assert warning in (Path(cfg.paths.output_dir) / "train.log").read_text()
 
 
 def test_a_float_dfq_student_is_exported_as_weights(compose_cfg):
@@ -96,6 +112,9 @@ def test_a_weights_file_without_its_entry_is_refused_by_the_loader(tmp_path):
     torch.save({}, path)
     with pytest.raises(TeacherError, match=r"no w.json beside it"):
         load_network(path)
+    path.with_suffix(".json").write_text("{}")
+    with pytest.raises(TeacherError, match=rf"^{tmp_path}/w.pt: .*w.json beside it is not a zoo entry"):
+        load_network(path)  # named as given, not as a config key
 
 
 def test_prepare_inputs_makes_what_the_run_tested_on_from_raw_images(compose_cfg):
@@ -137,15 +156,6 @@ def test_a_renamed_zoo_entry_is_refused_naming_the_fields_to_edit(compose_cfg, t
     data = build_data(cfg)
     data.setup("test")
     assert accuracy(build_teacher(cfg, data), data) == pytest.approx(accuracy(load_network(path)[0], data))
-
-
-def test_a_replaced_int8_file_is_refused_by_its_hash(compose_cfg, tmp_path):
-    path = exported(compose_cfg("method=dfq", "method.synthesis.steps_per_epoch=2"))
-    path.write_bytes(path.read_bytes() + b"\0")
-    with pytest.raises(TeacherError, match=r"sha256 is not the one its entry records"):
-        load_network(path)
-    with pytest.raises(TeacherError, match=r"nosuch.pt: no such file"):
-        load_network(tmp_path / "nosuch.pt")
 
 
 def test_the_summary_line_names_the_int8_models_accuracy(compose_cfg):

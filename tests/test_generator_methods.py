@@ -3,7 +3,6 @@
 Tiny runs: an 8-channel generator, batches of 16, two training steps on CPU.
 """
 
-import json
 from pathlib import Path
 
 import pytest
@@ -206,15 +205,6 @@ class BranchesOnValues(nn.Module):
 def test_a_student_fx_cannot_trace_is_refused_naming_the_float_alternative():
     with pytest.raises(ConfigError, match=r"BranchesOnValues.*cannot be quantised.*method.dfq.quant_bits=0"):
         prepare_qat(BranchesOnValues(), 8, torch.randn(2, 1, 2, 2))
-
-
-def test_dfq_reports_fake_quant_and_int8_accuracy(compose_cfg):
-    cfg = tiny(compose_cfg, "dfq", "method.dfq.quant_bits=4")
-    run(cfg)
-    metrics = json.loads((Path(cfg.paths.output_dir) / "metrics.json").read_text())
-    assert 0 <= metrics["test/acc"] <= 1 and 0 <= metrics["test/acc_int8"] <= 1
-    assert metrics["quant/bits"] == 4
-    assert 0 < metrics["quant/int8_bytes"] < metrics["quant/float_bytes"]
 
 
 # DFQ's own keys and method.synthesis.adversarial_eps (checked for every data-free method), run with dfq

@@ -20,7 +20,16 @@ from .build import entry_network
 from .config import network_name
 from .data.datamodule import fit_size, normalise
 from .provenance import run_command
-from .zoo import QUANTISED, TeacherError, ZooEntry, load_state, load_weights, sha256, sidecar_entry
+from .zoo import (
+    QUANTISED,
+    TeacherError,
+    ZooEntry,
+    check_sha256,
+    load_state,
+    load_weights,
+    sha256,
+    sidecar_entry,
+)
 
 
 def network_record(spec, data) -> dict:
@@ -91,14 +100,12 @@ def load_network(path) -> tuple[nn.Module, ZooEntry]:
         path = path.with_suffix(".pt")
     if not path.is_file():
         raise TeacherError(f"{path}: no such file")
-    entry = sidecar_entry(path)
+    entry = sidecar_entry(path, key=None)
     if entry is None:
         raise TeacherError(f"{path}: no {path.with_suffix('.json').name} beside it, so its architecture and "
                            "normalisation are unknown; give a file a run exported")
     if QUANTISED in entry.metadata:
-        if sha256(path) != entry.sha256:
-            raise TeacherError(f"{path}: its sha256 is not the one its entry records (file replaced or corrupt); "
-                               "restore it, or export it again")
+        check_sha256(path, entry.sha256, str(path))
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             return torch.jit.load(str(path), map_location="cpu").eval(), entry

@@ -14,7 +14,7 @@ from contextlib import contextmanager
 
 import torch
 from torch import nn
-from torch.ao.quantization import FakeQuantize, QConfig, QConfigMapping
+from torch.ao.quantization import FakeQuantize, FakeQuantizeBase, QConfig, QConfigMapping
 from torch.ao.quantization.observer import (
     MovingAverageMinMaxObserver,
     MovingAveragePerChannelMinMaxObserver,
@@ -86,6 +86,11 @@ def to_int8(model: nn.Module) -> nn.Module:
 
     with _quiet():
         return convert_fx(copy.deepcopy(model).cpu().float().eval())
+
+
+def fake_quant_on(model: nn.Module) -> bool:
+    """Whether ``model`` computes with fake quantisation now (the flag is a buffer: it survives a resume)."""
+    return any(bool(m.fake_quant_enabled[0]) for m in model.modules() if isinstance(m, FakeQuantizeBase))
 
 
 def model_bytes(model: nn.Module) -> int:

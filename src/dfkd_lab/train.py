@@ -145,9 +145,8 @@ def run(cfg: DictConfig, clock: WallClock | None = None) -> dict:
         check_new_run_dir(output_dir)
     for kind, text in (("warning", slow_precision(cfg)), ("warning", student_never_trains(cfg)),
                        ("note", precision_fallback(cfg))):
-        if text and rank_zero_only.rank == 0:
-            sys.stderr.write(f"dfkd-train: {kind}: {text}\n")
-            append_log(output_dir, f"{kind}: {text}")
+        if text:
+            tell(output_dir, kind, text)
     machine_and_commit = provenance()  # the code that runs is the code at the start
     ckpt_path = resume_checkpoint(cfg, output_dir, clock)
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
@@ -186,6 +185,8 @@ def run(cfg: DictConfig, clock: WallClock | None = None) -> dict:
     metrics.update(machine_and_commit, **{"run/seed": cfg.seed, "run/command": run_command()})
     metrics.update(largest_checkpoint(trainer))
     if trainer.is_global_zero:
+        for text in module.end_warnings():
+            tell(output_dir, "warning", text)
         module.on_run_end(output_dir, metrics)
         if cfg.method.trains != "teacher":  # a teacher run exports its teacher itself
             export_student(cfg, data, module, output_dir, metrics)
@@ -260,6 +261,13 @@ def report_error(err: BaseException, log: Path | None = None):
 
 def debugging() -> bool:
     return os.environ.get("DFKD_DEBUG") == "1" or os.environ.get("HYDRA_FULL_ERROR") == "1"
+
+
+def tell(output_dir, kind: str, text: str):
+    """A warning or note for the user, on stderr and in the run's log (rank zero only)."""
+    if rank_zero_only.rank == 0:
+        sys.stderr.write(f"dfkd-train: {kind}: {text}\n")
+        append_log(output_dir, f"{kind}: {text}")
 
 
 def append_log(output_dir, text: str):

@@ -91,16 +91,17 @@ def zoo_entry(name: str, user_dir=None) -> ZooEntry:
     return entry
 
 
-def sidecar_entry(weights: Path) -> ZooEntry | None:
+def sidecar_entry(weights: Path, key: str | None = "teacher.ckpt") -> ZooEntry | None:
     """The zoo entry written beside a weights file (``NAME.json`` next to ``NAME.pt``, as
-    ``method=teacher`` exports them), so a checkpoint carries its arch and normalisation."""
+    ``method=teacher`` exports them), so a checkpoint carries its arch and normalisation. ``key``:
+    the config key that named the file, if one did."""
     path = Path(weights).with_suffix(".json")
     if not path.is_file():
         return None
     try:
         entry = ZooEntry(**json.loads(path.read_text()))
     except (TypeError, ValueError) as err:
-        raise TeacherError(f"teacher.ckpt={weights}: {path} beside it is not a zoo entry ({err}); "
+        raise TeacherError(f"{f'{key}=' if key else ''}{weights}: {path} beside it is not a zoo entry ({err}); "
                            "remove or fix it") from err
     entry.folder = path.parent
     return entry
@@ -127,16 +128,21 @@ def load_failure(err: Exception) -> str:
     return f"{type(err).__name__}: {text.splitlines()[0] if text else ''}".rstrip(": ")
 
 
-def load_state(path: Path, expected_sha256: str | None, key: str) -> dict:
-    if not path.is_file():
-        raise TeacherError(f"{key}: checkpoint file {path} does not exist")
-    actual = sha256(path) if expected_sha256 else None
-    if expected_sha256 and actual != expected_sha256:
+def check_sha256(path: Path, expected: str | None, key: str):
+    """A file whose sha256 is not the one its entry records was replaced or corrupted."""
+    actual = sha256(path) if expected else None
+    if expected and actual != expected:
         raise TeacherError(
-            f"{key}: {path} has sha256 {actual}, expected {expected_sha256} (file corrupt or replaced; "
+            f"{key}: {path} has sha256 {actual}, expected {expected} (file corrupt or replaced; "
             + ("restore it or set teacher.sha256=null to accept it)" if key.startswith("teacher")
                else "restore it, or export it again)")
         )
+
+
+def load_state(path: Path, expected_sha256: str | None, key: str) -> dict:
+    if not path.is_file():
+        raise TeacherError(f"{key}: checkpoint file {path} does not exist")
+    check_sha256(path, expected_sha256, key)
     if path.stat().st_size == 0:
         raise TeacherError(f"{key}: {path} is empty (0 bytes); give a saved state dict or checkpoint")
     try:

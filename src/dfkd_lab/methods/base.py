@@ -193,5 +193,9 @@ class DistillationModule(pl.LightningModule):
         instead of the float weights (export.py)."""
         return None
 
+    def end_warnings(self) -> list[str]:
+        """What the user should know about the finished run that its figures do not say."""
+        return []
+
     def on_run_end(self, output_dir, metrics: dict):
         """Hook after testing, on rank zero: add metrics or write artefacts."""

@@ -24,7 +24,7 @@ from torch.ao.quantization import (
 from torchmetrics.classification import MulticlassAccuracy
 
 from ..config import ConfigError
-from ..quant import model_bytes, prepare_qat, to_int8
+from ..quant import fake_quant_on, model_bytes, prepare_qat, to_int8
 from .data_free import DataFreeDistillation
 
 
@@ -67,7 +67,7 @@ class DFQDistillation(DataFreeDistillation):
         self.peers = nn.ModuleList(fresh_copy(float_student) for _ in range(method.dfq.students - 1))
         self.float_bytes = model_bytes(float_student)
         self.int8_acc = MulticlassAccuracy(num_classes, average="micro")
-        self._int8 = ()  # (converted model,) during testing; a tuple keeps it out of the state dict
+        self._int8 = ()  # (converted model,) from the test on; a tuple keeps it out of the state dict
 
     def student_parameters(self):
         return [*self.student.parameters(), *self.peers.parameters()]
@@ -100,13 +100,19 @@ class DFQDistillation(DataFreeDistillation):
             self.student.apply(enable_fake_quant if quantise else disable_fake_quant)
 
     # --- the int8 model ---------------------------------------------------------------------
+    def on_fit_start(self):
+        super().on_fit_start()
+        self._int8 = ()  # a model converted by an earlier test is not this training's
+
     def quantised_student(self):
         bits = self.method.dfq.quant_bits
-        return (to_int8(self.student), bits) if bits else None
+        if not bits:
+            return None
+        return (self._int8[0] if self._int8 else to_int8(self.student)), bits
 
     def on_test_start(self):
         if self.method.dfq.quant_bits:
-            self._int8 = (to_int8(self.student),)
+            self._int8 = (to_int8(self.student),)  # tested here, exported after (quantised_student)
 
     def test_step(self, batch, batch_idx):
         super().test_step(batch, batch_idx)
@@ -122,4 +128,13 @@ class DFQDistillation(DataFreeDistillation):
             self.log("quant/int8_bytes", float(model_bytes(self._int8[0])))
             self.log("quant/float_bytes", float(self.float_bytes))
             self.log("quant/bits", float(self.method.dfq.quant_bits))
-            self._int8 = ()
+
+    def end_warnings(self) -> list[str]:
+        dfq = self.method.dfq
+        if not dfq.quant_bits or fake_quant_on(self.student):
+            return []
+        start = int(dfq.quant_from * self.trainer.max_epochs)
+        return [(f"the run stopped (trainer.max_steps or trainer.max_time) before epoch {start + 1} of "
+                f"{self.trainer.max_epochs}, where quantisation-aware training starts (method.dfq.quant_from="
+                f"{dfq.quant_from}): its {dfq.quant_bits}-bit student is the float student quantised after "
+                "training, never trained quantised. Give the run the time for its epochs, or a smaller quant_from")]
