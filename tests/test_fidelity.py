@@ -70,7 +70,7 @@ def test_a_finished_run_is_reported_on_its_transfer_set_and_the_real_test_split(
         fidelity(run_dir)
 
 
-@pytest.mark.parametrize("method", ["dafl", "dfq"])
+@pytest.mark.parametrize("method", [pytest.param("dafl", marks=pytest.mark.slow), "dfq"])
 def test_a_generator_run_is_reported_on_fresh_batches_of_its_final_generators(tmp_path, method):
     """No transfer set: the generators draw the images; DFQ's quantised student loads as trained."""
     run_dir = tmp_path / "run"

@@ -223,10 +223,10 @@ FAMILIES = {
 POOL_FAMILIES = ("deepinversion", "cmi", "fastdfkd")  # their images go to a pool and the transfer set
 # The default suite kills three (real data by SIGTERM; a pool method and a generator + pool method
 # by SIGKILL); the other families and signals run with -m slow.
-KILLS = [*(pytest.param(f, s, id=f"{f}-{s}") for f, s in [("kd", "SIGTERM"), ("deepinversion", "SIGKILL"),
-                                                           ("fastdfkd", "SIGKILL")]),
+KILLS = [*(pytest.param(f, s, id=f"{f}-{s}") for f, s in [("kd", "SIGTERM"), ("fastdfkd", "SIGKILL")]),
          *(pytest.param(f, s, id=f"{f}-{s}", marks=pytest.mark.slow)
-           for f, s in [("dafl", "SIGKILL"), ("dafl", "SIGTERM"), ("deepinversion", "SIGTERM"), ("cmi", "SIGTERM")])]
+           for f, s in [("deepinversion", "SIGKILL"), ("dafl", "SIGKILL"), ("dafl", "SIGTERM"),
+                        ("deepinversion", "SIGTERM"), ("cmi", "SIGTERM")])]
 TINY_RUN = ["trainer=cpu", "logger=none", "trainer.enable_progress_bar=false", "trainer.limit_val_batches=1",
             "trainer.limit_test_batches=1", "trainer.max_epochs=1",
             "callbacks.step_checkpoint.every_n_train_steps=10"]
