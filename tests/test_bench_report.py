@@ -460,9 +460,9 @@ def test_bench_composes_under_the_submitit_slurm_launcher(bench_hydra):
         assert cfg.hydra.sweep.dir.endswith("outputs/bench/b") and cfg.hydra.sweep.subdir == "default/dafl/seed1"
 
 
-def run_bench(tmp_path, *args, timeout=600):
+def run_bench(tmp_path, *args, timeout=600, env=None):
     done = subprocess.run([sys.executable, "-m", "dfkd_lab.bench", f"hydra.sweep.dir={tmp_path}", *args],
-                          check=False, capture_output=True, text=True, timeout=timeout)
+                          check=False, capture_output=True, text=True, timeout=timeout, env=env)
     assert done.returncode == 0, done.stdout + done.stderr
     return done.stdout
 
@@ -477,15 +477,16 @@ def test_bench_skips_finished_cells(tmp_path, launcher):
     fake_run(tmp_path / "default/kd/seed1", "kd", {"test/acc": 0.2}, seed=1, overrides=budget)  # stopped: no total time
     (tmp_path / "default/kd/seed1/checkpoints").mkdir()
     (tmp_path / "default/kd/seed1/checkpoints/last.ckpt").write_bytes(b"")  # ... with a checkpoint
+    own_code = os.pathsep.join([str(tmp_path / "my_code"), *filter(None, [os.environ.get("PYTHONPATH")])])
     out = run_bench(tmp_path, "methods=[dafl,kd]", "seeds=[0,1]", "budget_s=30", "dry_run=true", "group=bench-x",
-                    "threads=1", *launcher.split())
+                    "threads=1", *launcher.split(), env={**os.environ, "PYTHONPATH": own_code})
     assert "4 runs" in out and "1 finished before, 3 to run" in out
     assert not (tmp_path / "default/dafl/seed0/command.txt").exists()
     for cell in ("dafl/seed1", "kd/seed0", "kd/seed1"):
         command = (tmp_path / "default" / cell / "command.txt").read_text()
         assert f"method={cell.split('/')[0]} seed={cell[-1]}" in command and "trainer.max_time=00:00:00:30" in command
         assert command.rstrip().endswith("resume=last") == (cell == "kd/seed1")  # the stopped run continues
-        assert command.startswith("OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 ")  # as the cell would run
+        assert command.startswith(f"OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 {shlex.join([f'PYTHONPATH={own_code}'])} ")
     assert (tmp_path / "command.txt").read_text().startswith("dfkd-bench 'methods=[dafl,kd]'")
 
 

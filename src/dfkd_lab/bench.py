@@ -215,8 +215,10 @@ def run_cell(cfg: DictConfig) -> dict:
         overrides.append("resume=last")  # a stopped cell continues; its time budget resumes too
     command = [sys.executable, "-m", "dfkd_lab.train", *overrides]
     threads = {"OMP_NUM_THREADS": str(cfg.threads), "MKL_NUM_THREADS": str(cfg.threads)} if cfg.threads else {}
-    if cfg.dry_run:
-        (out / "command.txt").write_text(shlex.join([*(f"{k}={v}" for k, v in threads.items()), *command]) + "\n")
+    if cfg.dry_run:  # the command as the cell would run it: its threads, and the PYTHONPATH it inherits
+        inherited = {"PYTHONPATH": os.environ["PYTHONPATH"]} if os.environ.get("PYTHONPATH") else {}
+        prefix = [f"{k}={v}" for k, v in {**threads, **inherited}.items()]
+        (out / "command.txt").write_text(shlex.join([*prefix, *command]) + "\n")
         return {"dir": str(out), "exit": 0, "dry_run": True}
     env = {**os.environ, **threads}
     if stop.requested() is not None:  # the benchmark was stopped: start no further cell
