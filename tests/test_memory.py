@@ -4,12 +4,15 @@ CMI preset fits in 8 GB of host memory beyond the models (docs/memory.md)."""
 
 import io
 import json
+from pathlib import Path
 from types import SimpleNamespace
 
 import hydra
+import pytest
 import torch
 
 from conftest import compose_config
+from dfkd_lab.callbacks.metrics import peak_memory, reset_peak_memory
 from dfkd_lab.data.transfer_set import TransferSetWriter
 from dfkd_lab.synthesis.base import CostMeter
 from dfkd_lab.synthesis.pool import ImagePool, PoolSynthesizer
@@ -129,3 +132,14 @@ def test_the_paper_scale_cifar10_cmi_preset_fits_in_8_gb_beyond_the_models():
     head = sum(p.numel() for p in synth.head.parameters()) * 4 * 4  # weights, gradients, Adam's two moments
     assert [round(x / 2**30, 2) for x in (pool_peak, bank, head)] == [3.79, 1.3, 1.1]  # docs/memory.md
     assert pool_peak + bank + head < 8 * 2**30
+
+
+@pytest.mark.skipif(not Path("/proc/self/clear_refs").exists(), reason="Linux: the peak is reset through /proc")
+def test_a_runs_peak_memory_does_not_carry_an_earlier_jobs_peak():
+    """The jobs of a -m sweep run in one process: each job's mem/peak_mb starts from its own start."""
+    held = bytearray(1024 * 2**20)
+    held[::4096] = b"x" * len(held[::4096])  # touched: resident
+    del held
+    before = peak_memory()["mem/peak_mb"]
+    reset_peak_memory()
+    assert peak_memory()["mem/peak_mb"] < before - 900

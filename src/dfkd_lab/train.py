@@ -44,6 +44,7 @@ from .callbacks.metrics import (
     last_progress,
     log_summary,
     peak_memory,
+    reset_peak_memory,
     write_final_metrics,
 )
 from .config import (
@@ -139,6 +140,7 @@ def wandb_run_id(output_dir: Path, resumed: bool) -> str:
 def run(cfg: DictConfig, clock: WallClock | None = None) -> dict:
     """One run (or one segment of a resumed run); ``metrics.json`` says ``finished`` at the end."""
     clock = clock or WallClock()
+    reset_peak_memory()
     output_dir = Path(cfg.paths.output_dir)
     validate(cfg)
     if not cfg.resume:

@@ -157,9 +157,21 @@ def last_progress(output_dir) -> dict:
     return json.loads(path.read_text()) if path.is_file() else {}
 
 
+def reset_peak_memory():
+    """Start this run's peak memory from the memory in use now: the jobs of a sweep (and the
+    trials of a search) share one process, whose peak would otherwise carry over from job to job.
+    On Linux (``/proc/self/clear_refs``); elsewhere the host figure stays the process's peak."""
+    try:
+        Path("/proc/self/clear_refs").write_text("5")  # resets the peak RSS, which ru_maxrss reads
+    except OSError:
+        pass
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        torch.cuda.reset_peak_memory_stats()
+
+
 def peak_memory() -> dict:
-    """Peak memory of this process, a cost users compare across methods: host max RSS, and
-    the CUDA allocator's peak when a GPU was used."""
+    """Peak memory of this run (see ``reset_peak_memory``), a cost users compare across methods:
+    host max RSS, and the CUDA allocator's peak when a GPU was used."""
     import resource
     import sys
 
