@@ -18,6 +18,7 @@ import pytest
 import torch
 import yaml
 from hydra.core.override_parser.overrides_parser import OverridesParser
+from omegaconf import OmegaConf
 
 from conftest import FAST
 from dfkd_lab import train
@@ -461,9 +462,14 @@ def test_steps_are_student_updates_in_max_steps_the_csv_and_the_curve(compose_cf
 
 
 def test_the_final_test_counts_as_an_evaluation_for_the_best(compose_cfg, recwarn):
-    assert train.best_evaluation({"val/acc_best": 0.33, "test/acc": 0.54}) == {"test/acc_best": 0.54}
-    assert train.best_evaluation({"val/acc_best": 0.6, "test/acc": 0.54}) == {"test/acc_best": 0.6}
-    assert train.best_evaluation({"time/total_s": 3.0}) == {}
+    full = OmegaConf.create({})  # evaluations and test on the whole split
+    assert train.best_evaluation({"val/acc_best": 0.33, "test/acc": 0.54}, full) == {"test/acc_best": 0.54}
+    assert train.best_evaluation({"val/acc_best": 0.6, "test/acc": 0.54}, full) == {"test/acc_best": 0.6}
+    assert train.best_evaluation({"time/total_s": 3.0}, full) == {}
+    # evaluations on 2 batches of the split against a test on all of it: their best is not a test figure
+    fewer = OmegaConf.create({"limit_val_batches": 2})
+    assert train.best_evaluation({"val/acc_best": 0.6, "test/acc": 0.54}, fewer) == {"test/acc_best": 0.54}
+    assert train.best_evaluation({"val/acc_best": 0.6}, fewer) == {"test/acc_best": 0.6}  # test=false: all there is
     # two student steps, less than one epoch: no validation ran, yet the run has a best
     metrics = train.run(compose_cfg("method=kd", "trainer.limit_train_batches=null", "trainer.max_steps=2"))
     assert "val/acc_best" not in metrics

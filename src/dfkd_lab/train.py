@@ -181,7 +181,7 @@ def run(cfg: DictConfig, clock: WallClock | None = None) -> dict:
     if ckpt_path and "val/acc" not in metrics:  # resumed with nothing left to train: its last evaluation stands
         saved = {k: v for k, v in last_progress(output_dir).items() if k not in ("epoch", "step")}
         metrics = {**saved, **metrics}
-    metrics.update(best_evaluation(metrics))
+    metrics.update(best_evaluation(metrics, cfg.trainer))
     metrics["time/total_s"] = clock.elapsed()
     metrics.update(peak_memory())
     metrics.update(machine_and_commit, **{"run/seed": cfg.seed, "run/command": run_command()})
@@ -196,11 +196,15 @@ def run(cfg: DictConfig, clock: WallClock | None = None) -> dict:
     return metrics
 
 
-def best_evaluation(metrics: dict) -> dict:
+def best_evaluation(metrics: dict, trainer_cfg) -> dict:
     """``test/acc_best``: the best of the evaluations and the final test. Validation runs on the
     real test split, so the final test is one more evaluation: a run that ends mid-epoch
-    (max_steps, max_time) after a better final step, or before its first evaluation, counts it."""
-    evaluations = [metrics[k] for k in ("val/acc_best", "test/acc") if k in metrics]
+    (max_steps, max_time) after a better final step, or before its first evaluation, counts it.
+    Evaluations count only when they see what the test sees: with ``trainer.limit_val_batches``
+    below the test's limit, their best is a figure on fewer images (``val/acc_best`` keeps it)."""
+    same_images = trainer_cfg.get("limit_val_batches", 1.0) == trainer_cfg.get("limit_test_batches", 1.0)
+    keys = ("val/acc_best", "test/acc") if same_images or "test/acc" not in metrics else ("test/acc",)
+    evaluations = [metrics[k] for k in keys if k in metrics]
     return {"test/acc_best": max(evaluations)} if evaluations else {}
 
 
