@@ -495,12 +495,14 @@ def test_a_bench_refuses_to_mix_its_cells_with_those_another_command_ran(tmp_pat
     kept beside new ones in one table, so the benchmark stops before running anything."""
     fake_run(tmp_path / "default/dafl/seed0", "dafl", {"test/acc": 0.7, "time/total_s": 3.0},
              overrides=["trainer.max_time=00:00:00:20"])
-    fake_run(tmp_path / "default/kd/seed0", "kd", {"test/acc": 0.7, "time/total_s": 3.0},
-             overrides=["trainer.max_time=00:00:00:30"])
+    fake_run(tmp_path / "default/kd/seed0", "kd", {"test/acc": 0.7, "time/total_s": 3.0, "machine/threads": 99},
+             overrides=["trainer.max_time=00:00:00:20"])  # the cells inherit this process's threads
     common = [sys.executable, "-m", "dfkd_lab.bench", f"hydra.sweep.dir={tmp_path}", "methods=[dafl,kd]", "seeds=[0]",
               "group=bench-x", "dry_run=true"]
     for extra, why in ((["budget_s=30"], "default/dafl/seed0: ran trainer.max_time=00:00:00:20, now trainer.max_time=00:00:00:30"),
-                       (["budget_s=20", "threads=2"], "ran with 1 threads, now threads=2")):
+                       (["budget_s=20", "threads=2"], "ran with 1 threads, now threads=2"),
+                       (["budget_s=20", "methods=[kd]"], (f"ran with 99 threads, now {torch.get_num_threads()} "
+                                                        "(threads not given: torch's default here)"))):
         done = subprocess.run([*common, *extra], check=False, capture_output=True, text=True, timeout=600)
         assert done.returncode == 2 and " of the runs in " in done.stderr and why in done.stderr, done.stderr
         assert "new name=" in done.stderr and not list(tmp_path.glob("default/*/seed0/command.txt"))

@@ -175,14 +175,24 @@ def cell_changes(cfg: DictConfig, group: str, cell: CellConfig, run_dir: Path) -
     now = [str(o) for o in train_overrides(cfg, group, cell) if not str(o).startswith("hydra")]
     changes = override_changes(saved, now)
     metrics_file = run_dir / "metrics.json"
-    if cfg.threads and metrics_file.is_file():
+    if metrics_file.is_file():
         try:
             threads = json.loads(metrics_file.read_text()).get("machine/threads")
         except ValueError:
             threads = None
-        if threads is not None and threads != cfg.threads:
-            changes.append(f"ran with {threads} threads, now threads={cfg.threads}")
+        now = cell_threads(cfg)
+        if threads is not None and threads != now:
+            given = f"threads={cfg.threads}" if cfg.threads else f"{now} (threads not given: torch's default here)"
+            changes.append(f"ran with {threads} threads, now {given}")
     return ", ".join(changes) or None
+
+
+def cell_threads(cfg: DictConfig) -> int:
+    """The torch threads a cell of this command runs with: ``threads``, else what this process,
+    whose environment the cells inherit, has by default."""
+    import torch
+
+    return cfg.threads or torch.get_num_threads()
 
 
 def wandb_group(cfg: DictConfig, sweep_dir) -> str:
