@@ -294,6 +294,15 @@ class DataFreeDistillation(DistillationModule):
         super().on_validation_epoch_end()
         self.log_dict(self.cost.as_dict(), sync_dist=True)
 
+    def end_warnings(self) -> list[str]:
+        warmup, epochs = self.method.synthesis.warmup_epochs, self.trainer.max_epochs
+        if self.cost.kd_s.item() > 0 or 0 < epochs <= warmup:  # trained, or warned before the run (validate)
+            return []
+        return [(f"the student never trained: the run's budget (trainer.max_time, trainer.max_steps, a teacher-pass "
+                 f"budget) ended before its first step, within the synthesis warm-up (method.synthesis.warmup_epochs={warmup}: those epochs "
+                 "train only the synthesiser), so its accuracy is the untrained student's. Give the run more time, "
+                 "or a shorter warm-up")]
+
     def on_run_end(self, output_dir, metrics):
         metrics.update(self.cost.as_dict())
         metrics.update(self.proxy_record)
