@@ -10,7 +10,7 @@ from hydra.errors import ConfigCompositionException
 from omegaconf import MISSING, OmegaConf
 
 from dfkd_lab.build import trainer_kwargs
-from dfkd_lab.config import ConfigError, DFQConfig, is_data_free
+from dfkd_lab.config import JOB_DIR_CHARS, ConfigError, DFQConfig, is_data_free, job_dir_name
 from dfkd_lab.train import CONF_DIR
 from dfkd_lab.validate import (
     METHOD_BLOCKS,
@@ -182,3 +182,12 @@ def test_the_continue_command_carries_the_pythonpath_that_found_the_users_classe
     assert user_python_path(compose_cfg("method=dafl")) is None  # only the package's own classes
     monkeypatch.delenv("PYTHONPATH")
     assert user_python_path(cfg) is None
+
+
+def test_a_sweep_jobs_folder_is_one_folder_of_a_legal_length_whatever_its_overrides():
+    assert job_dir_name("method=kd,teacher.ckpt=/tmp/t/x.pt") == "method=kd,teacher.ckpt=_tmp_t_x.pt"  # not nested
+    assert job_dir_name(r"trainer.max_time=00\:00\:00\:15") == "trainer.max_time=00:00:00:15"
+    many = ",".join(f"method.key{i}=value{i}" for i in range(13))
+    other = many.replace("value12", "value13")
+    assert len(job_dir_name(many)) == JOB_DIR_CHARS and job_dir_name(many) != job_dir_name(other)
+    assert job_dir_name(many)[:100] == many[:100]  # still reads as its overrides

@@ -5,6 +5,7 @@ arguments) are checked where they are built: Lightning's Trainer and the synthes
 constructors reject unknown arguments by name.
 """
 
+import hashlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
@@ -274,6 +275,23 @@ def register_configs():
                                     replace=True)
     # ${preferred_precision:p}: p, or 32-bit where bf16 would run on a CPU without bf16 kernels
     OmegaConf.register_new_resolver("preferred_precision", _preferred_precision, replace=True)
+    # ${job_dir_name:overrides}: a sweep job's folder name (hydra/default.yaml)
+    OmegaConf.register_new_resolver("job_dir_name", job_dir_name, replace=True)
+
+
+def job_dir_name(override_dirname: str) -> str:
+    """A sweep job's folder name from its overrides, one folder whatever they hold: a ``/`` (a
+    path given as a value) would nest folders, Hydra's escaping backslashes are dropped, and a
+    name past ``JOB_DIR_CHARS`` (a file name holds at most 255 bytes) is cut, with a hash of the
+    whole that keeps it unique."""
+    name = override_dirname.replace("\\", "").replace("/", "_")
+    if len(name.encode()) <= JOB_DIR_CHARS:
+        return name
+    digest = hashlib.sha256(override_dirname.encode()).hexdigest()[:10]
+    return name.encode()[:JOB_DIR_CHARS - 11].decode(errors="ignore") + "-" + digest
+
+
+JOB_DIR_CHARS = 120  # with the job number and room for a file system's stricter limit
 
 
 def _preferred_precision(precision):
