@@ -506,10 +506,12 @@ def test_a_bench_refuses_to_mix_its_cells_with_those_another_command_ran(tmp_pat
         done = subprocess.run([*common, *extra], check=False, capture_output=True, text=True, timeout=600)
         assert done.returncode == 2 and " of the runs in " in done.stderr and why in done.stderr, done.stderr
         assert "new name=" in done.stderr and not list(tmp_path.glob("default/*/seed0/command.txt"))
+    (tmp_path / "command.txt").write_text("dfkd-bench budget_s=20 threads=1 (the command that ran the cells)\n")
     done = subprocess.run([*common, "budget_s=20", "threads=1", "methods=[dafl]",  # Hydra's own: not in overrides.yaml
                            'overrides=["hydra/job_logging=disabled"]'], check=False, capture_output=True, text=True,
                           timeout=600)
     assert done.returncode == 0 and "1 finished before, 0 to run" in done.stdout, done.stderr
+    assert "(the command that ran the cells)" in (tmp_path / "command.txt").read_text()  # a dry run ran none
 
 
 def test_overrides_that_name_the_cell_are_read_as_its_job_reads_them(tmp_path):

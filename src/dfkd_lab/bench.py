@@ -290,8 +290,9 @@ def sweep(config: DictConfig, config_loader, launcher, arguments: list[str]) -> 
             jobs.append(job_overrides)
             run_dirs.append(run_dir)
     sweep_dir.mkdir(parents=True, exist_ok=True)
-    OmegaConf.save(config, sweep_dir / "multirun.yaml")
-    (sweep_dir / "command.txt").write_text(command_line(config, arguments) + "\n")
+    if not (config.dry_run and (sweep_dir / "command.txt").is_file()):  # a dry run made none of the cells there
+        OmegaConf.save(config, sweep_dir / "multirun.yaml")
+        (sweep_dir / "command.txt").write_text(command_line(config, arguments) + "\n")
     print(f"dfkd-bench: {len(todo)} runs in {sweep_dir}: {finished} finished before, {len(jobs)} to run",
           flush=True)
     # A stop request (Ctrl-C, SIGTERM) is recorded, not raised: a launcher interrupted by it
