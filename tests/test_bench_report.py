@@ -415,7 +415,8 @@ def test_cells_cross_settings_methods_and_seeds_and_check_first(bench_hydra):
     cells = bench.cells(cfg)
     assert len(cells) == 8 and cells[0] == ("small", "dafl", 0) and cells[-1] == ("big", "kd", 1)
     for bad, message in (("seeds=[]", "seeds"), ("budget_s=-1", "budget_s"), ("budget_passes=0", "budget_passes"),
-                         ("methods=[dafl,nope]", "nope"), ('overrides=["hydra.searchpath=[file:///x]"]', "hydra.searchpath")):
+                         ("methods=[dafl,nope]", "nope"), ('overrides=["hydra.searchpath=[file:///x]"]', "hydra.searchpath"),
+                         ("+threds=1", "threds: not a setting of dfkd-bench .*threads")):
         with pytest.raises(ConfigError, match=message):
             bench.cells(compose("bench", overrides=["methods=[dafl]", bad]))
 
@@ -428,11 +429,15 @@ def test_overrides_and_settings_that_do_not_compose_are_refused_before_any_run(b
         bench.check_cell_configs(cfg, bench.cells(cfg))
     for bad, message in (('overrides=["data.batchsize=8"]', "data.batchsize"),
                          ('overrides=["method.synthesizer.ngf=8"]', "method=kd does not compose with the overrides: .*method.synthesizer.ngf"),
-                         ('overrides=["method.dfq.quant_bits=4"]', "does not compose with the overrides: an override sets a key below a block")):
+                         ('overrides=["method.dfq.quant_bits=4"]', "does not compose with the overrides: an override sets a key below a block"),
+                         ('overrides=["+method.epchs=3"]', "method=dafl with the overrides: method.epchs is not a setting"),
+                         ('overrides=["method.lr=-1"]', r"method.lr=-1.0 must be > 0")):
         cfg = compose("bench", overrides=["methods=[dafl,kd]", bad])
         with pytest.raises(ConfigError, match=message):
             bench.check_cell_configs(cfg, bench.cells(cfg))
     cfg = compose("bench", overrides=["methods=[dafl,kd]", '+settings.fast=["method.epochs=1"]'])
+    bench.check_cell_configs(cfg, bench.cells(cfg))
+    cfg = compose("bench", overrides=["methods=[dafl]", 'overrides=["trainer=gpu"]'])  # runs where its cells run
     bench.check_cell_configs(cfg, bench.cells(cfg))
 
 

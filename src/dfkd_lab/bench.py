@@ -20,7 +20,7 @@ import shlex
 import signal
 import subprocess
 import sys
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 import hydra
@@ -44,6 +44,7 @@ from .config import (
 )
 from .report import finished_metrics, write_report
 from .train import CONF_DIR
+from .validate import problems
 
 DEFAULT_SETTING = "default"
 
@@ -109,16 +110,19 @@ def check_cell_configs(cfg: DictConfig, todo, paths=()):
     or a setting fails the benchmark before any run starts, instead of every run after it."""
     for setting, method, seed in {(s, m): (s, m, seed) for s, m, seed in todo}.values():
         given = train_overrides(cfg, "check", CellConfig(setting=setting, method=method, seed=seed))
+        where = f"overrides and settings.{setting}" if cfg.settings else "overrides"
         try:
-            hydra.compose("train", overrides=[*(o for o in given if not o.startswith("hydra")),
-                                              *searchpath_override(paths)])
+            composed = hydra.compose("train", overrides=[*(o for o in given if not o.startswith("hydra")),
+                                                         *searchpath_override(paths)])
         except (*COMPOSITION_ERRORS, AssertionError) as err:  # OmegaConf asserts on a key below a null node
-            where = f"overrides and settings.{setting}" if cfg.settings else "overrides"
             reason = " ".join(line for line in str(err).splitlines()  # '+key' would add a key no code reads
                               if line.strip() and not line.startswith("To append to your config"))
             if isinstance(err, AssertionError):
                 reason = "an override sets a key below a block this method does not have (null in its config)"
             raise ConfigError(f"method={method} does not compose with the {where}: {reason}") from err
+        found = problems(composed, on_this_machine=False)  # what dfkd-train would refuse in every cell
+        if found:
+            raise ConfigError(f"method={method} with the {where}: {'; '.join(found)}")
 
 
 def max_time(budget_s: float) -> str:
@@ -132,6 +136,11 @@ def max_time(budget_s: float) -> str:
 def cells(cfg: DictConfig, paths=()) -> list[tuple[str, str, int]]:
     """(setting, method, seed) for every run of the benchmark, checked before any starts; ``paths``:
     the user's config folders."""
+    settings_of_bench = [f.name for f in fields(BenchConfig)]
+    unknown = [str(k) for k in cfg if k not in settings_of_bench and k != "hydra"]  # added with '+key='
+    if unknown:
+        raise ConfigError(f"{', '.join(unknown)}: not a setting of dfkd-bench (a typo? its settings: "
+                          f"{', '.join(k for k in settings_of_bench if k != 'cell')})")
     methods = list(cfg.methods) if cfg.methods else default_methods(cfg.reference, cfg.exclude, paths)
     check_methods(methods, paths)
     if not cfg.seeds:

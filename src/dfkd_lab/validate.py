@@ -202,7 +202,9 @@ def method_problems(cfg: DictConfig) -> list[str]:
     return out
 
 
-def problems(cfg: DictConfig) -> list[str]:
+def problems(cfg: DictConfig, on_this_machine: bool = True) -> list[str]:
+    """Every key of ``cfg`` that cannot work; ``on_this_machine=False`` leaves out what depends on
+    the machine (a benchmark checks its cells where it starts them, not where they run)."""
     out = [f"{key} is not a setting (a typo? dfkd-train --cfg job prints every key of the run)" for key in unknown_keys(cfg)]
     out += method_problems(cfg)
     for key, low in AT_LEAST:
@@ -224,7 +226,7 @@ def problems(cfg: DictConfig) -> list[str]:
         if isinstance(value, (int, float)) and value < 0:
             out.append(f"trainer.limit_{split}_batches={value} must be >= 0")
     accelerator = str(_get(cfg, "trainer.accelerator") or "auto")
-    if accelerator in GPU_ACCELERATORS and not torch.cuda.is_available():
+    if on_this_machine and accelerator in GPU_ACCELERATORS and not torch.cuda.is_available():
         out.append(f"trainer.accelerator={accelerator} but this machine has no usable GPU; "
                    "use trainer=cpu (or trainer=default, which picks whatever is present)")
     return out
