@@ -288,6 +288,9 @@ def test_seed_band_is_mean_and_std_of_the_accuracy_reached():
     xs, means, stds = report.seed_band(runs, "time_s")
     assert xs == [15, 20]  # where both runs have been evaluated
     assert means == pytest.approx([40.0, 50.0]) and stds[0] == pytest.approx(math.sqrt(2) * 20)
+    # one evaluation per seed, at other times: the row is still drawn, where both have one
+    once = [report.Run(None, {}, {}, curve=curve((10, 0.2))), report.Run(None, {}, {}, curve=curve((12, 0.4)))]
+    assert report.seed_band(once, "time_s") == ([12], [pytest.approx(30.0)], [pytest.approx(math.sqrt(2) * 10)])
 
 
 def test_report_without_curves_or_samples(tmp_path):

@@ -545,12 +545,14 @@ def replace_block(text: str, marker: str, block: str) -> str:
 # --- figures (matplotlib) -----------------------------------------------------------------------
 def seed_band(runs: list[Run], axis: str) -> tuple[list, list, list] | None:
     """Mean and std over seeds of the accuracy reached by each evaluation point on ``axis``,
-    where every run has been evaluated (from the latest first evaluation to the earliest last)."""
+    where every run has been evaluated (from the latest first evaluation to the earliest last;
+    where those do not overlap, as with one evaluation per seed, the latest first evaluation)."""
     curves = [[(p[axis], 100 * p["val/acc"]) for p in r.curve if axis in p and "val/acc" in p] for r in runs]
     curves = [sorted(c) for c in curves if c]
     if not curves:
         return None
-    low, high = max(c[0][0] for c in curves), min(c[-1][0] for c in curves)
+    low = max(c[0][0] for c in curves)
+    high = max(low, min(c[-1][0] for c in curves))
     grid = sorted({x for c in curves for x, _ in c if low <= x <= high})
     means, stds = [], []
     for x in grid:
