@@ -274,6 +274,9 @@ def test_a_bad_value_stops_before_wandb_starts(tmp_path):
     err = finish(proc)
     assert proc.returncode == 2 and "method.epochs=-3 must be >= 1" in err and "Traceback" not in err
     assert not (run_dir / "wandb").exists() and not (run_dir / "checkpoints").exists()
+    record = json.loads((run_dir / "metrics.json").read_text())  # its record says which run it was
+    assert record["status"].startswith("failed: ConfigError") and record["run/seed"] == 0
+    assert "method.epochs=-3" in record["run/command"]
 
 
 # --- validation before anything starts ------------------------------------------------------------

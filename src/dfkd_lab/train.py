@@ -307,7 +307,9 @@ def end_unfinished(cfg: DictConfig, err: BaseException, clock: WallClock) -> int
     if rank_zero_only.rank == 0:
         try:
             append_log(output_dir, f"run {status} (exit {code})\n{traceback_text}".rstrip())
-            write_final_metrics(output_dir, {**last_progress(output_dir), "time/total_s": clock.elapsed()}, status)
+            record = {**last_progress(output_dir), "time/total_s": clock.elapsed(), "run/seed": cfg.seed,
+                      "run/command": run_command()}  # which run of a sweep it was, even if refused at once
+            write_final_metrics(output_dir, record, status)
             if wandb_run() is not None:
                 wandb_run().summary["status"] = status  # the dashboard's column, beside the exit code
         except OSError as write_error:  # a full disk or a read-only run dir: the message still goes out
