@@ -2,6 +2,7 @@
 
 import json
 import os
+import shlex
 import subprocess
 import sys
 from types import SimpleNamespace
@@ -137,6 +138,16 @@ def test_three_trial_study_through_hparams_search(tmp_path):
         metrics = json.loads((sweep / f"trial_{t.number}" / "metrics.json").read_text())
         if t.state == optuna.trial.TrialState.COMPLETE:
             assert t.value == metrics["test/acc"]
+    # a trial's run/command reruns that trial on its own, to the same figure, telling the study nothing
+    trial = next(t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE)
+    recorded = json.loads((sweep / f"trial_{trial.number}" / "metrics.json").read_text())
+    rerun = subprocess.run([sys.executable, "-m", "dfkd_lab.train", *shlex.split(recorded["run/command"])[1:],
+                            f"hydra.run.dir={tmp_path / 'rerun'}"], cwd=tmp_path, env=env, check=False,
+                           capture_output=True, text=True, timeout=600)
+    assert rerun.returncode == 0, rerun.stderr[-3000:]
+    assert json.loads((tmp_path / "rerun" / "metrics.json").read_text())["test/acc"] == recorded["test/acc"]
+    reloaded = optuna.load_study(study_name="dafl_loss_weights", storage=f"sqlite:///{tmp_path}/outputs/optuna/optuna.db")
+    assert [t.intermediate_values for t in reloaded.trials] == [t.intermediate_values for t in study.trials]
     config = yaml.safe_load((sweep / "trial_2" / ".hydra" / "overrides.yaml").read_text())
     assert any(o.startswith("loss.weights.argmax_ce=") for o in config)
     assert "best_params" in yaml.safe_load((sweep / "optimization_results.yaml").read_text())

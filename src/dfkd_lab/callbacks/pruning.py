@@ -10,7 +10,8 @@ class OptunaPruning(pl.Callback):
     Storage, study and trial default to those of the ``dfkd_optuna`` sweep this run is a job of
     (the job number is the trial number). The pruner is the one the sweeper stored in the study
     (``dfkd_lab.search``); the run then finishes normally (test, metrics.json) and the sweeper
-    records the trial as pruned.
+    records the trial as pruned. Outside a sweep (a trial rerun with ``hydra.mode=RUN``) it
+    reports nothing.
     """
 
     def __init__(self, monitor: str = "val/acc", storage: str | None = None, study_name: str | None = None,
@@ -20,8 +21,11 @@ class OptunaPruning(pl.Callback):
 
     def _locate(self):
         from hydra.core.hydra_config import HydraConfig
+        from hydra.types import RunMode
 
         hydra_cfg = HydraConfig.get()
+        if hydra_cfg.mode != RunMode.MULTIRUN:
+            return  # a trial rerun on its own (its run/command) is no trial of the study
         self.storage = self.storage or hydra_cfg.sweeper.storage
         self.study_name = self.study_name or hydra_cfg.sweeper.study_name
         self.trial_number = hydra_cfg.job.num if self.trial_number is None else self.trial_number
@@ -48,6 +52,8 @@ class OptunaPruning(pl.Callback):
         if self.trial is None:
             if None in (self.storage, self.study_name, self.trial_number):
                 self._locate()
+            if self.trial_number is None:
+                return
             self.trial = self._open_trial()
         epoch = trainer.current_epoch
         self.trial.report(float(trainer.callback_metrics[self.monitor]), step=epoch)
