@@ -512,3 +512,13 @@ def test_ddp_sim_runs_end_to_end_with_the_default_logger(tmp_path, method):
     assert "test acc" in done.stdout.splitlines()[-1]
     assert json.loads((tmp_path / "run" / "metrics.json").read_text())["status"] == "finished"
     assert wandb_exit_code(tmp_path / "run") == 0
+
+
+def test_an_option_whose_extra_is_not_installed_is_named_with_the_pip_command(monkeypatch):
+    import importlib.util
+
+    found = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "optuna" else found(name, *a))
+    with pytest.raises(ConfigError, match=r"^hparams_search= needs the optuna extra.*pip install 'dfkd-lab\[optuna\]'"):
+        train.check_extras(["hparams_search=dafl_optuna", "debug=default"])
+    train.check_extras(["method=dafl"])  # no extra needed

@@ -5,6 +5,7 @@ signal), the W&B run's exit code, ``metrics.json``'s ``status`` and the run dir'
 (which keeps the traceback; the terminal gets one paragraph).
 """
 
+import importlib.util
 import os
 import shutil
 import signal
@@ -398,6 +399,20 @@ def check_config_dirs(args: list[str]):
             raise ConfigError(f"{key} {folder}: no such folder (a folder of your own configs: method/, teacher/, ...)")
 
 
+def check_extras(args: list[str]):
+    """An option that needs an optional extra which is not installed is named with the pip command
+    (Hydra would fail to locate a class of it, naming neither)."""
+    needs = []
+    if given_value(args, "hparams_search") not in (None, "", "null"):
+        needs.append(("hparams_search=", "optuna", "optuna"))
+    if given_value(args, "hydra/launcher") == "slurm":
+        needs.append(("hydra/launcher=slurm", "hydra_plugins.hydra_submitit_launcher", "slurm"))
+    for option, module, extra in needs:
+        if importlib.util.find_spec(module) is None:
+            raise ConfigError(f"{option} needs the {extra} extra, which is not installed: pip install 'dfkd-lab[{extra}]' "
+                              "(from a checkout: pip install '.[" + extra + "]')")
+
+
 def main():
     """``dfkd-train``: a ``resume=<run dir>`` brings back the run's own overrides, and the run dir
     must be writable, both checked before Hydra writes anything."""
@@ -409,6 +424,7 @@ def main():
         if not multirun and given_value(args, "resume") in (None, "") and given_value(args, "hydra.run.dir"):
             check_new_run_dir(Path(str(given_value(args, "hydra.run.dir"))))  # before Hydra rewrites its .hydra/
         check_config_dirs(args)
+        check_extras(args)
         check_overrides(args, partial(compose_train, config_dirs=config_dirs(args)))
     except ConfigError as err:
         report_error(err)
