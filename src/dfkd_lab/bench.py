@@ -313,8 +313,9 @@ def sweep(config: DictConfig, config_loader, launcher, arguments: list[str]) -> 
         returns = None
     if returns is None or stop.requested() is not None:
         signum = stop.requested() or signal.SIGINT
-        print(f"dfkd-bench: stopped by {signal.Signals(signum).name}; the running cells saved their "
-              f"checkpoints. Continue with: {command_line(config, arguments)}", file=sys.stderr)
+        print(f"dfkd-bench: stopped by {signal.Signals(signum).name}; no further cell starts (the launcher "
+              "may still list them), and a running cell kept what its last checkpoint holds (its bench_job.log "
+              f"says). Continue with: {command_line(config, arguments)}", file=sys.stderr)
         sys.exit(stop.exit_code(signum))
     failed, missing = [], []
     for run_dir, ret in zip(run_dirs, returns):
