@@ -268,6 +268,7 @@ def test_budget_axis_and_accuracy_reached():
 
 def test_report_draws_banded_curves_and_html(runs, tmp_path):
     out = tmp_path / "out"
+    (runs / "command.txt").write_text("dfkd-bench budget_s=100 name=x")
     report.main([str(runs), "--out", str(out)])
     for name in ("accuracy_vs_time.png", "accuracy_vs_teacher_passes.png"):
         png = Image.open(out / name).convert("RGB")
@@ -279,6 +280,7 @@ def test_report_draws_banded_curves_and_html(runs, tmp_path):
     assert '<table id="results">' in page and '<table id="runs">' in page
     assert 'src="accuracy_vs_time.png"' in page and 'src="accuracy_vs_teacher_passes.png"' in page
     assert "Test CPU 9000" in page and "abc123def456" in page
+    assert "<code>dfkd-bench budget_s=100 name=x</code>" in page and "`" not in page  # Markdown code as HTML
     assert (out / "report.md").is_file() and (out / "report.csv").is_file()
 
 

@@ -15,6 +15,7 @@ import html
 import json
 import math
 import os
+import re
 import statistics
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -630,10 +631,15 @@ def _html_table(table_id: str, columns, cells: list[list[str]]) -> str:
     return f'<table id="{table_id}"><thead><tr>{head}</tr></thead><tbody>\n{body}</tbody></table>\n'
 
 
+def markdown_code(text: str) -> str:
+    """A header line as HTML: escaped, its Markdown code spans (a command) as ``<code>``."""
+    return re.sub(r"`([^`]+)`", r"<code>\1</code>", html.escape(text))
+
+
 def write_html(rows: list[dict], run_rows: list[dict], head: dict, out_dir: Path, title: str,
                images: dict[str, str]):
     """A static page: header, the table, the figures by relative path (opens from disk), the runs."""
-    facts = "".join(f"<li>{html.escape(line[2:])}</li>" for line in header_lines(head))
+    facts = "".join(f"<li>{markdown_code(line[2:])}</li>" for line in header_lines(head))
     figures = "".join(f'<h2>{html.escape(caption)}</h2>\n<img src="{html.escape(name)}" alt="{html.escape(caption)}">\n'
                       for caption, name in images.items()) or "<p>No accuracy curves or sample grids found.</p>"
     runs = [[_cell(k, r.get(k)) for k, _ in RUN_COLUMNS] for r in run_rows]
@@ -646,7 +652,7 @@ img{{max-width:100%;border:1px solid #ccc}}</style></head>
 <body><h1>{html.escape(title)}</h1>
 <ul>{facts}</ul>
 {_html_table("results", columns, [row_cells(r, columns) for r in rows])}
-<p>{html.escape(NOTE)}</p>
+<p>{markdown_code(NOTE)}</p>
 {figures}<h2>Runs</h2>
 {_html_table("runs", RUN_COLUMNS, runs)}</body></html>
 """
