@@ -487,7 +487,7 @@ def test_bench_skips_finished_cells(tmp_path, launcher):
     fake_run(tmp_path / "default/kd/seed1", "kd", {"test/acc": 0.2}, seed=1, overrides=budget)  # stopped: no total time
     (tmp_path / "default/kd/seed1/checkpoints").mkdir()
     (tmp_path / "default/kd/seed1/checkpoints/last.ckpt").write_bytes(b"")  # ... with a checkpoint
-    own_code = os.pathsep.join([str(tmp_path / "my_code"), *filter(None, [os.environ.get("PYTHONPATH")])])
+    own_code = os.pathsep.join([str(tmp_path / "my code"), *filter(None, [os.environ.get("PYTHONPATH")])])
     out = run_bench(tmp_path, "methods=[dafl,kd]", "seeds=[0,1]", "budget_s=30", "dry_run=true", "group=bench-x",
                     "threads=1", *launcher.split(), env={**os.environ, "PYTHONPATH": own_code})
     assert "4 runs" in out and "1 finished before, 3 to run" in out
@@ -496,7 +496,8 @@ def test_bench_skips_finished_cells(tmp_path, launcher):
         command = (tmp_path / "default" / cell / "command.txt").read_text()
         assert f"method={cell.split('/')[0]} seed={cell[-1]}" in command and "trainer.max_time=00:00:00:30" in command
         assert command.rstrip().endswith("resume=last") == (cell == "kd/seed1")  # the stopped run continues
-        assert command.startswith(f"OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 {shlex.join([f'PYTHONPATH={own_code}'])} ")
+        assert command.startswith(f"OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 PYTHONPATH={shlex.quote(own_code)} ")
+        assert shlex.split(command)[2] == f"PYTHONPATH={own_code}"  # the shell reads it as the variable
     assert (tmp_path / "command.txt").read_text().startswith("dfkd-bench 'methods=[dafl,kd]'")
 
 

@@ -1,6 +1,7 @@
 """What a finished run delivers: its student, which loads again with the accuracy the run reported."""
 
 import json
+import re
 import shlex
 import shutil
 from pathlib import Path
@@ -87,7 +88,7 @@ def test_a_dfq_run_converts_once_and_exports_the_int8_model_it_tested_which_is_n
     with pytest.raises(TeacherError, match=r"teacher.ckpt: .*_int8.pt is a student quantised to 4 bits .*quant_bits=0"):
         build_teacher(teacher_cfg, data)
     path.write_bytes(path.read_bytes() + b"\0")
-    with pytest.raises(TeacherError, match=r"_int8.pt has sha256 \w+, expected \w+ .*export it again"):
+    with pytest.raises(TeacherError, match=rf"^{re.escape(str(path))} has sha256 \w+, expected \w+ .*export it again"):
         load_network(path)
     with pytest.raises(TeacherError, match=r"nosuch.pt: no such file"):
         load_network(tmp_path / "nosuch.pt")

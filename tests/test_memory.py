@@ -4,6 +4,8 @@ CMI preset fits in 8 GB of host memory beyond the models (docs/memory.md)."""
 
 import io
 import json
+import subprocess
+import sys
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -143,3 +145,14 @@ def test_a_runs_peak_memory_does_not_carry_an_earlier_jobs_peak():
     before = peak_memory()["mem/peak_mb"]
     reset_peak_memory()
     assert peak_memory()["mem/peak_mb"] < before - 900
+
+
+@pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="Linux: VmHWM")
+def test_a_started_process_does_not_report_its_launchers_memory_as_its_peak():
+    """ru_maxrss keeps the RSS a process had when exec'ed (its launcher's): a benchmark cell
+    started from a large process would report at least that."""
+    script = "from dfkd_lab.callbacks.metrics import peak_memory; print(peak_memory()['mem/peak_mb'])"
+    held = bytearray(1024 * 2**20)
+    held[::4096] = b"x" * len(held[::4096])
+    child = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True)
+    assert float(child.stdout) < 900

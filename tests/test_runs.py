@@ -470,8 +470,13 @@ def test_the_final_test_counts_as_an_evaluation_for_the_best(compose_cfg, recwar
     assert train.best_evaluation({"val/acc_best": 0.6, "test/acc": 0.54}, full) == {"test/acc_best": 0.6}
     assert train.best_evaluation({"time/total_s": 3.0}, full) == {}
     # evaluations on 2 batches of the split against a test on all of it: their best is not a test figure
+    for val, test in ((2, None), (1, 1.0), (1.0, 0.5), (0.5, 1)):
+        limits = OmegaConf.create({"limit_val_batches": val, "limit_test_batches": test})
+        assert train.best_evaluation({"val/acc_best": 0.6, "test/acc": 0.54}, limits) == {"test/acc_best": 0.54}
+    for val, test in ((1.0, None), (None, 1.0), (3, 3), (0.5, 0.5)):  # the same images
+        limits = OmegaConf.create({"limit_val_batches": val, "limit_test_batches": test})
+        assert train.best_evaluation({"val/acc_best": 0.6, "test/acc": 0.54}, limits) == {"test/acc_best": 0.6}
     fewer = OmegaConf.create({"limit_val_batches": 2})
-    assert train.best_evaluation({"val/acc_best": 0.6, "test/acc": 0.54}, fewer) == {"test/acc_best": 0.54}
     assert train.best_evaluation({"val/acc_best": 0.6}, fewer) == {"test/acc_best": 0.6}  # test=false: all there is
     # two student steps, less than one epoch: no validation ran, yet the run has a best
     metrics = train.run(compose_cfg("method=kd", "trainer.limit_train_batches=null", "trainer.max_steps=2"))

@@ -189,19 +189,23 @@ def cell_changes(cfg: DictConfig, group: str, cell: CellConfig, run_dir: Path) -
             threads = json.loads(metrics_file.read_text()).get("machine/threads")
         except ValueError:
             threads = None
-        now = cell_threads(cfg)
-        if threads is not None and threads != now:
-            given = f"threads={cfg.threads}" if cfg.threads else f"{now} (threads not given: torch's default here)"
+        expected = cell_threads(cfg)
+        if None not in (threads, expected) and threads != expected:
+            given = f"threads={cfg.threads}" if cfg.threads else f"{expected} (threads not given: torch's default here)"
             changes.append(f"ran with {threads} threads, now {given}")
     return ", ".join(changes) or None
 
 
-def cell_threads(cfg: DictConfig) -> int:
-    """The torch threads a cell of this command runs with: ``threads``, else what this process,
-    whose environment the cells inherit, has by default."""
+def cell_threads(cfg: DictConfig) -> int | None:
+    """The torch threads a cell of this command runs with: ``threads``; else, with the basic
+    launcher (cells started from this process, in its environment), this process's default;
+    None where the launcher decides (joblib limits its workers' threads, slurm runs elsewhere)."""
     import torch
 
-    return cfg.threads or torch.get_num_threads()
+    if cfg.threads:
+        return cfg.threads
+    basic = str(OmegaConf.select(cfg, "hydra.launcher._target_", default="")).endswith(".BasicLauncher")
+    return torch.get_num_threads() if basic else None
 
 
 def wandb_group(cfg: DictConfig, sweep_dir) -> str:
@@ -236,8 +240,8 @@ def run_cell(cfg: DictConfig) -> dict:
     threads = {"OMP_NUM_THREADS": str(cfg.threads), "MKL_NUM_THREADS": str(cfg.threads)} if cfg.threads else {}
     if cfg.dry_run:  # the command as the cell would run it: its threads, and the PYTHONPATH it inherits
         inherited = {"PYTHONPATH": os.environ["PYTHONPATH"]} if os.environ.get("PYTHONPATH") else {}
-        prefix = [f"{k}={v}" for k, v in {**threads, **inherited}.items()]
-        (out / "command.txt").write_text(shlex.join([*prefix, *command]) + "\n")
+        prefix = [f"{k}={shlex.quote(v)}" for k, v in {**threads, **inherited}.items()]  # VAR='a b', not 'VAR=a b'
+        (out / "command.txt").write_text(" ".join([*prefix, shlex.join(command)]) + "\n")
         return {"dir": str(out), "exit": 0, "dry_run": True}
     env = {**os.environ, **threads}
     if stop.requested() is not None:  # the benchmark was stopped: start no further cell

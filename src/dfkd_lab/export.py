@@ -105,10 +105,10 @@ def load_network(path) -> tuple[nn.Module, ZooEntry]:
         raise TeacherError(f"{path}: no {path.with_suffix('.json').name} beside it, so its architecture and "
                            "normalisation are unknown; give a file a run exported")
     if QUANTISED in entry.metadata:
-        check_sha256(path, entry.sha256, str(path))
+        check_sha256(path, entry.sha256, None)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             return torch.jit.load(str(path), map_location="cpu").eval(), entry
     model = entry_network(entry, str(path))
-    load_weights(model, load_state(path, entry.sha256, str(path)), str(path))
+    load_weights(model, load_state(path, entry.sha256, None), str(path))
     return model.eval(), entry

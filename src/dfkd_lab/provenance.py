@@ -79,18 +79,16 @@ def run_command() -> str:
     overrides, without the ``resume=last`` of a continued segment (its saved overrides came back
     in full, and the segments together equal one uninterrupted run)."""
     from hydra.core.hydra_config import HydraConfig
-    from hydra.types import RunMode
+
+    from .config import in_multirun
 
     if not HydraConfig.initialized():
         return ""
     hydra_cfg = HydraConfig.get()
     overrides = [o for o in hydra_cfg.overrides.task if o != "resume=last"]
-    if hydra_cfg.mode == RunMode.MULTIRUN and hydra_cfg.sweeper.get("_target_") == SEARCH_SWEEPER:
+    if in_multirun() and hydra_cfg.runtime.choices.get("hydra/sweeper") == "dfkd_optuna":
         overrides.append("hydra.mode=RUN")  # the trial on its own: its hparams_search config would start a study
     return " ".join(["dfkd-train", *map(shlex.quote, overrides)])  # quoted: it pastes back into a shell
-
-
-SEARCH_SWEEPER = "hydra_plugins.dfkd_lab_sweepers.optuna_sweeper.OptunaSweeper"
 
 
 def versions() -> dict:

@@ -429,7 +429,7 @@ NOTE = ("Mean ± sample std over the seeds of the finished runs (not finished ru
         "the run had one). Teacher passes count the teacher's forward (and backward, where "
         "synthesis differentiates through it) calls on a batch; images/s are images made per second of "
         "synthesis. `% of M acc` (with `--relative-to M`) is the final accuracy as a share of method M's row. Peak MB is the run's peak host "
-        "memory (max RSS of its own process). `differs` names the overrides that set a row apart "
+        "memory (its run's peak resident memory). `differs` names the overrides that set a row apart "
         "from the other rows of its method.")
 
 

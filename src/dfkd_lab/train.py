@@ -201,12 +201,22 @@ def best_evaluation(metrics: dict, trainer_cfg) -> dict:
     """``test/acc_best``: the best of the evaluations and the final test. Validation runs on the
     real test split, so the final test is one more evaluation: a run that ends mid-epoch
     (max_steps, max_time) after a better final step, or before its first evaluation, counts it.
-    Evaluations count only when they see what the test sees: with ``trainer.limit_val_batches``
-    below the test's limit, their best is a figure on fewer images (``val/acc_best`` keeps it)."""
-    same_images = trainer_cfg.get("limit_val_batches", 1.0) == trainer_cfg.get("limit_test_batches", 1.0)
+    Evaluations count only when they see the images the test sees: with another
+    ``trainer.limit_val_batches`` than the test's limit their best is a figure on other images
+    (``val/acc_best`` keeps it)."""
+    same_images = evaluated_share(trainer_cfg.get("limit_val_batches")) == evaluated_share(
+        trainer_cfg.get("limit_test_batches"))
     keys = ("val/acc_best", "test/acc") if same_images or "test/acc" not in metrics else ("test/acc",)
     evaluations = [metrics[k] for k in keys if k in metrics]
     return {"test/acc_best": max(evaluations)} if evaluations else {}
+
+
+def evaluated_share(limit) -> tuple:
+    """A ``trainer.limit_*_batches`` value as what it covers: all of the split (None or 1.0), a
+    fraction of it (a float) or a number of batches (an int: 1 is one batch, 1.0 all)."""
+    if limit is None or (isinstance(limit, float) and limit == 1.0):
+        return ("all",)
+    return (type(limit).__name__, limit)
 
 
 def summary(cfg: DictConfig, metrics: dict, output_dir: Path) -> str:

@@ -128,38 +128,44 @@ def load_failure(err: Exception) -> str:
     return f"{type(err).__name__}: {text.splitlines()[0] if text else ''}".rstrip(": ")
 
 
-def check_sha256(path: Path, expected: str | None, key: str):
-    """A file whose sha256 is not the one its entry records was replaced or corrupted."""
+def by(key: str | None) -> str:
+    """A message's opening: the config key that named the file, if one did."""
+    return f"{key}: " if key else ""
+
+
+def check_sha256(path: Path, expected: str | None, key: str | None):
+    """A file whose sha256 is not the one its entry records was replaced or corrupted. ``key``: the
+    config key that named the file (its messages start with it), None for a library call."""
     actual = sha256(path) if expected else None
     if expected and actual != expected:
         raise TeacherError(
-            f"{key}: {path} has sha256 {actual}, expected {expected} (file corrupt or replaced; "
-            + ("restore it or set teacher.sha256=null to accept it)" if key.startswith("teacher")
+            f"{by(key)}{path} has sha256 {actual}, expected {expected} (file corrupt or replaced; "
+            + ("restore it or set teacher.sha256=null to accept it)" if key in ("teacher.ckpt", "teacher.zoo")
                else "restore it, or export it again)")
         )
 
 
-def load_state(path: Path, expected_sha256: str | None, key: str) -> dict:
+def load_state(path: Path, expected_sha256: str | None, key: str | None) -> dict:
     if not path.is_file():
-        raise TeacherError(f"{key}: checkpoint file {path} does not exist")
+        raise TeacherError(f"{by(key)}checkpoint file {path} does not exist")
     check_sha256(path, expected_sha256, key)
     if path.stat().st_size == 0:
-        raise TeacherError(f"{key}: {path} is empty (0 bytes); give a saved state dict or checkpoint")
+        raise TeacherError(f"{by(key)}{path} is empty (0 bytes); give a saved state dict or checkpoint")
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:
-        raise TeacherError(f"{key}: cannot read {path} as a checkpoint torch.save wrote: {load_failure(err)}") from err
+        raise TeacherError(f"{by(key)}cannot read {path} as a checkpoint torch.save wrote: {load_failure(err)}") from err
     if isinstance(state, dict) and "state_dict" in state:
         # A Lightning checkpoint of this project: its trained network is the `student.` part.
         full = state["state_dict"]
         state = {k.removeprefix("student."): v for k, v in full.items() if k.startswith("student.")} or full
     if not isinstance(state, dict):
-        raise TeacherError(f"{key}: {path} holds a {type(state).__name__}, not a state dict "
+        raise TeacherError(f"{by(key)}{path} holds a {type(state).__name__}, not a state dict "
                            "(save one with torch.save(model.state_dict(), path))")
     broken = next((k for k, v in state.items()
                    if torch.is_tensor(v) and v.is_floating_point() and not torch.isfinite(v).all()), None)
     if broken is not None:
-        raise TeacherError(f"{key}: {path} holds NaN/inf weights (first in {broken}): it was saved from a "
+        raise TeacherError(f"{by(key)}{path} holds NaN/inf weights (first in {broken}): it was saved from a "
                            "run that diverged; train the teacher again or give another file")
     return state
 

@@ -162,21 +162,34 @@ def reset_peak_memory():
     trials of a search) share one process, whose peak would otherwise carry over from job to job.
     On Linux (``/proc/self/clear_refs``); elsewhere the host figure stays the process's peak."""
     try:
-        Path("/proc/self/clear_refs").write_text("5")  # resets the peak RSS, which ru_maxrss reads
+        Path("/proc/self/clear_refs").write_text("5")  # resets VmHWM, the peak RSS
     except OSError:
         pass
     if torch.cuda.is_available() and torch.cuda.is_initialized():
         torch.cuda.reset_peak_memory_stats()
 
 
-def peak_memory() -> dict:
-    """Peak memory of this run (see ``reset_peak_memory``), a cost users compare across methods:
-    host max RSS, and the CUDA allocator's peak when a GPU was used."""
+def peak_rss_kib() -> float:
+    """The peak resident memory in KiB: Linux's VmHWM, which ``reset_peak_memory`` resets (the
+    process's ``ru_maxrss`` also keeps the RSS it had when it was exec'ed: a bench cell's would
+    start at its launcher's); elsewhere ``ru_maxrss``."""
     import resource
     import sys
 
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return float(line.split()[1])
+    except OSError:
+        pass
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux, bytes on macOS
-    out = {"mem/peak_mb": rss / (2**20 if sys.platform == "darwin" else 2**10)}
+    return rss / 2**10 if sys.platform == "darwin" else rss
+
+
+def peak_memory() -> dict:
+    """Peak memory of this run (see ``reset_peak_memory``), a cost users compare across methods:
+    host max RSS, and the CUDA allocator's peak when a GPU was used."""
+    out = {"mem/peak_mb": peak_rss_kib() / 2**10}
     if torch.cuda.is_available() and torch.cuda.is_initialized():
         out["mem/gpu_peak_mb"] = torch.cuda.max_memory_allocated() / 2**20
     return out

@@ -21,11 +21,12 @@ class OptunaPruning(pl.Callback):
 
     def _locate(self):
         from hydra.core.hydra_config import HydraConfig
-        from hydra.types import RunMode
 
-        hydra_cfg = HydraConfig.get()
-        if hydra_cfg.mode != RunMode.MULTIRUN:
+        from ..config import in_multirun
+
+        if not in_multirun():
             return  # a trial rerun on its own (its run/command) is no trial of the study
+        hydra_cfg = HydraConfig.get()
         self.storage = self.storage or hydra_cfg.sweeper.storage
         self.study_name = self.study_name or hydra_cfg.sweeper.study_name
         self.trial_number = hydra_cfg.job.num if self.trial_number is None else self.trial_number

@@ -197,5 +197,8 @@ class DistillationModule(pl.LightningModule):
         """What the user should know about the finished run that its figures do not say."""
         return []
 
+    #: what can end a run before its last epoch, for those warnings
+    EARLY_ENDS = "trainer.max_time, trainer.max_steps, a teacher-pass budget or a search's pruner"
+
     def on_run_end(self, output_dir, metrics: dict):
         """Hook after testing, on rank zero: add metrics or write artefacts."""

@@ -296,12 +296,11 @@ class DataFreeDistillation(DistillationModule):
 
     def end_warnings(self) -> list[str]:
         warmup, epochs = self.method.synthesis.warmup_epochs, self.trainer.max_epochs
-        if self.cost.kd_s.item() > 0 or 0 < epochs <= warmup:  # trained, or warned before the run (validate)
+        if self.cost.kd_s.item() > 0 or warmup == 0 or 0 < epochs <= warmup:  # trained; no warm-up; warned before
             return []
-        return [(f"the student never trained: the run's budget (trainer.max_time, trainer.max_steps, a teacher-pass "
-                 f"budget) ended before its first step, within the synthesis warm-up (method.synthesis.warmup_epochs={warmup}: those epochs "
-                 "train only the synthesiser), so its accuracy is the untrained student's. Give the run more time, "
-                 "or a shorter warm-up")]
+        return [(f"the student never trained: the run ended ({self.EARLY_ENDS}) within the synthesis warm-up "
+                 f"(method.synthesis.warmup_epochs={warmup}: those epochs train only the synthesiser), so its "
+                 "accuracy is the untrained student's. Give the run more time, or a shorter warm-up")]
 
     def on_run_end(self, output_dir, metrics):
         metrics.update(self.cost.as_dict())

@@ -134,7 +134,7 @@ class DFQDistillation(DataFreeDistillation):
         if not dfq.quant_bits or fake_quant_on(self.student):
             return super().end_warnings()
         start = int(dfq.quant_from * self.trainer.max_epochs)
-        return [*super().end_warnings(), (f"the run stopped (trainer.max_steps or trainer.max_time) before epoch {start + 1} of "
+        return [*super().end_warnings(), (f"the run ended ({self.EARLY_ENDS}) before epoch {start + 1} of "
                 f"{self.trainer.max_epochs}, where quantisation-aware training starts (method.dfq.quant_from="
                 f"{dfq.quant_from}): its {dfq.quant_bits}-bit student is the float student quantised after "
                 "training, never trained quantised. Give the run the time for its epochs, or a smaller quant_from")]
