@@ -490,7 +490,7 @@ def test_a_run_into_a_file_prints_a_line_per_evaluation_and_ends_with_the_summar
     """`make run > log`: no bar redrawn, no warnings, W&B quiet, the summary last."""
     out = tmp_path / "run.log"
     with open(out, "w") as f:
-        cmd = [str(Path(sys.executable).with_name("dfkd-train")), "method=dfq", *TINY[:-1], "method.synthesis.steps_per_epoch=10",
+        cmd = [str(Path(sys.executable).with_name("dfkd-train")), "method=dfq", *TINY[:-1], "method.synthesis.steps_per_epoch=4",
                "method.epochs=2", f"hydra.run.dir={tmp_path / 'run'}"]
         code = subprocess.call(cmd, stdout=f, stderr=f,
                                env={**os.environ, "WANDB_MODE": "offline", "OMP_NUM_THREADS": "1"})
