@@ -7,6 +7,7 @@ import shlex
 from pathlib import Path
 
 import pytest
+from hydra.core.hydra_config import HydraConfig
 
 from dfkd_lab.train import compose_train
 from dfkd_lab.validate import problems
@@ -57,7 +58,8 @@ def test_the_docs_show_commands_and_the_filter_keeps_most_of_them():
 
 @pytest.mark.parametrize("where,arguments", [c for c in COMMANDS if not any(n in c[1] for n in NEEDS_THE_USERS_FILES)],
                          ids=lambda v: v if v.endswith(".md") else None)
-def test_a_documented_command_composes(where, arguments):
+def test_a_documented_command_composes(where, arguments, monkeypatch):
+    monkeypatch.setattr(HydraConfig.instance(), "cfg", None)  # no earlier test's run: the checks read its choices
     cfg = compose_train(as_overrides(arguments))
     found = problems(cfg, on_this_machine=False)  # dfkd-train would accept its values ...
     assert [p for p in found if "cannot be imported" not in p] == []  # ... a user's own module is on their path
