@@ -74,6 +74,7 @@ class StudentConfig:
 @dataclass
 class LossConfig:
     temperature: float = 1.0
+    label_smoothing: float = 0.0  # supervised training (method=teacher, scratch): CE to smoothed labels
     weights: dict[str, float] = field(default_factory=dict)
 
 
@@ -125,8 +126,9 @@ class MethodConfig:
     optimizer: str = "sgd"
     lr: float = 0.05
     momentum: float = 0.9
+    nesterov: bool = False  # Nesterov momentum (sgd)
     weight_decay: float = 1e-4
-    schedule: str = "cosine"
+    schedule: str = "cosine"  # cosine, constant or one_cycle (linear up, then down: short runs)
     channels_last: bool = False
     precision: str = "32-true"  # what trainer=default uses; trainer presets may override
     synthesis: Optional[SynthesisConfig] = None  # data-free methods

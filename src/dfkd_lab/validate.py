@@ -30,6 +30,7 @@ from .config import (
     is_data_free,
     override_key,
 )
+from .optim import OPTIMIZERS, SCHEDULES
 from .quant import bits_problem
 from .report import finished_metrics
 from .resume import continue_command
@@ -221,6 +222,12 @@ def problems(cfg: DictConfig, on_this_machine: bool = True) -> list[str]:
         out.append(bits_problem(bits))
     if cfg.method.lr <= 0:
         out.append(f"method.lr={cfg.method.lr} must be > 0")
+    if cfg.method.optimizer not in OPTIMIZERS:
+        out.append(f"method.optimizer={cfg.method.optimizer}: choose one of {', '.join(OPTIMIZERS)}")
+    if cfg.method.schedule not in SCHEDULES:
+        out.append(f"method.schedule={cfg.method.schedule}: choose one of {', '.join(SCHEDULES)}")
+    if not 0 <= cfg.loss.label_smoothing < 1:
+        out.append(f"loss.label_smoothing={cfg.loss.label_smoothing} must be in [0, 1)")
     for split in ("train", "val", "test"):
         value = _get(cfg, f"trainer.limit_{split}_batches")
         if isinstance(value, (int, float)) and value < 0:

@@ -48,9 +48,9 @@ def l1(student_logits, teacher_logits):
 
 
 @register_loss("ce")
-def ce(student_logits, labels):
-    """Cross-entropy of the student on the real labels."""
-    return F.cross_entropy(student_logits, labels)
+def ce(student_logits, labels, label_smoothing=0.0):
+    """Cross-entropy of the student on the real labels, optionally smoothed (``loss.label_smoothing``)."""
+    return F.cross_entropy(student_logits, labels, label_smoothing=label_smoothing)
 
 
 @register_loss("hint")

@@ -14,6 +14,7 @@ from torchmetrics.classification import MulticlassAccuracy
 
 from ..losses.registry import loss_term
 from ..losses.weighting import check_weights
+from ..optim import build_optimizer, build_schedule
 from ..quiet import silence_known_noise
 from ..zoo import freeze
 
@@ -22,22 +23,6 @@ def plain(node):
     """A config node as plain dicts/lists: Lightning resumes with torch.load(weights_only=True),
     which refuses a checkpoint holding OmegaConf objects."""
     return OmegaConf.to_container(node, resolve=True) if isinstance(node, DictConfig) else node
-
-
-def build_optimizer(params, method):
-    if method.optimizer == "sgd":
-        return torch.optim.SGD(params, lr=method.lr, momentum=method.momentum, weight_decay=method.weight_decay)
-    if method.optimizer == "adam":
-        return torch.optim.Adam(params, lr=method.lr, weight_decay=method.weight_decay)
-    raise ValueError(f"method.optimizer={method.optimizer!r}: choose sgd or adam")
-
-
-def build_schedule(optimizer, method, total_steps: int):
-    if method.schedule == "cosine":
-        return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(1, total_steps))
-    if method.schedule == "constant":
-        return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda _: 1.0)
-    raise ValueError(f"method.schedule={method.schedule!r}: choose cosine or constant")
 
 
 class TrainingDiverged(RuntimeError):

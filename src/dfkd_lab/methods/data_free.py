@@ -25,9 +25,10 @@ from ..data.augment import adversarial_push
 from ..losses.registry import compute_terms, reads
 from ..losses.weighting import weighted_sum
 from ..models.taps import stage_tap
+from ..optim import build_optimizer, build_schedule
 from ..synthesis.base import CostMeter, SynthContext, is_distributed
 from ..synthesis.proxy import seed_pool_with_proxy
-from .base import DistillationModule, build_optimizer, build_schedule
+from .base import DistillationModule
 
 
 def as_list(items) -> list:

@@ -57,6 +57,7 @@ class KnowledgeDistillation(DistillationModule):
             s_feats = s_tap.features if features else None
         terms = compute_terms(self.loss_terms, self.weights, {
             "student_logits": s_logits, "teacher_logits": t_logits, "labels": y, "temperature": self.temperature,
+            "label_smoothing": self.loss_cfg.label_smoothing,
             "student_features": s_feats, "teacher_features": t_feats,
             "projected_student_features": Lazy(lambda: [p(f) for p, f in zip(self.projections, s_feats)]),
         })

@@ -3,14 +3,17 @@
 import shutil
 from pathlib import Path
 
-from torch.nn import functional as F
-
 from ..atomic import atomic_write
 from ..config import ConfigError
 from ..export import network_record, save_entry
+from ..losses.registry import compute_terms
+from ..losses.weighting import weighted_sum
 from ..synthesis.lopes import KEY, record_activation_stats
 from ..zoo import zoo_names
 from .base import DistillationModule
+
+#: training images a network's data-dependent layer is fitted to before training starts
+FIT_IMAGES = 5000
 
 
 class SupervisedTraining(DistillationModule):
@@ -23,6 +26,8 @@ class SupervisedTraining(DistillationModule):
     @classmethod
     def from_config(cls, cfg, student, teacher, data):
         module = cls(student, cfg.method, cfg.loss, data.num_classes, teacher)
+        if hasattr(student, "fit_to_images"):  # a layer set from the data (AirBench's whitening)
+            student.fit_to_images(data.split("train").tensors[0][:FIT_IMAGES])
         if cfg.method.trains == "teacher":
             if cfg.method.export.zoo_name in zoo_names(cfg.paths.zoo_dir):
                 raise ConfigError(
@@ -39,10 +44,11 @@ class SupervisedTraining(DistillationModule):
 
     def training_step(self, batch, batch_idx):
         x, y = batch
-        ce = F.cross_entropy(self.student(x), y)
-        loss = ce * self.weights["ce"]
-        self.check_finite({"ce": ce}, "the training step", total=loss)
-        self.log("train/ce", ce, prog_bar=True)
+        terms = compute_terms(self.loss_terms, self.weights, {
+            "student_logits": self.student(x), "labels": y, "label_smoothing": self.loss_cfg.label_smoothing})
+        loss = weighted_sum(terms, self.weights)
+        self.check_finite(terms, "the training step", total=loss)
+        self.log_dict({f"train/{k}": v for k, v in terms.items()}, prog_bar=True)
         return loss
 
     def record_metadata(self) -> dict:

@@ -1,0 +1,38 @@
+"""The student's optimiser and learning-rate schedule, by the names ``method.optimizer`` and
+``method.schedule`` take (validate.py checks the names before a run starts)."""
+
+from functools import partial
+
+import torch
+
+
+def one_cycle(step: int, total_steps: int, peak_at: float = 0.23, start: float = 0.2, end: float = 0.07) -> float:
+    """The learning-rate factor of a short run: linear from ``start`` up to 1 over the first
+    ``peak_at`` of the steps, then linear down to ``end`` (a few-epoch teacher recipe)."""
+    peak = peak_at * total_steps
+    if step < peak:
+        return start + (1 - start) * step / peak
+    return 1 + (end - 1) * min(1.0, (step - peak) / (total_steps - peak))
+
+
+SCHEDULES = {
+    "cosine": lambda opt, steps: torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=steps),
+    "constant": lambda opt, steps: torch.optim.lr_scheduler.LambdaLR(opt, lambda _: 1.0),
+    "one_cycle": lambda opt, steps: torch.optim.lr_scheduler.LambdaLR(opt, partial(one_cycle, total_steps=steps)),
+}
+OPTIMIZERS = ("sgd", "adam")
+
+
+def build_optimizer(params, method):
+    if method.optimizer == "sgd":
+        return torch.optim.SGD(params, lr=method.lr, momentum=method.momentum, weight_decay=method.weight_decay,
+                               nesterov=method.nesterov)
+    if method.optimizer == "adam":
+        return torch.optim.Adam(params, lr=method.lr, weight_decay=method.weight_decay)
+    raise ValueError(f"method.optimizer={method.optimizer!r}: choose one of {', '.join(OPTIMIZERS)}")
+
+
+def build_schedule(optimizer, method, total_steps: int):
+    if method.schedule not in SCHEDULES:
+        raise ValueError(f"method.schedule={method.schedule!r}: choose one of {', '.join(SCHEDULES)}")
+    return SCHEDULES[method.schedule](optimizer, max(1, total_steps))
