@@ -92,6 +92,38 @@ def test_a_resume_drops_the_shards_made_after_the_checkpoint_and_rebuilds_the_po
     assert torch.equal(whole.pool.newest(20), resumed.pool.newest(20))
 
 
+class RandomImagesNoTargets(RandomImages):
+    def make(self, ctx):
+        return super().make(ctx)[0], None
+
+
+@pytest.mark.parametrize("capacity", [100, 30])  # the seed held whole, and partly pushed out of the ring
+def test_a_pool_seeded_with_proxy_images_resumes_with_them(tmp_path, capacity):
+    """The transfer set holds only the images made; the seed (a proxy's images, the hybrid)
+    comes back from the resumed run's own seeding."""
+    ctx = SimpleNamespace(batch_size=8, cost=CostMeter())
+    seed = LOW + torch.rand(20, 1, 16, 16, generator=torch.Generator().manual_seed(1)) * (HIGH - LOW)
+
+    def seeded(folder):
+        synth = RandomImagesNoTargets(capacity=capacity)
+        synth.setup((1, 16, 16), 3, (LOW, HIGH), teacher=None)
+        synth.transfer_set = TransferSetWriter(folder, INFO)
+        synth.seed_pool(seed)
+        return synth
+
+    whole, killed = seeded(tmp_path / "whole"), seeded(tmp_path / "killed")
+    for _ in range(2):
+        whole.synthesize(ctx)
+        killed.synthesize(ctx)
+    checkpoint = killed.get_extra_state()
+    killed.synthesize(ctx)
+    resumed = seeded(tmp_path / "killed")
+    resumed.set_extra_state(checkpoint)
+    assert len(resumed.pool) == min(36, capacity)
+    assert torch.equal(whole.pool.newest(len(whole.pool)), resumed.pool.newest(len(resumed.pool)))
+    assert json.loads((tmp_path / "killed" / "manifest.json").read_text())["images"] == 16  # the seed is not made
+
+
 def test_each_rank_rereads_its_own_part_of_a_shard(tmp_path):
     writer = TransferSetWriter(tmp_path, INFO)
     images = torch.arange(6.0).view(6, 1, 1, 1)  # three ranks' batches of two, in rank order

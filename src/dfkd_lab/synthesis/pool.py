@@ -175,7 +175,15 @@ class PoolSynthesizer(Synthesizer):
         self.augment_pad, self.augment_flip, self.augment_mixup = augment_pad, augment_flip, augment_mixup
         self.save_transfer_set = save_transfer_set
         self.transfer_set = None  # a TransferSetWriter once bind_run opened one
+        self.seeded_images = 0  # images the pool started with that the run did not make (seed)
         self.last_terms: dict[str, torch.Tensor] = {}
+
+    def seed_pool(self, images: torch.Tensor):
+        """Start the pool with images the run did not make (a proxy's). The transfer set holds
+        only what the run made, so a resumed run, seeded again the same way before its
+        checkpoint loads, takes the oldest images of its pool from this seed."""
+        self.pool.add(images)
+        self.seeded_images = len(self.pool)
 
     def bind_run(self, cfg):
         """Open the on-disk transfer set in the run dir (under DDP only rank zero writes to it)."""
@@ -248,6 +256,9 @@ class PoolSynthesizer(Synthesizer):
             if s is not None:
                 soft.insert(0, s)
             held += x.shape[0]
+        if held < index["size"] and self.seeded_images:  # the seed is what the pool held before the shards
+            images.insert(0, self.pool.state_dict()["images"])
+            held += self.seeded_images
         keep = index["size"]
         self.pool.restore(index, torch.cat(images)[held - keep:] if keep else None,
                           torch.cat(soft)[held - keep:] if keep and soft else None)

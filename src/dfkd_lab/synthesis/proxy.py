@@ -21,7 +21,7 @@ def seed_pool_with_proxy(synthesizer, cfg, data) -> dict:
                           "pool; use method=kd_proxy or a pool method (e.g. nayer, cmi, fastdfkd)")
     check_not_own_data(proxy, cfg.data)
     images = load_proxy(proxy, data, cfg.seed)
-    synthesizer.pool.add(images)
+    synthesizer.seed_pool(images)
     return {"proxy/images": float(len(images))}
 
 
