@@ -11,6 +11,7 @@ from torch import nn
 from dfkd_lab.atomic import save_torch
 from dfkd_lab.config import ConfigError
 from dfkd_lab.data.transfer_set import TransferSetWriter, load_transfer_set
+from dfkd_lab.losses import terms
 from dfkd_lab.synthesis.base import CostMeter, SynthContext
 from dfkd_lab.synthesis.bn_hooks import BNStatHooks
 from dfkd_lab.synthesis.inversion import InversionSynthesizer
@@ -66,7 +67,7 @@ def test_bn_loss_matches_a_hand_computation():
     x = torch.randn(5, 1, 6, 6, generator=torch.Generator().manual_seed(1))
     with BNStatHooks(teacher) as bn:
         teacher(x)
-        loss = bn.loss()
+        loss = terms.bn(bn.layer_losses())
     a = teacher.conv(x)  # the BN input
     expected = 0.0
     for c, (rm, rv) in enumerate([(0.5, 2.0), (-0.25, 0.5)]):
@@ -99,7 +100,7 @@ def test_bn_loss_covers_batchnorm1d_layers_too():
     x = torch.randn(5, 1, 6, 6, generator=torch.Generator().manual_seed(2))
     with BNStatHooks(teacher) as bn:
         teacher(x)
-        loss = bn.loss()
+        loss = terms.bn(bn.layer_losses())
         assert [tuple(i.shape) for i in bn.inputs] == [(5, 2, 6, 6), (5, 2)]
     pooled = torch.relu(teacher.bn(teacher.conv(x))).mean(dim=(2, 3))  # the BN1d input, (5, 2)
     mean = pooled.mean(0)

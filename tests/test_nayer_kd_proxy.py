@@ -312,3 +312,11 @@ def test_a_missing_proxy_dataset_names_the_proxys_keys(compose_cfg, tmp_path):
     cfg = compose_cfg("method=kd_proxy", f"proxy.root={tmp_path}", "proxy.download=false")
     with pytest.raises(sources.DatasetUnavailable, match=r"^proxy=cifar10: .* and proxy\.download=false$"):
         load_proxy(cfg.proxy, build_data(cfg))
+
+
+def test_a_missing_proxy_folder_names_proxy_root(compose_cfg, tmp_path):
+    from dfkd_lab.data.proxy import load_proxy
+
+    cfg = compose_cfg("method=kd_proxy", "proxy=image_folder", f"proxy.root={tmp_path / 'none'}")
+    with pytest.raises(sources.DatasetUnavailable, match=rf"^proxy=image_folder: proxy\.root={tmp_path}/none has no 'train'"):
+        load_proxy(cfg.proxy, build_data(cfg))

@@ -69,7 +69,7 @@ def test_state_round_trip_gives_the_same_draws():
     empty = ImagePool(capacity=7)
     empty.load_state_dict(ImagePool(capacity=7).state_dict())
     assert len(empty) == 0
-    with pytest.raises(ConfigError, match="resume with synthesizer.capacity=7"):
+    with pytest.raises(ConfigError, match="resume with method.synthesizer.capacity=7"):
         ImagePool(capacity=8).load_state_dict(pool.state_dict())
     with pytest.raises(RuntimeError, match="empty"):
         empty.sample(1, torch.Generator())

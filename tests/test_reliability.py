@@ -52,7 +52,7 @@ BAD_INPUT = {
         ["data.num_classes=7"], "TeacherError", "predicts 10 classes but data.num_classes=7"),
     "teacher without BN": (
         ["method=dafl", "method.needs_bn=true", "teacher=lenet5_fmnist"],
-        "TeacherError", "use a BN teacher"),
+        "TeacherError", "use a BN teacher (e.g. teacher=lenet5_bn_fmnist)\n"),  # needs_bn: weight 0 is no way out
     "BN weight with a teacher without BN": (
         ["method=dfad", "teacher=lenet5_fmnist", "++loss.weights.bn=1"],
         "TeacherError", "or set loss.weights.bn=0"),

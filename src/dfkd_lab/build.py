@@ -220,9 +220,10 @@ def build_teacher(cfg: DictConfig, data: ClassificationData) -> nn.Module:
     load_weights(model, state, key)
     matches_bn = cfg.method.needs_bn or bool(cfg.loss.weights.get("bn"))
     if matches_bn and not bn_layers(model):
+        fix = "" if cfg.method.needs_bn else " or set loss.weights.bn=0"
         raise TeacherError(
             f"method={cfg.method.name} matches BatchNorm statistics (loss.weights.bn) but the teacher has "
-            "no BatchNorm layer; use a BN teacher (e.g. teacher=lenet5_bn_fmnist) or set loss.weights.bn=0"
+            f"no BatchNorm layer; use a BN teacher (e.g. teacher=lenet5_bn_fmnist){fix}"
         )
     check_input(model, data, "teacher", arch)
     return model

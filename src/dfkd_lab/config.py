@@ -92,7 +92,7 @@ class SynthesisConfig:
     adversarial_eps: float = 0.0
     follow_student_schedule: bool = False  # the synthesizer's optimisers follow the student's schedule
     grad_clip: float = 0.0  # the student's gradient norm (0 = off)
-    collapse_patience: int = 200  # stop when every synthetic image is one class this many steps
+    collapse_patience: int = 200  # stop when every synthetic image is one class this many synthesis rounds
 
 
 @dataclass

@@ -13,7 +13,7 @@ import torch
 
 from ..config import ConfigError
 from . import sources
-from .datamodule import fit_size, keep_classes
+from .datamodule import fit_size, keep_classes, normalise
 
 LUMINANCE = (0.299, 0.587, 0.114)  # ITU-R BT.601, as PIL's convert("L")
 
@@ -54,15 +54,15 @@ def check_not_own_data(proxy, data_cfg):
 
 def load_proxy(proxy, data, seed: int = 0) -> torch.Tensor:
     """The proxy's images, as normalised inputs of ``data``'s shape: (N, C, H, W) floats."""
-    if proxy.name == "image_folder":
-        images, labels, _ = sources.image_folder(Path(proxy.root), proxy.split, data.channels, data.image_size)
-    elif proxy.name in sources.LOADERS:
-        try:
-            images, labels = sources.LOADERS[proxy.name](Path(proxy.root), proxy.split, proxy.download)
-        except sources.DatasetUnavailable as err:  # its advice names data.root: the proxy has its own
-            raise sources.DatasetUnavailable(f"proxy={proxy.name}: {err.args[0].replace('data.', 'proxy.')}") from err
-    else:
+    if proxy.name != "image_folder" and proxy.name not in sources.LOADERS:
         raise ConfigError(f"proxy.name={proxy.name!r}: choose image_folder or one of {sorted(sources.LOADERS)}")
+    try:
+        if proxy.name == "image_folder":
+            images, labels, _ = sources.image_folder(Path(proxy.root), proxy.split, data.channels, data.image_size)
+        else:
+            images, labels = sources.LOADERS[proxy.name](Path(proxy.root), proxy.split, proxy.download)
+    except sources.DatasetUnavailable as err:  # its advice names data.root: the proxy has its own
+        raise sources.DatasetUnavailable(f"proxy={proxy.name}: {err.args[0].replace('data.', 'proxy.')}") from err
     images, _ = keep_classes(images, labels, proxy.classes)
     if proxy.limit is not None:
         if proxy.limit < 1:
@@ -71,7 +71,4 @@ def load_proxy(proxy, data, seed: int = 0) -> torch.Tensor:
         images = images[order[: proxy.limit]]
     if len(images) == 0:
         raise ConfigError(f"proxy={proxy.name} split={proxy.split} classes={proxy.classes} holds no images")
-    x = fit_size(to_channels(images.float().div_(255), data.channels), data.image_size)
-    mean = torch.tensor(data.mean).view(1, -1, 1, 1)
-    std = torch.tensor(data.std).view(1, -1, 1, 1)
-    return (x - mean) / std
+    return normalise(fit_size(to_channels(images.float().div_(255), data.channels), data.image_size), data.mean, data.std)

@@ -127,7 +127,7 @@ def image_folder_layout(root: Path, split: str = "train") -> tuple[list[str], in
     return classes, 1 if grayscale else 3
 
 
-def image_folder(root: Path, split: str, channels: int, image_size: int, download: bool = True):
+def image_folder(root: Path, split: str, channels: int, image_size: int):
     """``root/<split>/<class>/*``: every image converted to ``channels`` and resized."""
     from PIL import Image
     from torchvision.datasets import ImageFolder

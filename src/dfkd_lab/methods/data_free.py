@@ -286,7 +286,7 @@ class DataFreeDistillation(DistillationModule):
         if patience and self._collapsed_rounds >= patience:
             raise SynthesisDiverged(
                 f"generator collapse: every synthetic image was classified as class "
-                f"{int(counts.argmax())} for {patience} steps; change the loss weights (e.g. raise "
+                f"{int(counts.argmax())} for {patience} synthesis rounds; change the loss weights (e.g. raise "
                 "loss.weights.ie) or the generator learning rate"
             )
 

@@ -6,7 +6,7 @@ The loop is DataFreeDistillation's; what differs:
   shipped, the others are float peers trained by KD on the same batches. The generator's
   adversarial term averages over all of them, so it seeks images that any student still
   gets wrong (the generator ensemble is ``synthesizer.n_generators``);
-- the evaluated student is fake-quantised (``method.dfq.quant_bits``: 8 or 4, 0 keeps it float)
+- the evaluated student is fake-quantised (``method.dfq.quant_bits``: 2 to 8, 0 keeps it float)
   for the epochs after ``method.dfq.quant_from`` of them (float before), and converted to a real int8 model for the test, which reports both
   accuracies and both model sizes.
 """

@@ -1,6 +1,5 @@
 """Image generators for generator-based DFKD (DAFL, ZSKT, DFAD, DFQ, CMI, FastDFKD)."""
 
-import torch
 from torch import nn
 
 
@@ -16,7 +15,6 @@ class Generator(nn.Module):
         super().__init__()
         if img_size % 4:
             raise ValueError(f"generator img_size must be divisible by 4, got {img_size}")
-        self.nz = nz
         self.init_size = img_size // 4
         self.project = nn.Linear(nz, 2 * ngf * self.init_size**2)
         self.body = nn.Sequential(
@@ -44,5 +42,3 @@ class Generator(nn.Module):
         x = self.project(z).view(z.shape[0], -1, self.init_size, self.init_size)
         return self.head(self.body(x))
 
-    def sample_z(self, n, generator: torch.Generator | None = None, device=None):
-        return torch.randn(n, self.nz, generator=generator, device=device)

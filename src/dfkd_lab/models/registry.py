@@ -23,8 +23,8 @@ def model_names() -> list[str]:
     return sorted(_MODELS)
 
 
-def build_model(arch: str, num_classes: int = 10, in_channels: int = 1, **kwargs) -> nn.Module:
+def build_model(arch: str, num_classes: int = 10, in_channels: int = 1) -> nn.Module:
     """Build a registered classifier; an unknown name lists the known ones."""
     if arch not in _MODELS:
         raise KeyError(f"unknown arch {arch!r}: choose one of {', '.join(model_names())}")
-    return _MODELS[arch](num_classes=num_classes, in_channels=in_channels, **kwargs)
+    return _MODELS[arch](num_classes=num_classes, in_channels=in_channels)

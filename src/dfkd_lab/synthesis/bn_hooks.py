@@ -103,5 +103,3 @@ class BNStatHooks:
             raise RuntimeError("BNStatHooks: no teacher forward inside the context yet")
         return self.losses
 
-    def loss(self) -> torch.Tensor:
-        return torch.stack(self.layer_losses()).sum()

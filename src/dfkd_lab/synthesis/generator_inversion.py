@@ -20,6 +20,7 @@ from ..losses.registry import Lazy, compute_terms
 from ..losses.weighting import weighted_sum
 from ..models.generators import Generator
 from .bn_hooks import BNStatHooks
+from .objectives import balanced_classes, forked_seed
 from .pool import PoolSynthesizer
 from .views import global_view
 
@@ -73,7 +74,7 @@ class GeneratorInversion(PoolSynthesizer):
         """Fresh weights drawn from this synthesizer's RNG (so a resumed run draws the same),
         in place (so the memory format the module chose is kept)."""
         with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(int(torch.randint(0, 2**62, (1,), generator=self.rng)))
+            torch.manual_seed(forked_seed(self.rng))
             for m in module.modules():
                 if m is not module and hasattr(m, "reset_parameters"):
                     m.reset_parameters()
@@ -85,8 +86,7 @@ class GeneratorInversion(PoolSynthesizer):
 
     def targets(self, n: int, device) -> torch.Tensor:
         """Balanced target classes, shuffled."""
-        order = torch.randperm(n, generator=self.rng)
-        return (order % self.num_classes).to(device)
+        return balanced_classes(n, self.num_classes, self.rng).to(device)
 
     def to_pixels(self, x01: torch.Tensor) -> torch.Tensor:
         """Map the generator's [0, 1] output to the dataset's normalised pixel range."""

@@ -122,7 +122,7 @@ class ImagePool:
             return
         if index["capacity"] != self.capacity:
             raise ConfigError(f"the checkpoint's image pool has capacity {index['capacity']} but "
-                              f"synthesizer.capacity={self.capacity}: resume with synthesizer.capacity={index['capacity']}")
+                              f"method.synthesizer.capacity={self.capacity}: resume with method.synthesizer.capacity={index['capacity']}")
         self._size, self._next = index["size"], index["next"]
         if not self._size:
             return
@@ -244,7 +244,7 @@ class PoolSynthesizer(Synthesizer):
         main process gets rank zero's pool back this way)."""
         if self.transfer_set is None:
             raise ConfigError("this checkpoint's image pool lives in the run's transfer set: resume it with "
-                              "synthesizer.save_transfer_set=true")
+                              "method.synthesizer.save_transfer_set=true")
         if _rank() == 0:
             self.transfer_set.truncate(shards)
         images, soft, held = [], [], 0

@@ -15,12 +15,11 @@ class TransferSetReplay(PoolSynthesizer):
     def __init__(self, path: str | None = None, **pool):
         super().__init__(save_transfer_set=False, **pool)
         self.path = path
-        self.manifest: dict = {}
 
     def bind_run(self, cfg):
         if not self.path:
             raise ConfigError("method=kd_transfer needs transfer_set=PATH (a run's transfer_set/ folder)")
-        images, soft_targets, self.manifest = load_transfer_set(self.path, teacher_sha256(cfg),
+        images, soft_targets, _ = load_transfer_set(self.path, teacher_sha256(cfg),
                                                                 newest=self.pool.capacity)
         if tuple(images.shape[1:]) != self.image_shape:
             raise ConfigError(f"transfer_set={self.path} holds {tuple(images.shape[1:])} images but data= "
