@@ -12,7 +12,7 @@ update: the synthesizer's optimisers step through the strategy without being cou
 import copy
 import math
 import time
-from contextlib import contextmanager, nullcontext
+from contextlib import contextmanager
 
 import hydra
 import torch
@@ -24,7 +24,7 @@ from ..config import ConfigError
 from ..data.augment import adversarial_push
 from ..losses.registry import compute_terms, reads
 from ..losses.weighting import weighted_sum
-from ..models.taps import stage_tap
+from ..models.taps import with_stages
 from ..optim import build_optimizer, build_schedule
 from ..synthesis.base import CostMeter, SynthContext, is_distributed
 from ..synthesis.proxy import seed_pool_with_proxy
@@ -248,14 +248,13 @@ class DataFreeDistillation(DistillationModule):
             self.cost.add(teacher_forwards=1)
             t_logits = None  # the teacher labels the moved images
         need_features = reads(self.student_terms, self.weights, "student_features")
-        with torch.no_grad(), (stage_tap(self.teacher) if need_features else nullcontext()) as t_tap:
-            if t_logits is None or need_features:
-                t_logits = self.teacher(images)
-                self.cost.add(teacher_forwards=1)
-            t_feats = t_tap.features if need_features else None
-        with (stage_tap(self.student) if need_features else nullcontext()) as s_tap:
-            s_logits, t_logits = self.student_logits(images, t_logits)
-            s_feats = s_tap.features if need_features else None
+        t_feats = None
+        if t_logits is None or need_features:
+            with torch.no_grad():
+                t_logits, t_feats = with_stages(self.teacher, need_features, lambda: self.teacher(images))
+            self.cost.add(teacher_forwards=1)
+        (s_logits, t_logits), s_feats = with_stages(self.student, need_features,
+                                                    lambda: self.student_logits(images, t_logits))
         terms = compute_terms(self.student_terms, self.weights, {
             "student_logits": s_logits, "teacher_logits": t_logits, "soft_targets": batch.soft_targets,
             "temperature": self.loss_cfg.temperature, "student_features": s_feats, "teacher_features": t_feats,

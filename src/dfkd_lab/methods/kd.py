@@ -1,6 +1,5 @@
 """Distillation with real data: response, feature (hint), relation (FSP) and attention terms."""
 
-from contextlib import nullcontext
 
 import torch
 from torch import nn
@@ -8,7 +7,7 @@ from torch import nn
 from ..losses.registry import Lazy, compute_terms, reads
 from ..losses.weighting import weighted_sum
 from ..models.modes import eval_mode
-from ..models.taps import stage_tap
+from ..models.taps import stage_tap, with_stages
 from .base import DistillationModule
 
 
@@ -48,13 +47,9 @@ class KnowledgeDistillation(DistillationModule):
 
     def training_step(self, batch, batch_idx):
         x, y = batch
-        features = self.reads_features
-        with torch.no_grad(), (stage_tap(self.teacher) if features else nullcontext()) as t_tap:
-            t_logits = self.teacher(x)
-            t_feats = t_tap.features if features else None
-        with (stage_tap(self.student) if features else nullcontext()) as s_tap:
-            s_logits = self.student(x)
-            s_feats = s_tap.features if features else None
+        with torch.no_grad():
+            t_logits, t_feats = with_stages(self.teacher, self.reads_features, lambda: self.teacher(x))
+        s_logits, s_feats = with_stages(self.student, self.reads_features, lambda: self.student(x))
         terms = compute_terms(self.loss_terms, self.weights, {
             "student_logits": s_logits, "teacher_logits": t_logits, "labels": y, "temperature": self.temperature,
             "label_smoothing": self.loss_cfg.label_smoothing,

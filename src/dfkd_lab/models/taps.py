@@ -61,6 +61,15 @@ def stage_tap(model: nn.Module) -> FeatureTap:
     return FeatureTap(model, model.feature_layers)
 
 
+def with_stages(model: nn.Module, wanted: bool, forward):
+    """``forward()``'s result and, when ``wanted``, the outputs of ``model``'s feature stages
+    during it (else None): one forward serves the logits and the feature KD terms."""
+    if not wanted:
+        return forward(), None
+    with stage_tap(model) as tap:
+        return forward(), tap.features
+
+
 def penultimate_tap(model: nn.Module) -> FeatureTap:
     """The input of the final classifier layer: the pre-logit feature."""
     if not isinstance(getattr(model, "classifier", None), nn.Module):

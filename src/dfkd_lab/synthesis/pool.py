@@ -234,7 +234,7 @@ class PoolSynthesizer(Synthesizer):
         super().set_extra_state(state)
         if "transfer_set" in state:
             self._reload_pool(state["pool"], **state["transfer_set"])
-        elif state["pool"] is not None:  # None: the subclass refills the pool itself
+        elif state.get("pool") is not None:  # None: the subclass refills the pool itself
             self.pool.load_state_dict(state["pool"])
 
     def _reload_pool(self, index: dict, shards: int, world_size: int):

@@ -9,7 +9,6 @@ the pool with the proxy's images before synthesis starts (the hybrid).
 
 from ..config import ConfigError
 from ..data.proxy import check_not_own_data, load_proxy
-from .base import Synthesizer
 from .pool import PoolSynthesizer
 
 
@@ -40,8 +39,5 @@ class ProxyReplay(PoolSynthesizer):
     def synthesize(self, ctx):
         return {}
 
-    def get_extra_state(self):
-        return Synthesizer.get_extra_state(self)
-
-    def set_extra_state(self, state):
-        Synthesizer.set_extra_state(self, state)
+    def pool_state(self):
+        return {"pool": None}  # bind_run's seeding refills it on resume
