@@ -111,14 +111,15 @@ def test_a_text_embedding_encodes_a_prompt_per_class_name():
 
 
 @pytest.mark.parametrize("kwargs, key", [
-    ({"label_embedding": "clip"}, "synthesizer.label_embedding"),
-    ({"label_embedding": "text"}, "synthesizer.text_encoder"),
-    ({"g_life": 0}, "synthesizer.g_life"),
-    ({"g_steps": 0}, "synthesizer.g_steps"),
-    ({"label_smoothing": 1.0}, "synthesizer.label_smoothing"),
+    ({"label_embedding": "clip"}, "method.synthesizer.label_embedding"),
+    ({"label_embedding": "text"}, "method.synthesizer.label_embedding=text needs method.synthesizer.text_encoder"),
+    ({"g_life": 0}, "method.synthesizer.g_life"),
+    ({"g_steps": 0}, "method.synthesizer.g_steps"),
+    ({"learned_dim": 0}, "method.synthesizer.learned_dim"),
+    ({"label_smoothing": 1.0}, "method.synthesizer.label_smoothing"),
 ])
 def test_bad_nayer_settings_name_the_key(kwargs, key):
-    with pytest.raises(ValueError, match=key):
+    with pytest.raises(ConfigError, match=f"^{key}"):
         NoisyLayerSynthesizer(**kwargs)
 
 

@@ -80,6 +80,14 @@ BAD_INPUT = {
         "TrainingDiverged", "non-finite loss ['weighted sum'] in the student update"),
     "a bad value the synthesizer refuses": (
         ["method=cmi", "method.synthesizer.capacity=0"], "ConfigError", "capacity must be a number of images >= 1"),
+    "a synthesizer value out of range": (
+        ["method=nayer", "method.synthesizer.g_steps=0"], "ConfigError", "method.synthesizer.g_steps must be >= 1, got 0"),
+    "a proxy split the dataset does not have": (
+        ["method=kd_proxy", "proxy.split=val"], "ConfigError", "proxy.split=val: proxy=cifar10 has the splits train and test"),
+    "a proxy for a method that reads none": (
+        ["method=kd", "proxy=cifar10_gray"], "ConfigError", "proxy=cifar10 is given but method=kd trains on real data"),
+    "a proxy key that is not a setting": (
+        ["method=kd_proxy", "+proxy.limt=10"], "ConfigError", "proxy.limt is not a setting"),
     "a synthesizer key that is no setting": (
         ["method=dafl", "+method.synthesizer.mixup=true"], "ConfigError",
         "unexpected keyword argument 'mixup'\") full_key: method.synthesizer: a key set for it is not one of its settings"),

@@ -30,6 +30,7 @@ from .data.sources import DatasetUnavailable
 from .data.transfer_set import load_transfer_set, teacher_sha256
 from .report import UNFINISHED, read_json, run_status
 from .synthesis.bn_hooks import BNStatHooks, bn_layers
+from .synthesis.proxy import ProxyReplay
 from .zoo import TeacherError
 
 
@@ -109,8 +110,10 @@ def fidelity(run_dir, checkpoint: str = "last", generated_images: int = 2048) ->
     elif hasattr(module.synthesizer, "generate"):
         parts = [("generator, fresh batches", generated(module.synthesizer, generated_images, batch_size))]
     else:
-        raise ConfigError(f"{run_dir}: no transfer_set/ (moved, or saving it was switched off) and "
-                          f"method={cfg.method.name} has no generator to draw images from")
+        reason = ("it synthesises nothing: its images are the proxy's" if isinstance(module.synthesizer, ProxyReplay)
+                  else "moved, or saving it was switched off")
+        raise ConfigError(f"{run_dir}: no transfer_set/ ({reason}) and method={cfg.method.name} has no generator "
+                          "to draw images from")
     parts.append(("real test split", data.split("test").tensors[0]))
     has_bn = bool(bn_layers(teacher))
     return [(name, len(x), *agreement(teacher, student, x),

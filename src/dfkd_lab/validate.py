@@ -22,6 +22,7 @@ from .config import (
     LossConfig,
     MethodConfig,
     PathsConfig,
+    ProxyConfig,
     StudentConfig,
     SynthesisConfig,
     TeacherConfig,
@@ -38,7 +39,8 @@ from .resume import continue_command
 # Groups with a schema: a key the schema does not have (e.g. ``+method.epochz=3``, which Hydra
 # itself suggests for a typo) would otherwise be accepted and never read.
 SCHEMAS = {"data": DataConfig, "teacher": TeacherConfig, "student": StudentConfig, "method": MethodConfig,
-           "loss": LossConfig, "paths": PathsConfig, "trainer": TrainerConfig, "method.synthesis": SynthesisConfig,
+           "loss": LossConfig, "paths": PathsConfig, "trainer": TrainerConfig, "proxy": ProxyConfig,
+           "method.synthesis": SynthesisConfig,
            "method.dfq": DFQConfig, "method.export": ExportConfig}
 # The method blocks only some methods read; each method's module says which (config_blocks).
 METHOD_BLOCKS = ("synthesis", "dfq", "export")
@@ -58,7 +60,7 @@ AT_LEAST = [
     ("data.batch_size", 1), ("data.eval_batch_size", 1), ("data.num_classes", 1), ("data.channels", 1),
     ("data.image_size", 1), ("data.num_workers", 0), ("data.crop_pad", 0),
     ("trainer.log_every_n_steps", 1), ("trainer.num_nodes", 1), ("trainer.accumulate_grad_batches", 1),
-    ("trainer.check_val_every_n_epoch", 1), ("trainer.num_sanity_val_steps", -1),
+    ("trainer.check_val_every_n_epoch", 1), ("trainer.num_sanity_val_steps", -1), ("proxy.limit", 1),
 ]
 # Lightning reads -1 as "no limit" for these; anything else must be a positive count.
 LIMITS = ("trainer.max_epochs", "trainer.max_steps")
@@ -203,11 +205,26 @@ def method_problems(cfg: DictConfig) -> list[str]:
     return out
 
 
+def proxy_problems(cfg: DictConfig) -> list[str]:
+    """A proxy is read by data-free runs only, from a split its dataset has."""
+    proxy = cfg.get("proxy")
+    if proxy is None:
+        return []
+    out = []
+    if not is_data_free(cfg.method):
+        out.append(f"proxy={proxy.name} is given but method={cfg.method.name} trains on real data and reads no "
+                   "proxy; drop proxy=, or use method=kd_proxy or a pool method (nayer, cmi, fastdfkd, ...)")
+    if proxy.name != "image_folder" and proxy.split not in ("train", "test"):
+        out.append(f"proxy.split={proxy.split}: proxy={proxy.name} has the splits train and test")
+    return out
+
+
 def problems(cfg: DictConfig, on_this_machine: bool = True) -> list[str]:
     """Every key of ``cfg`` that cannot work; ``on_this_machine=False`` leaves out what depends on
     the machine (a benchmark checks its cells where it starts them, not where they run)."""
     out = [f"{key} is not a setting (a typo? dfkd-train --cfg job prints every key of the run)" for key in unknown_keys(cfg)]
     out += method_problems(cfg)
+    out += proxy_problems(cfg)
     for key, low in AT_LEAST:
         value = _get(cfg, key)
         if isinstance(value, (int, float)) and value < low:

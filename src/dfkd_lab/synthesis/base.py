@@ -6,6 +6,7 @@ training batch"). Its parameters, optimiser states and ``get_extra_state`` (pool
 memory banks) travel in the Lightning checkpoint, so synthesis resumes where it stopped.
 """
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -56,6 +57,33 @@ class CostMeter(nn.Module):
 
     def as_dict(self) -> dict:
         return {f"cost/{name}": getattr(self, name).item() for name in self.fields}
+
+
+class LowestLoss:
+    """The batch of the lowest loss seen in an inner optimisation, with its terms: the last
+    iterate is not always the best one (a high learning rate oscillates)."""
+
+    def __init__(self):
+        self.loss, self.images, self.terms = math.inf, None, {}
+
+    def offer(self, loss: torch.Tensor, images: torch.Tensor, terms: dict):
+        if loss.item() < self.loss:
+            self.loss, self.images = loss.item(), images.detach().to(torch.float32, copy=True)
+            self.terms = {k: v.detach() for k, v in terms.items()}
+
+
+def inner_step(ctx, loss: torch.Tensor, optimizers, after_backward=None):
+    """One update of what synthesis optimises (pixels, a generator, its input). Autocast caches
+    the low-precision copy of every leaf until the outermost autocast block exits, i.e. for the
+    whole training step: the cache is dropped so the next step sees the updated leaves."""
+    for opt in optimizers:
+        opt.zero_grad()
+    ctx.backward(loss)
+    if after_backward is not None:
+        after_backward()
+    for opt in optimizers:
+        opt.step()
+    torch.clear_autocast_cache()
 
 
 def is_distributed() -> bool:

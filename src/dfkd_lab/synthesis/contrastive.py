@@ -13,6 +13,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from ..config import ConfigError
 from ..losses.registry import Lazy
 from .bn_hooks import BNStatHooks, bn_layers
 from .generator_inversion import GeneratorInversion
@@ -24,7 +25,7 @@ class MemoryBank:
 
     def __init__(self, capacity: int):
         if capacity < 1:
-            raise ValueError(f"synthesizer.bank_size must be >= 1, got {capacity}")
+            raise ConfigError(f"method.synthesizer.bank_size must be >= 1, got {capacity}")
         self.capacity = capacity
         self.features: torch.Tensor | None = None
         self.next = 0  # where the next row is written
@@ -68,9 +69,9 @@ class ContrastiveSynthesizer(GeneratorInversion):
                  local_scale: tuple = (0.25, 1.0), **kwargs):
         super().__init__(**kwargs)
         if iterations < 1:
-            raise ValueError(f"synthesizer.iterations must be >= 1, got {iterations}")
+            raise ConfigError(f"method.synthesizer.iterations must be >= 1, got {iterations}")
         if cr_temperature <= 0:
-            raise ValueError(f"synthesizer.cr_temperature must be > 0, got {cr_temperature}")
+            raise ConfigError(f"method.synthesizer.cr_temperature must be > 0, got {cr_temperature}")
         self.iterations, self.cr_temperature = iterations, cr_temperature
         self.head_dim, self.lr_head = head_dim, lr_head
         self.negatives, self.local_scale = negatives, tuple(local_scale)

@@ -23,6 +23,7 @@ from contextlib import nullcontext
 import torch
 from torch import nn
 
+from ..config import ConfigError
 from ..data.augment import mixup
 from ..losses.registry import Lazy, compute_terms, reads
 from ..losses.weighting import weighted_sum
@@ -42,13 +43,13 @@ class GeneratorSynthesizer(Synthesizer):
                  grad_clip: float = 0.0, preview_size: int = 64, augment_mixup: bool = False, replay: int = 0):
         super().__init__()
         if n_generators < 1 or reuse < 1:
-            raise ValueError("synthesizer.n_generators and synthesizer.reuse must be >= 1")
+            raise ConfigError("method.synthesizer.n_generators and synthesizer.reuse must be >= 1")
         self.nz, self.ngf, self.out = nz, ngf, out
         self.lr, self.betas = lr, tuple(betas)
         self.n_generators, self.reuse, self.grad_clip = n_generators, reuse, grad_clip
         self.preview_size, self.augment_mixup = preview_size, augment_mixup
         if replay < 0:
-            raise ValueError(f"synthesizer.replay must be >= 0 (images kept), got {replay}")
+            raise ConfigError(f"method.synthesizer.replay must be >= 0 (images kept), got {replay}")
         self.memory = ImagePool(replay) if replay else None
         self._cache: SynthBatch | None = None
         self._cache_uses = 0

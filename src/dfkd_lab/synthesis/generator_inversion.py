@@ -10,15 +10,16 @@ The loss of one inner step is a weighted sum of named terms (losses/terms.py):
   the T^2 factor would swamp the other terms)
 """
 
-import math
 
 import torch
 from torch import nn
 
 from .. import stop
+from ..config import ConfigError
 from ..losses.registry import Lazy, compute_terms
 from ..losses.weighting import weighted_sum
 from ..models.generators import Generator
+from .base import LowestLoss, inner_step
 from .bn_hooks import BNStatHooks
 from .objectives import balanced_classes, forked_seed
 from .pool import PoolSynthesizer
@@ -54,9 +55,9 @@ class GeneratorInversion(PoolSynthesizer):
                  init: str = "default", bn_momentum: float = 0.0, **pool):
         super().__init__(**pool)
         if init not in INITIALISERS:
-            raise ValueError(f"synthesizer.init must be one of {sorted(INITIALISERS)}, got {init!r}")
+            raise ConfigError(f"method.synthesizer.init must be one of {sorted(INITIALISERS)}, got {init!r}")
         if not 0 <= bn_momentum < 1:
-            raise ValueError(f"synthesizer.bn_momentum must be in [0, 1), got {bn_momentum}")
+            raise ConfigError(f"method.synthesizer.bn_momentum must be in [0, 1), got {bn_momentum}")
         self.bn_momentum = bn_momentum
         self.bn_ema: dict = {}  # per BN layer (mean, var) of earlier batches, when bn_momentum > 0
         self.initialise = INITIALISERS[init]
@@ -119,28 +120,16 @@ class GeneratorInversion(PoolSynthesizer):
 
     def optimise(self, ctx, generator, z, targets, steps: int, optimizers, after_backward=None):
         """Run ``steps`` inner steps; return the lowest-loss batch (detached) and its terms."""
-        best_loss, best_images, best_terms = math.inf, None, {}
+        best = LowestLoss()
         for _ in range(steps):
             stop.check()  # honour SIGTERM/SIGINT within one inner step, not at the end of the round
             x = self.to_pixels(generator(z))
             terms = self.step_terms(ctx, x, targets)
             loss = weighted_sum(terms, ctx.weights)
-            for opt in optimizers:
-                opt.zero_grad()
-            ctx.backward(loss)
-            if after_backward is not None:
-                after_backward()
-            for opt in optimizers:
-                opt.step()
-            # Autocast caches the low-precision copy of every leaf (weights, z) until the
-            # outermost autocast block exits, i.e. for the whole training step: without this
-            # the next inner step would see the weights from before the update.
-            torch.clear_autocast_cache()
-            if loss.item() < best_loss:
-                best_loss, best_images = loss.item(), x.detach().float()
-                best_terms = {k: v.detach() for k, v in terms.items()}
+            best.offer(loss, x, terms)
+            inner_step(ctx, loss, optimizers, after_backward)
         ctx.student.zero_grad(set_to_none=True)  # the adversarial term must not leak into the student
-        return best_images, best_terms
+        return best.images, best.terms
 
     def get_extra_state(self):
         ema = {i: (m.cpu(), v.cpu()) for i, (m, v) in self.bn_ema.items()}

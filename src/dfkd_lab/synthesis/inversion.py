@@ -13,14 +13,15 @@ lowest loss is kept and goes to the pool. BN hooks live only for one batch. Loss
 computed in float32 even under bf16 autocast (the loss functions cast their inputs).
 """
 
-import math
 from contextlib import ExitStack
 
 import torch
 
 from .. import stop
+from ..config import ConfigError
 from ..losses.registry import Lazy, compute_terms, reads
 from ..losses.weighting import weighted_sum
+from .base import LowestLoss, inner_step
 from .bn_hooks import BNStatHooks
 from .pool import PoolSynthesizer
 
@@ -32,9 +33,9 @@ class InversionSynthesizer(PoolSynthesizer):
                  jitter: int = 2, flip: bool = True, init: str = "randn", **pool):
         super().__init__(**pool)
         if iterations < 1:
-            raise ValueError(f"synthesizer.iterations must be >= 1, got {iterations}")
+            raise ConfigError(f"method.synthesizer.iterations must be >= 1, got {iterations}")
         if init not in ("randn", "uniform"):
-            raise ValueError(f"synthesizer.init={init!r}: choose randn (normalised space) or uniform (pixels in [0, 1])")
+            raise ConfigError(f"method.synthesizer.init={init!r}: choose randn (normalised space) or uniform (pixels in [0, 1])")
         self.objective = objective
         self.terms = (*objective.terms, "bn", *PRIORS)
         self.iterations, self.lr, self.betas = iterations, lr, tuple(betas)
@@ -68,7 +69,7 @@ class InversionSynthesizer(PoolSynthesizer):
         goal = self.objective.goal(ctx.batch_size, ctx)
         x = self.start(ctx.batch_size, ctx.device).requires_grad_()
         opt = torch.optim.Adam([x], lr=self.lr, betas=self.betas)
-        best_loss, best_x, best_terms = math.inf, None, {}
+        best = LowestLoss()
         with ExitStack() as stack:
             bn = stack.enter_context(BNStatHooks(ctx.teacher)) if reads(self.terms, w, "bn_layer_losses") else None
             taps = self.objective.taps(ctx, stack)
@@ -82,20 +83,15 @@ class InversionSynthesizer(PoolSynthesizer):
                 terms = compute_terms(self.terms, w, {**inputs, "images": view,
                                                       "bn_layer_losses": Lazy(lambda: bn.layer_losses())})
                 loss = weighted_sum(terms, w)
-                if loss.item() < best_loss:
-                    best_loss, best_x = loss.item(), x.detach().clone()
-                    best_terms = {k: v.detach() for k, v in terms.items()}
-                opt.zero_grad()
-                ctx.backward(loss)
-                opt.step()
+                best.offer(loss, x, terms)
+                inner_step(ctx, loss, [opt])
                 with torch.no_grad():
                     x.copy_(self.clip(x))
-                torch.clear_autocast_cache()  # autocast caches casts of leaves until the step ends
         ctx.student.zero_grad(set_to_none=True)  # a student term must not leak into the student update
         ctx.cost.add(teacher_forwards=self.iterations)
-        self.objective.after_batch(ctx, best_x)
-        self.last_terms = best_terms
-        return best_x, self.objective.soft_targets(goal)
+        self.objective.after_batch(ctx, best.images)
+        self.last_terms = best.terms
+        return best.images, self.objective.soft_targets(goal)
 
     def build_optimizers(self):
         return self.objective.build_optimizers()

@@ -14,6 +14,7 @@ import copy
 
 import torch
 
+from ..config import ConfigError
 from .generator_inversion import GeneratorInversion
 
 
@@ -22,9 +23,9 @@ class MetaSynthesizer(GeneratorInversion):
                  bn_momentum: float = 0.9, **kwargs):
         super().__init__(bn_momentum=bn_momentum, **kwargs)
         if g_steps < 1:
-            raise ValueError(f"synthesizer.g_steps must be >= 1, got {g_steps}")
+            raise ConfigError(f"method.synthesizer.g_steps must be >= 1, got {g_steps}")
         if meta not in ("maml", "reptile"):
-            raise ValueError(f"synthesizer.meta={meta!r}: choose maml or reptile")
+            raise ConfigError(f"method.synthesizer.meta={meta!r}: choose maml or reptile")
         self.g_steps, self.meta = g_steps, meta
         self.lr_meta = lr_meta if lr_meta is not None else self.lr_g * g_steps  # as the paper's code
 

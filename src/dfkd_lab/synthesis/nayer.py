@@ -29,6 +29,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from ..config import ConfigError
 from .generator_inversion import GeneratorInversion
 from .objectives import classifier
 
@@ -41,7 +42,7 @@ def text_embedding(encoder, class_names, prompt: str) -> torch.Tensor:
     table = encode([prompt.format(name) for name in class_names])
     table = torch.as_tensor(table).detach().float().cpu()
     if table.dim() != 2 or table.shape[0] != len(class_names):
-        raise ValueError(f"synthesizer.text_encoder returned shape {tuple(table.shape)}: expected one row "
+        raise ConfigError(f"method.synthesizer.text_encoder returned shape {tuple(table.shape)}: expected one row "
                          f"per class ({len(class_names)}, dim)")
     return table
 
@@ -63,16 +64,18 @@ class NoisyLayerSynthesizer(GeneratorInversion):
                  class_names: list | None = None, prompt: str = "a image of {}", **kwargs):
         super().__init__(**kwargs)
         if g_steps < 1:
-            raise ValueError(f"synthesizer.g_steps must be >= 1, got {g_steps}")
+            raise ConfigError(f"method.synthesizer.g_steps must be >= 1, got {g_steps}")
         if g_life < 1:
-            raise ValueError(f"synthesizer.g_life must be >= 1 (epochs), got {g_life}")
+            raise ConfigError(f"method.synthesizer.g_life must be >= 1 (epochs), got {g_life}")
         if label_embedding not in EMBEDDINGS:
-            raise ValueError(f"synthesizer.label_embedding must be one of {list(EMBEDDINGS)}, got {label_embedding!r}")
+            raise ConfigError(f"method.synthesizer.label_embedding must be one of {list(EMBEDDINGS)}, got {label_embedding!r}")
         if label_embedding == "text" and (text_encoder is None or not class_names):
-            raise ValueError("synthesizer.label_embedding=text needs synthesizer.text_encoder (an object with "
-                             "encode(list_of_strings)) and synthesizer.class_names (one name per class)")
+            raise ConfigError("method.synthesizer.label_embedding=text needs method.synthesizer.text_encoder (an object with "
+                             "encode(list_of_strings)) and method.synthesizer.class_names (one name per class)")
+        if learned_dim < 1:
+            raise ConfigError(f"method.synthesizer.learned_dim must be >= 1, got {learned_dim}")
         if not 0 <= label_smoothing < 1:
-            raise ValueError(f"synthesizer.label_smoothing must be in [0, 1), got {label_smoothing}")
+            raise ConfigError(f"method.synthesizer.label_smoothing must be in [0, 1), got {label_smoothing}")
         self.g_steps, self.g_life = g_steps, g_life
         self.label_embedding, self.learned_dim = label_embedding, learned_dim
         self.label_smoothing = label_smoothing
@@ -90,7 +93,7 @@ class NoisyLayerSynthesizer(GeneratorInversion):
             table = torch.eye(num_classes)
         else:
             if len(self.class_names) != num_classes:
-                raise ValueError(f"synthesizer.class_names has {len(self.class_names)} names for "
+                raise ConfigError(f"method.synthesizer.class_names has {len(self.class_names)} names for "
                                  f"{num_classes} classes")
             table = text_embedding(self.text_encoder, self.class_names, self.prompt)
         self.register_buffer("embedding", scaled_rows(table), persistent=False)

@@ -113,7 +113,7 @@ class DirichletTargets(Objective):
     def __init__(self, betas: tuple = (1.0, 0.1), temperature: float = 20.0, min_concentration: float = 1e-3):
         super().__init__()
         if not betas or min(betas) <= 0:
-            raise ValueError(f"synthesizer.objective.betas must be positive scales, got {betas}")
+            raise ConfigError(f"method.synthesizer.objective.betas must be positive scales, got {betas}")
         self.betas, self.temperature, self.min_concentration = tuple(betas), temperature, min_concentration
 
     def setup(self, synth, teacher):
@@ -157,7 +157,7 @@ class FeatureGaussian(Objective):
     def __init__(self, lr_d: float = 0.05, d_steps: int = 5, oversample: int = 1):
         super().__init__()
         if oversample < 1:
-            raise ValueError(f"synthesizer.objective.oversample must be >= 1, got {oversample}")
+            raise ConfigError(f"method.synthesizer.objective.oversample must be >= 1, got {oversample}")
         self.lr_d, self.d_steps, self.oversample = lr_d, d_steps, oversample
 
     def setup(self, synth, teacher):

@@ -35,7 +35,7 @@ class ImagePool:
 
     def __init__(self, capacity: int):
         if not isinstance(capacity, int) or capacity < 1:
-            raise ConfigError(f"synthesizer.capacity must be a number of images >= 1, got {capacity!r}")
+            raise ConfigError(f"method.synthesizer.capacity must be a number of images >= 1, got {capacity!r}")
         self.capacity = capacity
         self._images: torch.Tensor | None = None
         self._soft: torch.Tensor | None = None
@@ -170,7 +170,7 @@ class PoolSynthesizer(Synthesizer):
                  augment_mixup: bool = False, save_transfer_set: bool = True):
         super().__init__()
         if augment_pad < 0:
-            raise ValueError(f"synthesizer.augment_pad must be >= 0, got {augment_pad}")
+            raise ConfigError(f"method.synthesizer.augment_pad must be >= 0, got {augment_pad}")
         self.pool = ImagePool(capacity)
         self.augment_pad, self.augment_flip, self.augment_mixup = augment_pad, augment_flip, augment_mixup
         self.save_transfer_set = save_transfer_set
