@@ -133,8 +133,8 @@ def test_nan_stops_the_run_and_keeps_the_earlier_checkpoint(compose_cfg, monkeyp
 
 
 @pytest.mark.parametrize("patience, collapses", [(3, True), (0, False)])
-def test_collapsed_generator_stops_the_run_after_patience_steps(compose_cfg, monkeypatch, patience, collapses):
-    """method.synthesis.collapse_patience: every image labelled one class for that many steps stops the
+def test_collapsed_generator_stops_the_run_after_patience_rounds(compose_cfg, monkeypatch, patience, collapses):
+    """method.synthesis.collapse_patience: every image labelled one class for that many rounds stops the
     run (0 = never); the checkpoint of the epoch before is kept."""
     cfg = tiny(compose_cfg, "dafl", "trainer.max_epochs=2", f"method.synthesis.collapse_patience={patience}")
     real = GeneratorSynthesizer.batch
@@ -146,7 +146,7 @@ def test_collapsed_generator_stops_the_run_after_patience_steps(compose_cfg, mon
 
     monkeypatch.setattr(GeneratorSynthesizer, "batch", one_class)
     if collapses:  # 2 steps per epoch: the third step, in epoch 1, is the third collapsed one
-        with pytest.raises(SynthesisDiverged, match="collapse.*class 3 for 3 steps"):
+        with pytest.raises(SynthesisDiverged, match="collapse.*class 3 for 3 synthesis rounds"):
             run(cfg)
         assert (Path(cfg.paths.output_dir) / "checkpoints" / "last.ckpt").is_file()  # from epoch 0
     else:
