@@ -74,7 +74,7 @@ class StudentConfig:
 @dataclass
 class LossConfig:
     temperature: float = 1.0
-    label_smoothing: float = 0.0  # supervised training (method=teacher, scratch): CE to smoothed labels
+    label_smoothing: float = 0.0  # the real-label ce term (method=teacher, scratch, kd): CE to smoothed labels
     weights: dict[str, float] = field(default_factory=dict)
 
 

@@ -20,16 +20,17 @@ SCHEDULES = {
     "constant": lambda opt, steps: torch.optim.lr_scheduler.LambdaLR(opt, lambda _: 1.0),
     "one_cycle": lambda opt, steps: torch.optim.lr_scheduler.LambdaLR(opt, partial(one_cycle, total_steps=steps)),
 }
-OPTIMIZERS = ("sgd", "adam")
+OPTIMIZERS = {
+    "sgd": lambda params, m: torch.optim.SGD(params, lr=m.lr, momentum=m.momentum, weight_decay=m.weight_decay,
+                                             nesterov=m.nesterov),
+    "adam": lambda params, m: torch.optim.Adam(params, lr=m.lr, weight_decay=m.weight_decay),
+}
 
 
 def build_optimizer(params, method):
-    if method.optimizer == "sgd":
-        return torch.optim.SGD(params, lr=method.lr, momentum=method.momentum, weight_decay=method.weight_decay,
-                               nesterov=method.nesterov)
-    if method.optimizer == "adam":
-        return torch.optim.Adam(params, lr=method.lr, weight_decay=method.weight_decay)
-    raise ValueError(f"method.optimizer={method.optimizer!r}: choose one of {', '.join(OPTIMIZERS)}")
+    if method.optimizer not in OPTIMIZERS:
+        raise ValueError(f"method.optimizer={method.optimizer!r}: choose one of {', '.join(OPTIMIZERS)}")
+    return OPTIMIZERS[method.optimizer](params, method)
 
 
 def build_schedule(optimizer, method, total_steps: int):

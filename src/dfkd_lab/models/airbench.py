@@ -1,7 +1,7 @@
 """The fast CIFAR network of Jordan, *94% on CIFAR-10 in 3.29 Seconds on a Single GPU* (2024):
 a frozen patch-whitening convolution and three conv-pool-BatchNorm groups (widths 64, 256,
 256). Its per-image cost is WRN-16-2's, but it reaches a given accuracy in a fraction of the
-epochs, which is what makes a >90% CIFAR-10 teacher affordable on a CPU.
+epochs, which is what a CIFAR-10 teacher trained on a CPU needs (docs/cifar10_cpu.md).
 
 The whitening layer is fitted to training images (``fit_to_images``) before training starts;
 its weights are then fixed (they travel in the state dict like any other)."""

@@ -43,7 +43,7 @@ class GeneratorSynthesizer(Synthesizer):
                  grad_clip: float = 0.0, preview_size: int = 64, augment_mixup: bool = False, replay: int = 0):
         super().__init__()
         if n_generators < 1 or reuse < 1:
-            raise ConfigError("method.synthesizer.n_generators and synthesizer.reuse must be >= 1")
+            raise ConfigError("method.synthesizer.n_generators and method.synthesizer.reuse must be >= 1")
         self.nz, self.ngf, self.out = nz, ngf, out
         self.lr, self.betas = lr, tuple(betas)
         self.n_generators, self.reuse, self.grad_clip = n_generators, reuse, grad_clip
