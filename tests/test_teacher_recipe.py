@@ -79,8 +79,31 @@ def test_a_teacher_run_fits_the_whitening_to_its_training_images(tmp_path, monke
     data = build_data(cfg)
     student = build_student(cfg, data)
     before = student.whiten.weight.clone()
-    build_module(cfg, student, None, data)  # method=teacher uses no teacher
+    module = build_module(cfg, student, None, data)  # method=teacher uses no teacher
+    assert module.student_parameters()[0]["lr_scale"] == 64  # the network's own optimiser groups
     fitted = build_model("airbench", 10, 3)
     fitted.fit_to_images(data.split("train").tensors[0])
     assert not torch.equal(before, student.whiten.weight)
     assert torch.allclose(student.whiten.weight, fitted.whiten.weight, atol=1e-5)
+
+
+def test_a_group_with_an_lr_scale_gets_that_multiple_and_the_same_decay_per_step():
+    cfg = compose_config(["experiment=teacher_cifar10_cpu_airbench", "method.lr=0.5", "method.weight_decay=0.002"])
+    fast, plain = torch.nn.Parameter(torch.ones(1)), torch.nn.Parameter(torch.ones(1))
+    opt = build_optimizer([{"params": [fast], "lr_scale": 64}, {"params": [plain]}], cfg.method)
+    assert [g["lr"] for g in opt.param_groups] == [32.0, 0.5]
+    assert [g["weight_decay"] for g in opt.param_groups] == pytest.approx([0.002 / 64, 0.002])
+    assert [g["lr"] * g["weight_decay"] for g in opt.param_groups] == pytest.approx([0.001, 0.001])
+
+
+def test_airbench_trains_its_norm_shifts_faster_and_never_its_norm_scales():
+    cfg = compose_config(["experiment=teacher_cifar10_cpu_airbench"])
+    net = build_model("airbench", 10, 3)
+    shifts, rest = net.parameter_groups()
+    norms = [m for m in net.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    assert shifts["lr_scale"] == 64 and len(shifts["params"]) == len(norms) == 6
+    assert all(not n.weight.requires_grad and torch.equal(n.weight, torch.ones_like(n.weight)) for n in norms)
+    trained = {id(p) for p in net.parameters() if p.requires_grad}
+    assert {id(p) for g in (shifts, rest) for p in g["params"]} == trained  # every trained weight, once
+    opt = build_optimizer(net.parameter_groups(), cfg.method)
+    assert opt.param_groups[0]["lr"] == pytest.approx(64 * cfg.method.lr)

@@ -27,10 +27,22 @@ OPTIMIZERS = {
 }
 
 
+def scaled_groups(params, method) -> list:
+    """A network's parameter groups with their ``lr_scale`` applied: that multiple of
+    ``method.lr``, and the weight decay divided by it, so the decay per step stays the same."""
+    groups = []
+    for group in params:
+        if isinstance(group, dict) and "lr_scale" in group:
+            group = {**group, "lr": method.lr * group["lr_scale"],
+                     "weight_decay": method.weight_decay / group["lr_scale"]}
+        groups.append(group)
+    return groups
+
+
 def build_optimizer(params, method):
     if method.optimizer not in OPTIMIZERS:
         raise ValueError(f"method.optimizer={method.optimizer!r}: choose one of {', '.join(OPTIMIZERS)}")
-    return OPTIMIZERS[method.optimizer](params, method)
+    return OPTIMIZERS[method.optimizer](scaled_groups(params, method), method)
 
 
 def build_schedule(optimizer, method, total_steps: int):

@@ -160,6 +160,9 @@ class DistillationModule(pl.LightningModule):
 
     # --- the student's optimiser ----------------------------------------------------------
     def student_parameters(self):
+        """What the optimiser trains: the network's own groups where it defines them (optim.py)."""
+        if hasattr(self.student, "parameter_groups"):
+            return self.student.parameter_groups()
         return self.student.parameters()
 
     def total_student_steps(self) -> int:

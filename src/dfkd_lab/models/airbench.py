@@ -20,11 +20,19 @@ def dirac_conv(cin: int, cout: int) -> nn.Conv2d:
     return conv
 
 
+def shift_only_norm(channels: int) -> nn.BatchNorm2d:
+    """BatchNorm with its scale fixed at 1 and only its shift learned; its running statistics
+    follow the last few batches (a run of a few hundred steps has no time for a slow average)."""
+    norm = nn.BatchNorm2d(channels, eps=1e-12, momentum=0.4)
+    norm.weight.requires_grad_(False)
+    return norm
+
+
 class ConvGroup(nn.Sequential):
     def __init__(self, cin: int, cout: int):
         super().__init__(
-            dirac_conv(cin, cout), nn.MaxPool2d(2), nn.BatchNorm2d(cout), nn.GELU(),
-            dirac_conv(cout, cout), nn.BatchNorm2d(cout), nn.GELU(),
+            dirac_conv(cin, cout), nn.MaxPool2d(2), shift_only_norm(cout), nn.GELU(),
+            dirac_conv(cout, cout), shift_only_norm(cout), nn.GELU(),
         )
 
 
@@ -33,6 +41,8 @@ class AirBench(nn.Module):
     #: the logits are scaled down so that a high learning rate does not saturate the softmax
     logit_scale = 1 / 9
     patch = 2  # the whitening kernel's size
+    #: the BatchNorm shifts learn this many times faster than the weights (their scale is fixed)
+    norm_shift_lr_scale = 64
 
     def __init__(self, num_classes: int = 10, in_channels: int = 3, widths=(64, 256, 256)):
         super().__init__()
@@ -56,6 +66,13 @@ class AirBench(nn.Module):
         eigenvalues, eigenvectors = torch.linalg.eigh(covariance)
         filters = (eigenvectors.T / (eigenvalues + eps).sqrt()[:, None]).reshape(-1, c, k, k)
         self.whiten.weight.copy_(torch.cat([filters, -filters]))
+
+    def parameter_groups(self) -> list[dict]:
+        """The optimiser's groups: the BatchNorm shifts at ``norm_shift_lr_scale`` times the
+        learning rate (optim.py reads ``lr_scale``), every other trained weight at 1x."""
+        shifts = [m.bias for m in self.modules() if isinstance(m, nn.BatchNorm2d)]
+        rest = [p for p in self.parameters() if p.requires_grad and all(p is not s for s in shifts)]
+        return [{"params": shifts, "lr_scale": self.norm_shift_lr_scale}, {"params": rest}]
 
     def forward(self, x):
         x = self.group3(self.group2(self.group1(self.act(self.whiten(x)))))
