@@ -432,6 +432,12 @@ def test_a_finished_run_keeps_its_results_when_resumed(monkeypatch, capsys, tmp_
         code, err = cli(monkeypatch, capsys, tmp_path, f"resume={run_dir}", *extra, base=())
         assert code == 0 and "finished already (test acc" in err
         assert (run_dir / "metrics.json").read_bytes() == finished
+    # a resume to train longer that fails before it trains (a bad setting) keeps the results
+    code, err = cli(monkeypatch, capsys, tmp_path, f"resume={run_dir}", "trainer.max_epochs=3", "data.num_workers=-1",
+                    base=())
+    assert code == 2 and "data.num_workers" in err
+    assert (run_dir / "metrics.json").read_bytes() == finished
+    assert "before training; the finished run's metrics.json stands" in (run_dir / "train.log").read_text()
     checkpoint = run_dir / "checkpoints" / "last.ckpt"
     checkpoint.rename(checkpoint.with_suffix(".kept"))  # finished, its checkpoints deleted: still finished
     code, err = cli(monkeypatch, capsys, tmp_path, f"resume={run_dir}", base=())

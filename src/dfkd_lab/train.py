@@ -65,6 +65,7 @@ from .methods.base import TrainingDiverged
 from .methods.data_free import SynthesisDiverged
 from .provenance import provenance, run_command
 from .quiet import silence_known_noise
+from .report import finished_metrics
 from .resume import RunFinished, continue_command, resume_args
 from .validate import (
     check_new_run_dir,
@@ -317,10 +318,16 @@ def end_unfinished(cfg: DictConfig, err: BaseException, clock: WallClock) -> int
         traceback_text = "".join(traceback.format_exception(err))
     if rank_zero_only.rank == 0:
         try:
-            append_log(output_dir, f"run {status} (exit {code})\n{traceback_text}".rstrip())
-            record = {**last_progress(output_dir), "time/total_s": clock.elapsed(), "run/seed": cfg.seed,
-                      "run/command": run_command()}  # which run of a sweep it was, even if refused at once
-            write_final_metrics(output_dir, record, status)
+            if clock.at_last_step is None and finished_metrics(output_dir) is not None:
+                # a later command against a finished run failed before it trained: the run's
+                # results stand, and its log says what happened
+                append_log(output_dir, f"a resume {status} (exit {code}) before training; the finished run's "
+                                       f"metrics.json stands\n{traceback_text}".rstrip())
+            else:
+                append_log(output_dir, f"run {status} (exit {code})\n{traceback_text}".rstrip())
+                record = {**last_progress(output_dir), "time/total_s": clock.elapsed(), "run/seed": cfg.seed,
+                          "run/command": run_command()}  # which run of a sweep it was, even if refused at once
+                write_final_metrics(output_dir, record, status)
             if wandb_run() is not None:
                 wandb_run().summary["status"] = status  # the dashboard's column, beside the exit code
         except OSError as write_error:  # a full disk or a read-only run dir: the message still goes out
