@@ -27,6 +27,12 @@ OPTIMIZERS = {
 }
 
 
+def network_groups(net) -> list[dict]:
+    """A network's parameter groups for the optimiser: its own (``parameter_groups()``, where a
+    group may ask for an ``lr_scale``) or, by default, one group of all its parameters."""
+    return net.parameter_groups() if hasattr(net, "parameter_groups") else [{"params": list(net.parameters())}]
+
+
 def scaled_groups(params, method) -> list:
     """A network's parameter groups with their ``lr_scale`` applied: that multiple of
     ``method.lr``, and the weight decay divided by it, so the decay per step stays the same."""

@@ -14,7 +14,7 @@ from torchmetrics.classification import MulticlassAccuracy
 
 from ..losses.registry import loss_term
 from ..losses.weighting import check_weights
-from ..optim import build_optimizer, build_schedule
+from ..optim import build_optimizer, build_schedule, network_groups
 from ..quiet import silence_known_noise
 from ..zoo import freeze
 
@@ -159,11 +159,9 @@ class DistillationModule(pl.LightningModule):
             )
 
     # --- the student's optimiser ----------------------------------------------------------
-    def student_parameters(self):
-        """What the optimiser trains: the network's own groups where it defines them (optim.py)."""
-        if hasattr(self.student, "parameter_groups"):
-            return self.student.parameter_groups()
-        return self.student.parameters()
+    def student_parameters(self) -> list[dict]:
+        """What the optimiser trains, as parameter groups (optim.py)."""
+        return network_groups(self.student)
 
     def total_student_steps(self) -> int:
         return int(self.trainer.estimated_stepping_batches)

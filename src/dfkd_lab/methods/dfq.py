@@ -70,7 +70,9 @@ class DFQDistillation(DataFreeDistillation):
         self._int8 = ()  # (converted model,) from the test on; a tuple keeps it out of the state dict
 
     def student_parameters(self):
-        return [*self.student.parameters(), *self.peers.parameters()]
+        groups = super().student_parameters()  # the peers train at the network's plain rate
+        groups[-1]["params"] = [*groups[-1]["params"], *self.peers.parameters()]
+        return groups
 
     def _ensemble(self):
         return StudentEnsemble([self.student, *self.peers]) if len(self.peers) else self.student

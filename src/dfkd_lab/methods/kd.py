@@ -40,10 +40,10 @@ class KnowledgeDistillation(DistillationModule):
         return cls(student, cfg.method, cfg.loss, data.num_classes, teacher, data.image_shape)
 
     def student_parameters(self):
-        params = list(self.student.parameters())
-        if hasattr(self, "projections"):
-            params += list(self.projections.parameters())
-        return params
+        groups = super().student_parameters()
+        if hasattr(self, "projections"):  # trained at the network's plain rate, in its last group
+            groups[-1]["params"] = [*groups[-1]["params"], *self.projections.parameters()]
+        return groups
 
     def training_step(self, batch, batch_idx):
         x, y = batch
