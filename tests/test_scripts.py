@@ -5,7 +5,9 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
+import torch
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -58,3 +60,37 @@ def test_gpu_check_dry_run_runs_every_step_and_tabulates_them(tmp_path):
     assert all(row[1] == "0" for row in rows)
     report = (tmp_path / "gc" / "gpu_check.md").read_text()
     assert f"runs: {len(rows)} ({len(rows)} finished)" in report
+
+
+def test_jpeg_copy_reencodes_both_splits_keeping_labels_and_layout(tmp_path):
+    import pickle
+
+    from dfkd_lab.data import sources
+
+    folder, train_files, test_files, label_key = sources.CIFAR_LAYOUTS["CIFAR10"]
+    # smooth images, so that JPEG's error is small and measurable against the originals
+    ramp = np.linspace(0, 255, 32, dtype=np.float64)
+    images = np.stack([np.stack([np.add.outer(ramp, ramp * k) / (1 + k) for k in (0.5, 1, 2)])] * 2)
+    images = images.astype(np.uint8)
+    for i, name in enumerate(train_files + test_files):
+        (tmp_path / "src" / folder).mkdir(parents=True, exist_ok=True)
+        blob = {"data": images.reshape(2, -1), label_key: [i, 9 - i]}
+        (tmp_path / "src" / folder / name).write_bytes(pickle.dumps(blob))
+    out = subprocess.run([sys.executable, str(REPO / "scripts" / "jpeg_copy.py"), str(tmp_path / "src"),
+                          str(tmp_path / "q10"), "--quality", "10"],
+                         check=False, cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert f"{tmp_path / 'q10' / folder}: 12 images at JPEG quality 10" in out.stdout
+    x, y = sources.LOADERS["cifar10"](tmp_path / "q10", "train", download=False)
+    assert x.shape == (10, 3, 32, 32) and y.tolist() == [0, 9, 1, 8, 2, 7, 3, 6, 4, 5]
+    error = (x[:2].float() - torch.from_numpy(images).float()).abs().mean().item()
+    assert 0.1 < error < 20  # re-encoded: changed, and still the same images
+    x, y = sources.LOADERS["cifar10"](tmp_path / "q10", "test", download=False)
+    assert x.shape == (2, 3, 32, 32) and y.tolist() == [5, 4]
+
+
+def test_jpeg_copy_refuses_a_quality_out_of_range(tmp_path):
+    out = subprocess.run([sys.executable, str(REPO / "scripts" / "jpeg_copy.py"), str(tmp_path), str(tmp_path / "d"),
+                          "--quality", "100"], check=False, cwd=REPO, capture_output=True, text=True, timeout=60)
+    assert out.returncode == 2 and "--quality must be in 1..95, got 100" in out.stderr
+    assert not (tmp_path / "d").exists()
