@@ -453,6 +453,29 @@ def test_a_finished_run_keeps_its_results_when_resumed(monkeypatch, capsys, tmp_
         assert after[key] == before[key], key
 
 
+
+def test_a_resume_that_fails_before_training_leaves_the_finished_run_finished_on_wandb(monkeypatch, capsys, tmp_path):
+    """W&B has started (the resumed run's id) when the failure comes: the dashboard keeps the run
+    as it finished, as metrics.json does; only the command's exit code and the log tell."""
+    from dfkd_lab.methods.data_free import DataFreeDistillation
+
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    run_dir = tmp_path / "run"
+    code, err = cli(monkeypatch, capsys, tmp_path, "method=dafl", "logger=wandb")
+    assert code == 0, err
+    finished = (run_dir / "metrics.json").read_bytes()
+
+    def broken(self):
+        assert train.wandb_run() is not None  # the failure this test is about comes after W&B starts
+        raise RuntimeError("broken on purpose")
+
+    monkeypatch.setattr(DataFreeDistillation, "on_fit_start", broken)
+    code, err = cli(monkeypatch, capsys, tmp_path, f"resume={run_dir}", "trainer.max_epochs=3", base=())
+    assert code == 1 and "broken on purpose" in err
+    assert (run_dir / "metrics.json").read_bytes() == finished
+    assert wandb_exit_code(run_dir) == 0 and "status" not in wandb_summary(run_dir)
+    assert "a resume failed: RuntimeError: broken on purpose (exit 1) before training" in (run_dir / "train.log").read_text()
+
 # --- one meaning of "step" ---------------------------------------------------------------------------
 def test_steps_are_student_updates_in_max_steps_the_csv_and_the_curve(compose_cfg):
     cfg = compose_cfg("method=dafl", "method.synthesizer.ngf=4", "method.synthesizer.nz=8", "method.synthesis.batch_size=8",

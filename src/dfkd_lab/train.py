@@ -320,16 +320,17 @@ def end_unfinished(cfg: DictConfig, err: BaseException, clock: WallClock) -> int
         try:
             if clock.at_last_step is None and finished_metrics(output_dir) is not None:
                 # a later command against a finished run failed before it trained: the run's
-                # results stand, and its log says what happened
+                # results stand, in metrics.json and on W&B, and its log says what happened
                 append_log(output_dir, f"a resume {status} (exit {code}) before training; the finished run's "
                                        f"metrics.json stands\n{traceback_text}".rstrip())
+                finish_wandb(0)
             else:
                 append_log(output_dir, f"run {status} (exit {code})\n{traceback_text}".rstrip())
                 record = {**last_progress(output_dir), "time/total_s": clock.elapsed(), "run/seed": cfg.seed,
                           "run/command": run_command()}  # which run of a sweep it was, even if refused at once
                 write_final_metrics(output_dir, record, status)
-            if wandb_run() is not None:
-                wandb_run().summary["status"] = status  # the dashboard's column, beside the exit code
+                if wandb_run() is not None:
+                    wandb_run().summary["status"] = status  # the dashboard's column, beside the exit code
         except OSError as write_error:  # a full disk or a read-only run dir: the message still goes out
             sys.stderr.write(f"dfkd-train: could not record the end of the run in {output_dir}: {write_error}\n")
         if message:
