@@ -71,7 +71,8 @@ class AirBench(nn.Module):
         """The optimiser's groups: the BatchNorm shifts at ``norm_shift_lr_scale`` times the
         learning rate (optim.py reads ``lr_scale``), every other trained weight at 1x."""
         shifts = [m.bias for m in self.modules() if isinstance(m, nn.BatchNorm2d)]
-        rest = [p for p in self.parameters() if p.requires_grad and all(p is not s for s in shifts)]
+        shift_ids = {id(s) for s in shifts}
+        rest = [p for p in self.parameters() if p.requires_grad and id(p) not in shift_ids]
         return [{"params": shifts, "lr_scale": self.norm_shift_lr_scale}, {"params": rest}]
 
     def forward(self, x):
