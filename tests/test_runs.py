@@ -453,7 +453,6 @@ def test_a_finished_run_keeps_its_results_when_resumed(monkeypatch, capsys, tmp_
         assert after[key] == before[key], key
 
 
-
 def test_a_resume_that_fails_before_training_leaves_the_finished_run_finished_on_wandb(monkeypatch, capsys, tmp_path):
     """W&B has started (the resumed run's id) when the failure comes: the dashboard keeps the run
     as it finished, as metrics.json does; only the command's exit code and the log tell."""
@@ -475,6 +474,7 @@ def test_a_resume_that_fails_before_training_leaves_the_finished_run_finished_on
     assert (run_dir / "metrics.json").read_bytes() == finished
     assert wandb_exit_code(run_dir) == 0 and "status" not in wandb_summary(run_dir)
     assert "a resume failed: RuntimeError: broken on purpose (exit 1) before training" in (run_dir / "train.log").read_text()
+
 
 # --- one meaning of "step" ---------------------------------------------------------------------------
 def test_steps_are_student_updates_in_max_steps_the_csv_and_the_curve(compose_cfg):

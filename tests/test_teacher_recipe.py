@@ -11,7 +11,7 @@ from dfkd_lab.build import build_data, build_module, build_student
 from dfkd_lab.data import sources
 from dfkd_lab.losses.terms import ce
 from dfkd_lab.models import build_model
-from dfkd_lab.optim import build_optimizer, build_schedule, one_cycle
+from dfkd_lab.optim import build_optimizer, build_schedule, network_groups, one_cycle
 from dfkd_lab.validate import problems
 
 
@@ -94,6 +94,16 @@ def test_a_group_with_an_lr_scale_gets_that_multiple_and_the_same_decay_per_step
     assert [g["lr"] for g in opt.param_groups] == [32.0, 0.5]
     assert [g["weight_decay"] for g in opt.param_groups] == pytest.approx([0.002 / 64, 0.002])
     assert [g["lr"] * g["weight_decay"] for g in opt.param_groups] == pytest.approx([0.001, 0.001])
+
+
+def test_modules_trained_beside_a_network_join_its_plain_rate_group():
+    extra = torch.nn.Linear(3, 2)  # as KD's projections or DFQ's peers
+    plain = torch.nn.Linear(4, 3)
+    (group,) = network_groups(plain, extra)  # a network without groups of its own keeps one
+    assert [id(p) for p in group["params"]] == [id(p) for p in [*plain.parameters(), *extra.parameters()]]
+    shifts, rest = network_groups(build_model("airbench", 10, 3), extra)
+    assert shifts["lr_scale"] == 64 and not any(p is q for p in shifts["params"] for q in extra.parameters())
+    assert "lr_scale" not in rest and [id(p) for p in rest["params"][-2:]] == [id(p) for p in extra.parameters()]
 
 
 def test_airbench_trains_its_norm_shifts_faster_and_never_its_norm_scales():

@@ -27,10 +27,14 @@ OPTIMIZERS = {
 }
 
 
-def network_groups(net) -> list[dict]:
+def network_groups(net, *companions) -> list[dict]:
     """A network's parameter groups for the optimiser: its own (``parameter_groups()``, where a
-    group may ask for an ``lr_scale``) or, by default, one group of all its parameters."""
-    return net.parameter_groups() if hasattr(net, "parameter_groups") else [{"params": list(net.parameters())}]
+    group may ask for an ``lr_scale``; the last is at the plain rate) or, by default, one group of
+    all its parameters. ``companions``, modules trained beside it (KD's projections, DFQ's peers),
+    join its last group, so a plain network keeps one group."""
+    groups = net.parameter_groups() if hasattr(net, "parameter_groups") else [{"params": list(net.parameters())}]
+    groups[-1]["params"] = [*groups[-1]["params"], *(p for m in companions for p in m.parameters())]
+    return groups
 
 
 def scaled_groups(params, method) -> list:

@@ -24,6 +24,7 @@ from torch.ao.quantization import (
 from torchmetrics.classification import MulticlassAccuracy
 
 from ..config import ConfigError
+from ..optim import network_groups
 from ..quant import fake_quant_on, model_bytes, prepare_qat, to_int8
 from .data_free import DataFreeDistillation
 
@@ -70,9 +71,7 @@ class DFQDistillation(DataFreeDistillation):
         self._int8 = ()  # (converted model,) from the test on; a tuple keeps it out of the state dict
 
     def student_parameters(self):
-        groups = super().student_parameters()  # the peers train at the network's plain rate
-        groups[-1]["params"] = [*groups[-1]["params"], *self.peers.parameters()]
-        return groups
+        return network_groups(self.student, self.peers)
 
     def _ensemble(self):
         return StudentEnsemble([self.student, *self.peers]) if len(self.peers) else self.student

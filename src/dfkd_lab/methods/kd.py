@@ -8,6 +8,7 @@ from ..losses.registry import Lazy, compute_terms, reads
 from ..losses.weighting import weighted_sum
 from ..models.modes import eval_mode
 from ..models.taps import stage_tap, with_stages
+from ..optim import network_groups
 from .base import DistillationModule
 
 
@@ -40,10 +41,7 @@ class KnowledgeDistillation(DistillationModule):
         return cls(student, cfg.method, cfg.loss, data.num_classes, teacher, data.image_shape)
 
     def student_parameters(self):
-        groups = super().student_parameters()
-        if hasattr(self, "projections"):  # trained at the network's plain rate, in its last group
-            groups[-1]["params"] = [*groups[-1]["params"], *self.projections.parameters()]
-        return groups
+        return network_groups(self.student, *([self.projections] if hasattr(self, "projections") else []))
 
     def training_step(self, batch, batch_idx):
         x, y = batch
