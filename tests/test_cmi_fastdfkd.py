@@ -187,3 +187,15 @@ def test_a_run_stopped_within_the_warm_up_says_its_student_never_trained(compose
     metrics = run(compose_cfg(*TINY["fastdfkd"], *SMALL, *budget))
     assert (metrics["cost/kd_s"] == 0) == warned
     assert ("the student never trained" in capsys.readouterr().err) == warned
+
+
+def test_the_end_of_run_warnings_need_no_attached_trainer(compose_cfg):
+    """After a spawned run (trainer=ddp_sim) the module in the launching process has no trainer."""
+    from dfkd_lab.build import build_data, build_module, build_student, build_teacher
+
+    cfg = compose_cfg(*TINY["fastdfkd"], *SMALL, "method.synthesis.warmup_epochs=50")
+    data = build_data(cfg)
+    module = build_module(cfg, build_student(cfg, data), build_teacher(cfg, data), data)
+    (warning,) = module.end_warnings(max_epochs=60)
+    assert "the student never trained" in warning and "warmup_epochs=50" in warning
+    assert module.end_warnings(max_epochs=50) == []  # the run was asked to end within the warm-up: warned before

@@ -189,7 +189,7 @@ def run(cfg: DictConfig, clock: WallClock | None = None) -> dict:
     metrics.update(machine_and_commit, **{"run/seed": cfg.seed, "run/command": run_command()})
     metrics.update(largest_checkpoint(trainer))
     if trainer.is_global_zero:
-        for text in module.end_warnings():
+        for text in module.end_warnings(trainer.max_epochs):
             tell(output_dir, "warning", text)
         module.on_run_end(output_dir, metrics)
         if cfg.method.trains != "teacher":  # a teacher run exports its teacher itself

@@ -179,8 +179,9 @@ class DistillationModule(pl.LightningModule):
         instead of the float weights (export.py)."""
         return None
 
-    def end_warnings(self) -> list[str]:
-        """What the user should know about the finished run that its figures do not say."""
+    def end_warnings(self, max_epochs: int) -> list[str]:
+        """What the user should know about the finished run that its figures do not say. Told the
+        trainer's ``max_epochs``: after a spawned run this module is no longer attached to it."""
         return []
 
     #: what can end a run before its last epoch, for those warnings

@@ -294,8 +294,8 @@ class DataFreeDistillation(DistillationModule):
         super().on_validation_epoch_end()
         self.log_dict(self.cost.as_dict(), sync_dist=True)
 
-    def end_warnings(self) -> list[str]:
-        warmup, epochs = self.method.synthesis.warmup_epochs, self.trainer.max_epochs
+    def end_warnings(self, max_epochs):
+        warmup, epochs = self.method.synthesis.warmup_epochs, max_epochs
         if self.cost.kd_s.item() > 0 or warmup == 0 or 0 < epochs <= warmup:  # trained; no warm-up; warned before
             return []
         return [(f"the student never trained: the run ended ({self.EARLY_ENDS}) within the synthesis warm-up "

@@ -130,12 +130,12 @@ class DFQDistillation(DataFreeDistillation):
             self.log("quant/float_bytes", float(self.float_bytes))
             self.log("quant/bits", float(self.method.dfq.quant_bits))
 
-    def end_warnings(self) -> list[str]:
+    def end_warnings(self, max_epochs):
         dfq = self.method.dfq
         if not dfq.quant_bits or fake_quant_on(self.student):
-            return super().end_warnings()
-        start = int(dfq.quant_from * self.trainer.max_epochs)
-        return [*super().end_warnings(), (f"the run ended ({self.EARLY_ENDS}) before epoch {start + 1} of "
-                f"{self.trainer.max_epochs}, where quantisation-aware training starts (method.dfq.quant_from="
+            return super().end_warnings(max_epochs)
+        start = int(dfq.quant_from * max_epochs)
+        return [*super().end_warnings(max_epochs), (f"the run ended ({self.EARLY_ENDS}) before epoch {start + 1} of "
+                f"{max_epochs}, where quantisation-aware training starts (method.dfq.quant_from="
                 f"{dfq.quant_from}): its {dfq.quant_bits}-bit student is the float student quantised after "
                 "training, never trained quantised. Give the run the time for its epochs, or a smaller quant_from")]
