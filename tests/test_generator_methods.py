@@ -222,6 +222,13 @@ def test_quantisation_bits_outside_2_to_8_are_refused_before_the_run(compose_cfg
         tiny(compose_cfg, "dfq", f"method.dfq.quant_bits={bits}"))
 
 
+@pytest.mark.parametrize("trainer,refused", [(["trainer=ddp_sim"], True), (["trainer=ddp_sim", "method.dfq.quant_bits=0"], False),
+                                             (["trainer.strategy=ddp_spawn"], True), (["trainer.strategy=ddp"], False)])
+def test_a_quantised_student_is_refused_with_a_strategy_that_spawns_its_processes(compose_cfg, trainer, refused):
+    found = [p for p in problems(tiny(compose_cfg, "dfq", *trainer)) if "spawns its processes" in p]
+    assert bool(found) == refused and all("method.dfq.quant_bits=0" in p and "trainer=ddp " in p for p in found)
+
+
 def test_dfq_observers_learn_from_synthetic_images_only(compose_cfg):
     cfg = tiny(compose_cfg, "dfq")
     data = build_data(cfg)

@@ -237,6 +237,11 @@ def problems(cfg: DictConfig, on_this_machine: bool = True) -> list[str]:
     bits = _get(cfg, "method.dfq.quant_bits")
     if isinstance(bits, int) and bits_problem(bits):
         out.append(bits_problem(bits))
+    if isinstance(bits, int) and bits > 0 and spawns_processes(_get(cfg, "trainer.strategy")):
+        out.append(f"method.dfq.quant_bits={bits} with a trainer.strategy that spawns its processes (trainer=ddp_sim, "
+                   "ddp_spawn): the quantisation-aware student cannot be sent to them (torch's fake-quant modules "
+                   "do not pickle). Use trainer=ddp (each rank started as its own command), one device, or a float "
+                   "student with method.dfq.quant_bits=0")
     if cfg.method.lr <= 0:
         out.append(f"method.lr={cfg.method.lr} must be > 0")
     if cfg.method.optimizer not in OPTIMIZERS:
@@ -254,6 +259,14 @@ def problems(cfg: DictConfig, on_this_machine: bool = True) -> list[str]:
         out.append(f"trainer.accelerator={accelerator} but this machine has no usable GPU; "
                    "use trainer=cpu (or trainer=default, which picks whatever is present)")
     return out
+
+
+def spawns_processes(strategy) -> bool:
+    """Whether a Lightning strategy (a name or a ``_target_`` node) starts its processes by spawn,
+    which pickles the module for each of them."""
+    if isinstance(strategy, str):
+        return "spawn" in strategy
+    return isinstance(strategy, DictConfig) and _get(strategy, "start_method") in ("spawn", "forkserver")
 
 
 def slow_precision(cfg: DictConfig) -> str | None:
