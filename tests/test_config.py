@@ -4,6 +4,7 @@ import importlib.util
 from pathlib import Path
 
 import pytest
+import torch
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 from hydra.errors import ConfigCompositionException
@@ -191,3 +192,17 @@ def test_a_sweep_jobs_folder_is_one_folder_of_a_legal_length_whatever_its_overri
     other = many.replace("value12", "value13")
     assert len(job_dir_name(many)) == JOB_DIR_CHARS and job_dir_name(many) != job_dir_name(other)
     assert job_dir_name(many)[:100] == many[:100]  # still reads as its overrides
+
+
+@pytest.mark.parametrize("overrides", [("trainer=ddp_sim",), ("trainer.strategy=ddp_spawn", "trainer.devices=2")])
+def test_a_spawning_strategy_shares_tensors_through_files(overrides):
+    """spawn pickles the in-memory test split to each process: by name or by node, the run switches
+    torch to file-system sharing (file descriptors fail with "unable to resize file" in containers)."""
+    torch.multiprocessing.set_sharing_strategy("file_descriptor")
+    try:
+        trainer_kwargs(compose_train("method=kd", *overrides))
+        assert torch.multiprocessing.get_sharing_strategy() == "file_system"
+    finally:
+        torch.multiprocessing.set_sharing_strategy("file_descriptor")
+    trainer_kwargs(compose_train("method=kd"))
+    assert torch.multiprocessing.get_sharing_strategy() == "file_descriptor"

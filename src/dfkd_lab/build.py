@@ -15,7 +15,7 @@ from .models import build_model, model_names
 from .models.modes import eval_mode
 from .models.teacher_init import TeacherInitError, init_from_teacher
 from .synthesis.bn_hooks import bn_layers
-from .validate import import_problem
+from .validate import import_problem, spawns_processes
 from .zoo import (
     TeacherError,
     ZooEntry,
@@ -284,10 +284,10 @@ def trainer_kwargs(cfg: DictConfig) -> dict:
     kwargs = {k: v for k, v in OmegaConf.to_container(cfg.trainer, resolve=True).items() if v is not None}
     if isinstance(kwargs.get("strategy"), dict):
         kwargs["strategy"] = hydra.utils.instantiate(kwargs["strategy"])
-        if getattr(kwargs["strategy"], "_start_method", None) == "spawn":
-            # spawn pickles the in-memory test split to every process; torch's default sharing
-            # (file descriptors) fails with "unable to resize file" in some containers
-            torch.multiprocessing.set_sharing_strategy("file_system")
+    if spawns_processes(cfg.trainer.get("strategy")):
+        # spawn pickles the in-memory test split to every process; torch's default sharing
+        # (file descriptors) fails with "unable to resize file" in some containers
+        torch.multiprocessing.set_sharing_strategy("file_system")
     if is_data_free(cfg.method) and "log_every_n_steps" in kwargs:
         # a data-free training batch is a whole synthesis round (student_steps updates): an
         # interval longer than the epoch's rounds would log training metrics once an epoch
