@@ -195,14 +195,14 @@ def test_a_sweep_jobs_folder_is_one_folder_of_a_legal_length_whatever_its_overri
 
 
 @pytest.mark.parametrize("overrides", [("trainer=ddp_sim",), ("trainer.strategy=ddp_spawn", "trainer.devices=2")])
-def test_a_spawning_strategy_shares_tensors_through_files(overrides):
+def test_a_spawning_strategy_shares_tensors_through_files(overrides, compose_cfg):
     """spawn pickles the in-memory test split to each process: by name or by node, the run switches
     torch to file-system sharing (file descriptors fail with "unable to resize file" in containers)."""
     torch.multiprocessing.set_sharing_strategy("file_descriptor")
     try:
-        trainer_kwargs(compose_train("method=kd", *overrides))
+        trainer_kwargs(compose_cfg("method=kd", *overrides))
         assert torch.multiprocessing.get_sharing_strategy() == "file_system"
     finally:
         torch.multiprocessing.set_sharing_strategy("file_descriptor")
-    trainer_kwargs(compose_train("method=kd"))
+    trainer_kwargs(compose_cfg("method=kd"))
     assert torch.multiprocessing.get_sharing_strategy() == "file_descriptor"
