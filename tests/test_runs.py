@@ -62,18 +62,29 @@ def wait_for(path: Path, proc, timeout=300):
     assert proc.poll() is None, f"run ended before {path.name} appeared: {proc.stderr.read()[-2000:]}"
 
 
-def wandb_records(run_dir: Path, kind: str) -> list:
+def wandb_records(run_dir: Path, kind: str, wait_s: float = 10.0) -> list:
     """The records of one kind ("exit", "summary", ...) in the latest W&B offline run file (a
-    LevelDB-style log of protobuf records)."""
+    LevelDB-style log of protobuf records), waiting up to ``wait_s`` for W&B's writer process to
+    append them (once, in a full suite, the exit record was not there yet when read)."""
+    path = max(run_dir.glob("wandb/offline-run-*/run-*.wandb"))  # each segment writes its own file
+    deadline = time.time() + wait_s
+    while not (found := records_in(path, kind)) and time.time() < deadline:
+        time.sleep(0.2)
+    assert found, f"no {kind} record in {path}"
+    return found
+
+
+def records_in(path: Path, kind: str) -> list:
     from wandb.proto import wandb_internal_pb2
 
-    path = max(run_dir.glob("wandb/offline-run-*/run-*.wandb"))  # each segment writes its own file
     data, pos, payload, found = path.read_bytes(), 7, b"", []
     while pos + 7 <= len(data):
         if 32768 - pos % 32768 < 7:  # a block's tail too short for a record header is padding
             pos += 32768 - pos % 32768
             continue
         _, length, record_kind = struct.unpack("<IHB", data[pos:pos + 7])
+        if pos + 7 + length > len(data):  # a record W&B is still writing
+            break
         payload, pos = payload + data[pos + 7:pos + 7 + length], pos + 7 + length
         if record_kind in (1, 4):  # a whole record, or the last part of one
             record = wandb_internal_pb2.Record()
@@ -81,7 +92,6 @@ def wandb_records(run_dir: Path, kind: str) -> list:
             payload = b""
             if record.WhichOneof("record_type") == kind:
                 found.append(getattr(record, kind))
-    assert found, f"no {kind} record in {path}"
     return found
 
 
