@@ -97,18 +97,24 @@ class RandomImagesNoTargets(RandomImages):
         return super().make(ctx)[0], None
 
 
+class RandomImagesWithTargets(RandomImages):
+    stores_soft_targets = True
+
+
 @pytest.mark.parametrize("capacity", [100, 30])  # the seed held whole, and partly pushed out of the ring
-def test_a_pool_seeded_with_proxy_images_resumes_with_them(tmp_path, capacity):
-    """The transfer set holds only the images made; the seed (a proxy's images, the hybrid)
-    comes back from the resumed run's own seeding."""
+@pytest.mark.parametrize("kind", [RandomImagesNoTargets, RandomImagesWithTargets])
+def test_a_pool_seeded_with_proxy_images_resumes_with_them(tmp_path, capacity, kind):
+    """The transfer set holds only the images made; the seed (a proxy's images, the hybrid,
+    with soft targets where the pool keeps them) comes back from the resumed run's own seeding."""
     ctx = SimpleNamespace(batch_size=8, cost=CostMeter())
     seed = LOW + torch.rand(20, 1, 16, 16, generator=torch.Generator().manual_seed(1)) * (HIGH - LOW)
+    seed_targets = torch.softmax(torch.randn(20, 3, generator=torch.Generator().manual_seed(2)), 1)
 
     def seeded(folder):
-        synth = RandomImagesNoTargets(capacity=capacity)
+        synth = kind(capacity=capacity)
         synth.setup((1, 16, 16), 3, (LOW, HIGH), teacher=None)
         synth.transfer_set = TransferSetWriter(folder, INFO)
-        synth.seed_pool(seed)
+        synth.seed_pool(seed, seed_targets if kind.stores_soft_targets else None)
         return synth
 
     whole, killed = seeded(tmp_path / "whole"), seeded(tmp_path / "killed")
@@ -121,6 +127,9 @@ def test_a_pool_seeded_with_proxy_images_resumes_with_them(tmp_path, capacity):
     resumed.set_extra_state(checkpoint)
     assert len(resumed.pool) == min(36, capacity)
     assert torch.equal(whole.pool.newest(len(whole.pool)), resumed.pool.newest(len(resumed.pool)))
+    whole_targets, resumed_targets = whole.pool.state_dict()["soft_targets"], resumed.pool.state_dict()["soft_targets"]
+    assert (whole_targets is None) == (resumed_targets is None) == (not kind.stores_soft_targets)
+    assert whole_targets is None or torch.equal(whole_targets, resumed_targets)
     assert json.loads((tmp_path / "killed" / "manifest.json").read_text())["images"] == 16  # the seed is not made
 
 

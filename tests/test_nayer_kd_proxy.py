@@ -222,6 +222,26 @@ def test_a_proxy_seeds_a_pool_methods_pool_and_the_checkpoint_of_kd_proxy_leaves
         module_for("method=dafl", "proxy=cifar10_gray")
 
 
+
+@pytest.mark.parametrize("method", ["zskd", "wang2021"])
+def test_a_proxy_seeds_a_soft_target_pool_with_the_teachers_probabilities(tmp_path, monkeypatch, method):
+    """ZSKD and Wang 2021 keep a soft target with every pooled image; proxy images get the
+    teacher's, counted as teacher forwards, and the run then synthesises into the same pool."""
+    monkeypatch.setitem(sources.LOADERS, "cifar10", fake_cifar)
+    overrides = [*FAST, f"method={method}", "proxy=cifar10_gray", "proxy.limit=25", "method.synthesis.batch_size=10",
+                 "method.synthesis.student_steps=1", "method.synthesizer.iterations=2"]
+    cfg = compose_config(overrides, output_dir=tmp_path / "built")
+    data = build_data(cfg)
+    teacher = build_teacher(cfg, data)
+    module = build_module(cfg, build_student(cfg, data), teacher, data)
+    pool = module.synthesizer.pool.state_dict()
+    with torch.no_grad():
+        expected = F.softmax(teacher.eval()(pool["images"]), dim=1)
+    assert torch.allclose(pool["soft_targets"], expected, atol=1e-5)
+    assert module.cost.as_dict()["cost/teacher_forwards"] == 3  # 25 images in batches of 10
+    metrics = run(compose_config(overrides, output_dir=tmp_path / "run"))
+    assert metrics["proxy/images"] == 25 and metrics["cost/images"] == 20  # two synthesis steps of 10
+
 def test_proxy_images_are_converted_to_the_datas_channels():
     rgb = torch.tensor([1.0, 0.5, 0.0]).view(1, 3, 1, 1)
     assert to_channels(rgb, 1).item() == pytest.approx(0.299 + 0.5 * 0.587)

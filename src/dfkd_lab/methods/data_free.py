@@ -129,7 +129,7 @@ class DataFreeDistillation(DistillationModule):
         module = cls.unbound(cfg, student, teacher, data)
         module.synthesizer.bind_run(cfg)
         if cfg.get("proxy") is not None:
-            module.proxy_record = seed_pool_with_proxy(module.synthesizer, cfg, data)
+            module.proxy_record = seed_pool_with_proxy(module.synthesizer, cfg, data, module.teacher, module.cost)
         return module
 
     def train_dataloader_from(self, data):

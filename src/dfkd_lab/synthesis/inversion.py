@@ -41,6 +41,10 @@ class InversionSynthesizer(PoolSynthesizer):
         self.iterations, self.lr, self.betas = iterations, lr, tuple(betas)
         self.jitter, self.flip, self.init = jitter, flip, init
 
+    @property
+    def stores_soft_targets(self) -> bool:
+        return self.objective.stores_soft_targets
+
     def setup(self, image_shape, num_classes, value_range, teacher):
         super().setup(image_shape, num_classes, value_range, teacher)
         self.objective.setup(self, teacher)

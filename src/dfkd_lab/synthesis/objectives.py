@@ -51,6 +51,8 @@ def forked_seed(generator: torch.Generator) -> int:
 class Objective(nn.Module):
     #: names in ``loss.weights`` this objective produces, in the order they are summed
     terms: tuple = ()
+    #: whether the goal is a soft target stored with each image (the student's ``soft`` term reads it)
+    stores_soft_targets: bool = False
 
     def setup(self, synth, teacher: nn.Module):
         self.rng, self.num_classes = synth.rng, synth.num_classes
@@ -73,7 +75,7 @@ class Objective(nn.Module):
         raise NotImplementedError
 
     def soft_targets(self, goal):
-        return None
+        return goal if self.stores_soft_targets else None
 
     def after_batch(self, ctx, images):
         """Update anything learned across batches from the finished batch."""
@@ -109,6 +111,7 @@ class DirichletTargets(Objective):
     = KL(target || softmax(T(x)/T)) * T^2; the soft targets are stored with the images."""
 
     terms = ("match",)
+    stores_soft_targets = True
 
     def __init__(self, betas: tuple = (1.0, 0.1), temperature: float = 20.0, min_concentration: float = 1e-3):
         super().__init__()
@@ -135,9 +138,6 @@ class DirichletTargets(Objective):
     def inputs(self, ctx, view, logits, taps, goal):
         return {"teacher_logits": logits, "soft_targets": goal, "match_temperature": self.temperature}
 
-    def soft_targets(self, goal):
-        return goal
-
 
 class FeatureGaussian(Objective):
     """Wang (2021), soft targeted transfer set synthesis. The teacher's pre-classifier feature
@@ -153,6 +153,7 @@ class FeatureGaussian(Objective):
     student forgets. 1 samples as the paper does."""
 
     terms = ("match", "activation")
+    stores_soft_targets = True
 
     def __init__(self, lr_d: float = 0.05, d_steps: int = 5, oversample: int = 1):
         super().__init__()
@@ -194,9 +195,6 @@ class FeatureGaussian(Objective):
     def inputs(self, ctx, view, logits, taps, goal):
         return {"teacher_logits": logits, "soft_targets": goal, "match_temperature": 1.0,
                 "teacher_feature": Lazy(lambda: taps.features[0])}
-
-    def soft_targets(self, goal):
-        return goal
 
     def after_batch(self, ctx, images):
         """A few Adam steps on log D: the Gaussian log-likelihood of the coefficients of the

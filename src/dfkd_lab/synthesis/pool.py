@@ -178,11 +178,17 @@ class PoolSynthesizer(Synthesizer):
         self.seeded_images = 0  # images the pool started with that the run did not make (seed)
         self.last_terms: dict[str, torch.Tensor] = {}
 
-    def seed_pool(self, images: torch.Tensor):
-        """Start the pool with images the run did not make (a proxy's). The transfer set holds
-        only what the run made, so a resumed run, seeded again the same way before its
-        checkpoint loads, takes the oldest images of its pool from this seed."""
-        self.pool.add(images)
+    #: whether every pooled image carries a soft target (ZSKD, Wang 2021: what it was made to match)
+    stores_soft_targets: bool = False
+
+    def seed_pool(self, images: torch.Tensor, soft_targets: torch.Tensor | None = None):
+        """Start the pool with images the run did not make (a proxy's), with soft targets where
+        the pool keeps them. The transfer set holds only what the run made, so a resumed run,
+        seeded again the same way before its checkpoint loads, takes the oldest images of its
+        pool from this seed."""
+        if self.stores_soft_targets and soft_targets is None:
+            raise ValueError(f"{type(self).__name__} keeps a soft target with every image: seed its pool with them")
+        self.pool.add(images, soft_targets)
         self.seeded_images = len(self.pool)
 
     def bind_run(self, cfg):
@@ -257,7 +263,10 @@ class PoolSynthesizer(Synthesizer):
                 soft.insert(0, s)
             held += x.shape[0]
         if held < index["size"] and self.seeded_images:  # the seed is what the pool held before the shards
-            images.insert(0, self.pool.state_dict()["images"])
+            seed = self.pool.state_dict()
+            images.insert(0, seed["images"])
+            if seed["soft_targets"] is not None:
+                soft.insert(0, seed["soft_targets"])
             held += self.seeded_images
         keep = index["size"]
         self.pool.restore(index, torch.cat(images)[held - keep:] if keep else None,
