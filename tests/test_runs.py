@@ -7,7 +7,6 @@ import json
 import os
 import shlex
 import signal
-import struct
 import subprocess
 import sys
 import time
@@ -27,6 +26,7 @@ from dfkd_lab.callbacks.metrics import WallClock
 from dfkd_lab.config import ConfigError
 from dfkd_lab.report import UNFINISHED, load_run, run_row
 from dfkd_lab.resume import RunFinished, continue_command, resume_args
+from dfkd_lab.wandb_offline import records_in
 from test_reliability import cli, dfkd_train, fit_progress, hydra_record
 
 TINY = ["trainer=cpu", "method.synthesis.batch_size=16", "trainer.limit_val_batches=1", "trainer.limit_test_batches=1",
@@ -71,27 +71,6 @@ def wandb_records(run_dir: Path, kind: str, wait_s: float = 10.0) -> list:
     while not (found := records_in(path, kind)) and time.time() < deadline:
         time.sleep(0.2)
     assert found, f"no {kind} record in {path}"
-    return found
-
-
-def records_in(path: Path, kind: str) -> list:
-    from wandb.proto import wandb_internal_pb2
-
-    data, pos, payload, found = path.read_bytes(), 7, b"", []
-    while pos + 7 <= len(data):
-        if 32768 - pos % 32768 < 7:  # a block's tail too short for a record header is padding
-            pos += 32768 - pos % 32768
-            continue
-        _, length, record_kind = struct.unpack("<IHB", data[pos:pos + 7])
-        if pos + 7 + length > len(data):  # a record W&B is still writing
-            break
-        payload, pos = payload + data[pos + 7:pos + 7 + length], pos + 7 + length
-        if record_kind in (1, 4):  # a whole record, or the last part of one
-            record = wandb_internal_pb2.Record()
-            record.ParseFromString(payload)
-            payload = b""
-            if record.WhichOneof("record_type") == kind:
-                found.append(getattr(record, kind))
     return found
 
 
@@ -485,6 +464,25 @@ def test_a_resume_that_fails_before_training_leaves_the_finished_run_finished_on
     assert wandb_exit_code(run_dir) == 0 and "status" not in wandb_summary(run_dir)
     assert "a resume failed: RuntimeError: broken on purpose (exit 1) before training" in (run_dir / "train.log").read_text()
 
+
+
+def history_steps(path: Path) -> list[int]:
+    return [row.step.num for row in records_in(path, "history")]
+
+
+def test_a_resumed_offline_run_numbers_its_wandb_rows_on_from_the_earlier_segment(monkeypatch, capsys, tmp_path):
+    """Offline, W&B numbers each segment's rows from 0; uploaded, the resumed segment's rows
+    would land on the first segment's steps. The resumed segment starts after them instead."""
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    run_dir = tmp_path / "run"
+    assert cli(monkeypatch, capsys, tmp_path, "method=dafl", "logger=wandb")[0] == 0
+    code, err = cli(monkeypatch, capsys, tmp_path, f"resume={run_dir}", "trainer.max_epochs=2", base=())
+    assert code == 0, err
+    assert wandb_exit_code(run_dir) == 0  # W&B's writer is done with the segment: its last record is there
+    first, second = sorted(run_dir.glob("wandb/offline-run-*/run-*.wandb"))
+    before, after = history_steps(first), history_steps(second)
+    assert before == list(range(len(before))) and after  # each segment logged rows
+    assert after == list(range(len(before), len(before) + len(after)))
 
 # --- one meaning of "step" ---------------------------------------------------------------------------
 def test_steps_are_student_updates_in_max_steps_the_csv_and_the_curve(compose_cfg):

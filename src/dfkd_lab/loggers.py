@@ -4,13 +4,16 @@
   test process, instead of being deleted (resume) or failing with "dict contains fields not
   in fieldnames" (a process that never saw the training keys).
 - ``RunWandbLogger``: does not pass ``anonymous`` to ``wandb.init`` (wandb 0.31 warns on
-  every run that the setting has no effect).
+  every run that the setting has no effect), and a resumed offline run numbers its history rows
+  on from where its earlier segments stopped (``wandb_offline``) instead of from 0.
 """
 
 import csv
 
 from pytorch_lightning.loggers import CSVLogger, WandbLogger
 from pytorch_lightning.loggers.csv_logs import ExperimentWriter
+
+from .wandb_offline import continue_steps
 
 
 class _AppendingWriter(ExperimentWriter):
@@ -37,3 +40,11 @@ class RunWandbLogger(WandbLogger):
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         self._wandb_init.pop("anonymous", None)
+
+    @property
+    def experiment(self):
+        started = self._experiment is not None
+        run = super().experiment
+        if not started and getattr(run, "offline", None) is True:  # not on ranks > 0 (a dummy there)
+            continue_steps(run)
+        return run
