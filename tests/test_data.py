@@ -171,3 +171,21 @@ def test_cifar_reader_reads_the_official_batch_layout_without_download(tmp_path,
 def test_missing_cifar_without_download_names_the_folder(tmp_path):
     with pytest.raises(sources.DatasetUnavailable, match="cifar-10-batches-py"):
         sources.cifar10(tmp_path, "train", download=False)
+
+
+def test_a_limited_validation_of_a_class_sorted_test_split_sees_every_class(tmp_path):
+    """CIFAR's local test batch is sorted by class: the first evaluation batches must still mix them,
+    validation and test see the images in one fixed order, and the whole split is evaluated."""
+    labels = [c for c in range(10) for _ in range(20)]  # 200 images, sorted by class
+    images = np.random.default_rng(0).integers(0, 256, (200, 3, 32, 32), dtype=np.uint8)
+    write_cifar_batch(tmp_path / "cifar-10-batches-py" / "test_batch", images, labels, "labels")
+    data = ClassificationData("cifar10", str(tmp_path), 10, 3, 32, mean=[0.5] * 3, std=[0.25] * 3,
+                              eval_batch_size=40, download=False, train_split=False)
+    data.setup()
+    first_val = next(iter(data.val_dataloader()))[1]
+    assert len(first_val) == 40 and len(set(first_val.tolist())) >= 8
+    assert torch.equal(next(iter(data.test_dataloader()))[1], first_val)
+    val_labels = torch.cat([y for _, y in data.val_dataloader()])
+    assert sorted(val_labels.tolist()) == labels
+    again = torch.cat([y for _, y in data.val_dataloader()])
+    assert torch.equal(val_labels, again)  # the same order at every evaluation

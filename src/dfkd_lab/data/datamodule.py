@@ -144,10 +144,16 @@ class ClassificationData(pl.LightningDataModule):
         )
 
     def test_dataloader(self):
-        return DataLoader(self.split("test"), batch_size=self.eval_batch_size, num_workers=self.num_workers)
+        """The real test split in a fixed shuffled order: test files are often sorted by class
+        (CIFAR's local copy, every image folder), and a limited evaluation
+        (``trainer.limit_val_batches``, ``limit_test_batches``) must see every class, not the first few."""
+        test = self.split("test")
+        order = torch.randperm(len(test), generator=torch.Generator().manual_seed(0)).tolist()
+        return DataLoader(test, batch_size=self.eval_batch_size, sampler=order, num_workers=self.num_workers)
 
     def val_dataloader(self):
-        """The field evaluates on the real test split; validation therefore uses it too."""
+        """The field evaluates on the real test split; validation therefore uses it too, in the
+        same order, so that a validation and the test limited alike see the same images."""
         return self.test_dataloader()
 
     @property
