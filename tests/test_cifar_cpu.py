@@ -69,12 +69,15 @@ def test_cpu_preset_runs_a_few_steps_with_the_shipped_teacher(preset, tmp_path, 
     assert 0.0 <= metrics["test/acc"] <= 1.0
 
 
-@pytest.mark.parametrize("method", ["fastdfkd_10", "nayer"])
-def test_a_two_hour_preset_is_its_30_minute_one_with_more_epochs_and_a_2_hour_cap(tmp_path, method):
+@pytest.mark.parametrize("budget, method, cap, factor", [("cpu2h", "fastdfkd_10", "00:02:00:00", 4),
+                                                          ("cpu2h", "nayer", "00:02:00:00", 4),
+                                                          ("cpu1h", "deepinversion", "00:01:00:00", 2)])
+def test_a_longer_preset_is_its_30_minute_one_with_more_epochs_and_a_longer_cap(tmp_path, budget, method, cap, factor):
+    """``factor`` times the 30 minutes: more than ``factor - 1`` times the epochs, nothing else changed."""
     long, short = (OmegaConf.to_container(compose_config([f"experiment={p}_{method}"], output_dir=tmp_path))
-                   for p in ("cifar10_cpu2h", "cifar10_cpu"))
-    assert long["trainer"].pop("max_time") == "00:02:00:00"
-    assert long["method"].pop("epochs") > 3 * short["method"].pop("epochs")
+                   for p in (f"cifar10_{budget}", "cifar10_cpu"))
+    assert long["trainer"].pop("max_time") == cap
+    assert long["method"].pop("epochs") > (factor - 1) * short["method"].pop("epochs")
     short["trainer"].pop("max_time")
     for key in ("method", "trainer", "data", "teacher", "student", "loss"):
         assert long[key] == short[key], key
